@@ -1,0 +1,40 @@
+"""Parameter and FLOP counts, printed at start-up and used by the README's model table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    parameters: int
+    gflops: float  # per image, one forward pass
+    output_shapes: list[tuple[int, ...]]  # one per stage, for a batch of one
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def profile_model(model: nn.Module, input_size: tuple[int, int]) -> ModelProfile:
+    """Parameters, GFLOPs and stage output shapes of one forward pass on a (1, 3, height, width)
+    input. A multiply-add counts as two FLOPs (torch's FlopCounterMode convention; papers quoting
+    'GFLOPs' often mean multiply-adds, i.e. half of this)."""
+    height, width = input_size
+    was_training = model.training
+    model.eval()
+    parameter = next(model.parameters())
+    with FlopCounterMode(display=False) as counter:
+        outputs = model(torch.zeros(1, 3, height, width, device=parameter.device, dtype=parameter.dtype))
+    model.train(was_training)
+    return ModelProfile(count_parameters(model), counter.get_total_flops() / 1e9, [tuple(o.shape) for o in outputs])
+
+
+def gflops_per_image(model: nn.Module, input_size: tuple[int, int]) -> float:
+    """GFLOPs of one forward pass on a (1, 3, height, width) input (see ``profile_model``)."""
+    return profile_model(model, input_size).gflops

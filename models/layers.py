@@ -1,0 +1,78 @@
+"""Blocks shared by the hourglass-family models (Stacked Hourglass, PoseAttention, PyraNet)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+def bn_relu_conv(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> nn.Sequential:
+    """Pre-activation unit: BatchNorm -> ReLU -> Conv (the order of Newell et al.'s Torch code)."""
+    return nn.Sequential(
+        nn.BatchNorm2d(in_channels),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2),
+    )
+
+
+def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> nn.Sequential:
+    """Post-activation unit: Conv -> BatchNorm -> ReLU (the hourglass stem and 'linear' layers)."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class Residual(nn.Module):
+    """Bottleneck residual module of Newell et al.: 1x1 (out/2) -> 3x3 (out/2) -> 1x1 (out),
+    pre-activation, with a 1x1 projection on the skip path when the width changes."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        mid = out_channels // 2
+        self.branch = nn.Sequential(
+            bn_relu_conv(in_channels, mid, 1),
+            bn_relu_conv(mid, mid, 3),
+            bn_relu_conv(mid, out_channels, 1),
+        )
+        self.skip = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.branch(x) + self.skip(x)
+
+
+BlockFactory = Callable[[int, int], nn.Module]
+
+
+def residual_stack(channels: int, count: int, block: BlockFactory = Residual) -> nn.Sequential:
+    return nn.Sequential(*[block(channels, channels) for _ in range(count)])
+
+
+class Hourglass(nn.Module):
+    """Recursive hourglass: ``depth`` max-pool reductions, ``n_modules`` blocks at every step,
+    a skip branch at each resolution, nearest-neighbour upsampling and element-wise addition.
+
+    ``block`` builds the unit used everywhere (``Residual`` for Newell et al.; PyraNet passes its
+    pyramid residual module, PoseAttention its hourglass residual unit).
+    """
+
+    def __init__(self, depth: int, channels: int, n_modules: int, block: BlockFactory = Residual) -> None:
+        super().__init__()
+        self.skip = residual_stack(channels, n_modules, block)
+        self.down = residual_stack(channels, n_modules, block)
+        if depth > 1:
+            self.inner: nn.Module = Hourglass(depth - 1, channels, n_modules, block)
+        else:
+            self.inner = residual_stack(channels, n_modules, block)
+        self.up = residual_stack(channels, n_modules, block)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skip = self.skip(x)  # (N, C, H, W)
+        low = self.down(F.max_pool2d(x, 2))  # (N, C, H/2, W/2)
+        low = self.up(self.inner(low))
+        # interpolating to the skip's size (not a fixed x2) keeps odd sizes such as 64x48 -> 8x6 -> 4x3 working
+        return skip + F.interpolate(low, size=skip.shape[-2:], mode="nearest")
