@@ -1,0 +1,149 @@
+"""Keypoint dataset base: a person record -> one affine crop (with augmentation) -> codec -> dict.
+
+Every dataset (synthetic, MPII, COCO) supplies records and ``load_image``; everything after that
+is shared, so the same crop, augmentation and target code serves all of them.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from datasets.codecs import Codec
+from datasets.skeletons import JointSpec
+from utils.transforms import apply_affine, crop_affine, invert_affine, warp_image
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+# Every sample's meta has exactly these keys, whatever the dataset, so batches always collate.
+META_KEYS = (
+    "index", "image_id", "center", "scale", "rotation", "flipped", "joints", "visible",
+    "head_size", "area", "box_score", "inverse_affine",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Training-time randomisation; ``Augmentation()`` (all zero) means none."""
+
+    max_scale: float = 0.0  # box scaled by 1 +- max_scale (normal, clipped)
+    max_rotate: float = 0.0  # degrees, normal with this sigma, clipped at 2 sigma
+    rotate_prob: float = 0.0
+    max_translate: float = 0.0  # fraction of the box height, uniform
+    flip_prob: float = 0.0
+    color_jitter: float = 0.0  # per-channel gain 1 +- color_jitter, uniform
+
+
+class DataError(RuntimeError):
+    """A missing or unreadable data file; the message names the path and the expected layout."""
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB; raises DataError naming the path if it is missing or unreadable."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise DataError(f"cannot read image {path}")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+class KeypointDataset(Dataset, ABC):
+    """Records are dicts with ``joints`` (K, 2) 0-based px, ``visible`` (K,), ``center`` (2,) px,
+    ``scale`` (box height in px), and optionally ``head_size``, ``image_id``, ``area``,
+    ``box_score``. Subclasses implement ``load_image(record)``.
+
+    Randomness comes from a generator seeded by (seed, epoch, index), so a sample's augmentation
+    depends on nothing else: worker count, batch order and resuming do not change it.
+    """
+
+    joint_spec: JointSpec
+
+    def __init__(
+        self,
+        records: list[dict[str, Any]],
+        codec: Codec,
+        input_size: tuple[int, int],
+        augmentation: Augmentation | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.records = records
+        self.codec = codec
+        self.input_size = tuple(input_size)  # (width, height)
+        self.augmentation = augmentation or Augmentation()
+        self.seed = seed
+        self.epoch = 0
+        self._flip_perm = self.joint_spec.flip_permutation()
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def has_head_sizes(self) -> bool:
+        """Whether records carry head sizes, so PCKh (not only PCK) can be scored."""
+        return any(np.isfinite(r.get("head_size", np.nan)) for r in self.records)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @abstractmethod
+    def load_image(self, record: dict[str, Any]) -> np.ndarray:
+        """(H, W, 3) uint8 RGB image the record's joints refer to."""
+
+    def sample_transform(self, index: int) -> tuple[np.ndarray, float, float, bool, np.ndarray]:
+        """(center, box height, rotation, flip, colour gain) for sample ``index`` this epoch."""
+        record = self.records[index]
+        center = np.asarray(record["center"], dtype=np.float64)
+        box_height = float(record["scale"])
+        aug = self.augmentation
+        if aug == Augmentation():
+            return center, box_height, 0.0, False, np.ones(3, dtype=np.float32)
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        scale_factor = float(np.clip(1 + rng.normal() * aug.max_scale, 1 - aug.max_scale, 1 + aug.max_scale))
+        shift = rng.uniform(-1.0, 1.0, size=2) * aug.max_translate * box_height
+        rotate = rng.random() < aug.rotate_prob
+        rotation = float(np.clip(rng.normal() * aug.max_rotate, -2 * aug.max_rotate, 2 * aug.max_rotate))
+        flip = bool(rng.random() < aug.flip_prob)
+        gain = rng.uniform(1 - aug.color_jitter, 1 + aug.color_jitter, size=3).astype(np.float32)
+        return center + shift, box_height * scale_factor, rotation if rotate else 0.0, flip, gain
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        record = self.records[index]
+        center, box_height, rotation, flip, gain = self.sample_transform(index)
+        matrix = crop_affine(center, box_height, self.input_size, rotation, flip)
+        crop = warp_image(self.load_image(record), matrix, self.input_size)  # (h, w, 3) uint8
+
+        joints = apply_affine(record["joints"], matrix)  # (K, 2) input px
+        visible = np.asarray(record["visible"], dtype=np.float32)
+        if flip:
+            joints, visible = joints[self._flip_perm], visible[self._flip_perm]
+        target, target_weight = self.codec.encode(joints, visible)
+
+        image = (crop.astype(np.float32) * (gain / 255.0) - IMAGENET_MEAN) / IMAGENET_STD
+        meta = {
+            "index": index,
+            "image_id": int(record.get("image_id", index)),
+            "center": np.asarray(record["center"], dtype=np.float32),
+            "scale": np.float32(record["scale"]),
+            "rotation": np.float32(rotation),
+            "flipped": flip,
+            "joints": np.asarray(record["joints"], dtype=np.float32),
+            "visible": np.asarray(record["visible"], dtype=np.float32),
+            "head_size": np.float32(record.get("head_size", np.nan)),
+            "area": np.float32(record.get("area", np.nan)),
+            "box_score": np.float32(record.get("box_score", 1.0)),
+            # maps input-crop pixels back to the original image (flip included)
+            "inverse_affine": invert_affine(matrix).astype(np.float32),
+        }
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),  # (3, h, w)
+            "target": torch.from_numpy(target),  # (K, H, W) heatmaps or (K, 2) coordinates
+            "target_weight": torch.from_numpy(target_weight),  # (K,)
+            "meta": meta,
+        }

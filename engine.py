@@ -1,0 +1,171 @@
+"""One train/validate loop for every model: nothing here depends on a model's name, only on its
+outputs (a list of stages) and the codec chosen from its target type."""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from datasets.codecs import Codec
+from metrics.pck import pck_summary, pckh_summary
+from utils.distributed import DistributedContext, gather_arrays, reduce_mean
+from utils.logging import EpochProgress
+from utils.transforms import apply_affine
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training diverged; raised before the optimizer applies the bad step."""
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Numerics of the loop: ``amp`` is "none", "bf16" or "fp16"; ``dtype`` the model's dtype."""
+
+    amp: str = "none"
+    dtype: torch.dtype = torch.float32
+
+    def autocast(self, device: torch.device):
+        if self.amp == "none":
+            return nullcontext()
+        return torch.autocast(device.type, dtype=torch.bfloat16 if self.amp == "bf16" else torch.float16)
+
+
+def _to_device(batch: dict[str, Any], device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    non_blocking = device.type == "cuda"
+    image = batch["image"].to(device, dtype=dtype, non_blocking=non_blocking)
+    target = batch["target"].to(device, dtype=dtype, non_blocking=non_blocking)
+    weight = batch["target_weight"].to(device, dtype=dtype, non_blocking=non_blocking)
+    return image, target, weight
+
+
+def _batch_pck(codec: Codec, output: torch.Tensor, batch: dict[str, Any]) -> float:
+    """Running training metric: PCK@0.5 (heatmap size / 10) of the last stage on this batch,
+    against the joints decoded from the batch's own targets."""
+    pred, _ = codec.decode(output.detach().float().cpu().numpy())  # (N, K, 2) input px
+    truth, _ = codec.decode(batch["target"].float().numpy())
+    # heatmap size / 10 measured in input pixels: the heatmap spans the whole input crop
+    normaliser = np.full(len(pred), codec.input_size[1] / 10.0)
+    score, _ = pck_summary(pred, truth, batch["target_weight"].numpy(), normaliser)
+    return score
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loss_fn: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    codec: Codec,
+    context: DistributedContext,
+    epoch: int,
+    *,
+    accumulation: int = 1,
+    precision: Precision = Precision(),
+    scaler: torch.amp.GradScaler | None = None,
+    progress_mode: str = "auto",
+) -> dict[str, float]:
+    """Train one epoch; returns the mean loss and running PCK over the epoch (averaged over ranks)."""
+    model.train()
+    device = context.device
+    progress = EpochProgress(f"train {epoch}", len(loader), progress_mode if context.is_main else "none")
+    total_loss, total_pck, steps = 0.0, 0.0, 0
+    optimizer.zero_grad(set_to_none=True)
+    for step, batch in enumerate(loader, start=1):
+        image, target, weight = _to_device(batch, device, precision.dtype)
+        with precision.autocast(device):
+            outputs = model(image)
+            loss = loss_fn(outputs, target, weight)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"loss became {loss.item()} at epoch {epoch}, step {step}; stopping")
+        scaled = loss / accumulation
+        (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        if step % accumulation == 0 or step == len(loader):
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        total_loss += loss.item()
+        total_pck += _batch_pck(codec, outputs[-1], batch)
+        steps += 1
+        progress.update(loss=total_loss / steps, PCK=total_pck / steps)
+    progress.finish()
+    return {
+        "loss": reduce_mean(total_loss / max(steps, 1), context),
+        "PCK": reduce_mean(total_pck / max(steps, 1), context),
+    }
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    loader: DataLoader,
+    codec: Codec,
+    context: DistributedContext,
+    *,
+    loss_fn: nn.Module | None = None,
+    precision: Precision = Precision(),
+    progress_mode: str = "auto",
+    title: str = "val",
+) -> dict[str, np.ndarray]:
+    """Run the model over ``loader`` and return, gathered over all ranks and sorted by sample
+    index: ``preds`` (N, K, 2) in original-image pixels, ``scores`` (N, K), the ground truth from
+    each sample's meta, and ``loss`` (N,) per sample."""
+    model.eval()
+    device = context.device
+    progress = EpochProgress(title, len(loader), progress_mode if context.is_main else "none")
+    parts: dict[str, list[np.ndarray]] = {}
+    for batch in loader:
+        image, target, weight = _to_device(batch, device, precision.dtype)
+        with precision.autocast(device):
+            outputs = model(image)
+        last = outputs[-1].float()
+        joints, scores = codec.decode(last.cpu().numpy())  # (N, K, 2) input px
+        inverse = batch["meta"]["inverse_affine"].numpy().astype(np.float64)  # (N, 2, 3)
+        meta = batch["meta"]
+        batch_loss = loss_fn(outputs, target, weight).item() if loss_fn is not None else math.nan
+        values = {
+            "index": meta["index"].numpy(),
+            "preds": apply_affine(joints, inverse),
+            "scores": scores,
+            "joints": meta["joints"].numpy(),
+            "visible": meta["visible"].numpy(),
+            "head_size": meta["head_size"].numpy(),
+            "scale": meta["scale"].numpy(),
+            "image_id": meta["image_id"].numpy(),
+            "area": meta["area"].numpy(),
+            "box_score": meta["box_score"].numpy(),
+            # each sample carries its batch's mean loss, so the mean over samples is the dataset loss
+            "loss": np.full(len(image), batch_loss),
+        }
+        for key, value in values.items():
+            parts.setdefault(key, []).append(np.asarray(value))
+        progress.update()
+    progress.finish()
+    local = {key: np.concatenate(value, axis=0) for key, value in parts.items()}
+    gathered = gather_arrays(local, context)
+    # ranks see disjoint index sets; sorting restores dataset order whatever the world size
+    order = np.argsort(gathered["index"], kind="stable")
+    return {key: value[order] for key, value in gathered.items()}
+
+
+def score_predictions(results: dict[str, np.ndarray]) -> dict[str, float]:
+    """Validation metrics over all samples at once: loss, PCKh@0.5 (mean and per joint) where
+    head sizes exist, and PCK@0.5 with normaliser heatmap size / 10."""
+    metrics: dict[str, float] = {"loss": float(np.mean(results["loss"])) if len(results["loss"]) else math.nan}
+    preds, gt, visible = results["preds"], results["joints"], results["visible"]
+    if np.isfinite(results["head_size"]).any():
+        mean, per_joint = pckh_summary(preds, gt, visible, results["head_size"])
+        metrics["PCKh"] = mean
+        metrics.update({f"PCKh_{j}": float(v) for j, v in enumerate(per_joint)})
+    # heatmap height / 10 in heatmap pixels is the crop's box height / 10 in image pixels,
+    # because the crop is a similarity transform
+    metrics["PCK"], _ = pck_summary(preds, gt, visible, results["scale"] / 10.0)
+    return metrics

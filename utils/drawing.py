@@ -1,0 +1,54 @@
+"""Skeleton drawings: predicted and ground-truth poses over images, saved as PNG grids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from datasets.base import IMAGENET_MEAN, IMAGENET_STD
+
+
+def to_uint8_image(image: np.ndarray) -> np.ndarray:
+    """Undo the dataset's normalisation: (3, H, W) float -> (H, W, 3) uint8 RGB."""
+    pixels = np.asarray(image, dtype=np.float32).transpose(1, 2, 0) * IMAGENET_STD + IMAGENET_MEAN
+    return np.clip(pixels * 255.0, 0, 255).astype(np.uint8)
+
+
+def draw_pose(
+    image: np.ndarray,
+    joints: np.ndarray,
+    visible: np.ndarray,
+    skeleton: tuple[tuple[int, int], ...],
+    color: tuple[int, int, int],
+    left_joints: tuple[int, ...] = (),
+) -> np.ndarray:
+    """Draw limbs between visible joints of a (K, 2) pose on a copy of an RGB uint8 image.
+    Joints listed in ``left_joints`` get a white centre so the sides can be told apart."""
+    canvas = np.ascontiguousarray(image.copy())
+    radius = max(1, round(min(canvas.shape[:2]) / 80))
+    points = [tuple(int(round(v)) for v in joint) for joint in np.nan_to_num(joints)]
+    for a, b in skeleton:
+        if visible[a] > 0 and visible[b] > 0:
+            cv2.line(canvas, points[a], points[b], color, radius, cv2.LINE_AA)
+    for index, point in enumerate(points):
+        if visible[index] > 0:
+            cv2.circle(canvas, point, radius + 1, color, -1, cv2.LINE_AA)
+            if index in left_joints:
+                cv2.circle(canvas, point, max(radius - 1, 1), (255, 255, 255), -1, cv2.LINE_AA)
+    return canvas
+
+
+def save_grid(images: list[np.ndarray], path: str | Path, columns: int = 4) -> Path:
+    """Tile equally sized RGB images into one PNG."""
+    height, width = images[0].shape[:2]
+    rows = (len(images) + columns - 1) // columns
+    grid = np.zeros((rows * height, columns * width, 3), dtype=np.uint8)
+    for i, image in enumerate(images):
+        r, c = divmod(i, columns)
+        grid[r * height : (r + 1) * height, c * width : (c + 1) * width] = image
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+    return path

@@ -1,0 +1,326 @@
+"""Command line and config files.
+
+Two configargparse files (``-DataConfig``, ``-ModelConfig``) hold ``key: value`` lines; any key
+can also be given on the command line, which wins. Option names are those of the project this
+one descends from, so its users' commands and config files keep working.
+
+Bad input never produces a traceback: ``parse_options`` prints one line naming the key, value
+and file at fault, and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import configargparse
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA_CONFIG = REPO_ROOT / "conf" / "datasets" / "synthetic.defconf"
+# The paper-sized hourglass takes days on a CPU; the demo uses a small one.
+DEFAULT_MODEL_CONFIG = REPO_ROOT / "conf" / "models" / "StackedHourGlass-demo.defconf"
+
+DATASET_JOINTS = {"synthetic": 16}
+DATASETS = tuple(DATASET_JOINTS)
+TARGET_TYPE_SPELLINGS = {"heatmap": "heatmap", "direct": "regression", "regression": "regression"}
+AMP_MODES = ("none", "bf16", "fp16")
+LR_SCHEDULES = ("step", "multistep")
+PROGRESS_MODES = ("auto", "bar", "lines", "none")
+
+
+class OptionError(ValueError):
+    """A configuration value that cannot be used; the message names the key and what is allowed."""
+
+
+def _flag(value: str) -> bool:
+    """Parse 0/1/true/false; the original project wrote boolean keys as integers."""
+    lowered = str(value).strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise argparse.ArgumentTypeError(f"expected 0 or 1, got {value!r}")
+
+
+class _OneLineParser(configargparse.ArgParser):
+    """argparse prints usage plus a message on error; we print only the message, on one line."""
+
+    def error(self, message: str) -> NoReturn:
+        fail(message)
+
+
+def fail(message: str) -> NoReturn:
+    print(f"main.py: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def build_parser() -> configargparse.ArgParser:
+    parser = _OneLineParser(
+        description="Train and evaluate 2D human pose estimation models.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        config_file_parser_class=configargparse.DefaultConfigFileParser,
+    )
+    add = parser.add_argument
+
+    data = parser.add_argument_group("data")
+    data.add_argument("-DataConfig", is_config_file=True, help="dataset config file (key: value lines)")
+    data.add_argument("--dataset", default="synthetic", help=f"one of {', '.join(DATASETS)}")
+    data.add_argument("--dataDir", default="", help="dataset root directory (MPII, COCO)")
+    data.add_argument("--TargetType", default=None, help="heatmap or direct; default: the model's own")
+    data.add_argument("--nJoints", type=int, default=None, help="joints per person; default: the dataset's")
+    data.add_argument("--imageRes", type=int, default=160, help="synthetic: side of the rendered images")
+    data.add_argument("--inputRes", type=int, default=128, help="network input height in pixels")
+    data.add_argument("--outputRes", type=int, default=32, help="heatmap height in pixels")
+    data.add_argument("--aspectRatio", type=float, default=1.0, help="input width / height (COCO: 0.75)")
+    data.add_argument("--hmGauss", type=float, default=1.0, help="heatmap Gaussian sigma in heatmap pixels")
+    data.add_argument("--maxTranslate", type=float, default=0.0, help="max shift as a fraction of the box")
+    data.add_argument("--maxScale", type=float, default=0.25, help="scale augmentation: 1 +- maxScale")
+    data.add_argument("--maxRotate", type=float, default=30.0, help="rotation augmentation in degrees")
+    data.add_argument("--rotateProb", type=float, default=0.6, help="probability of rotating a sample")
+    data.add_argument("--flipProb", type=float, default=0.5, help="probability of a horizontal flip")
+    data.add_argument("--colorJitter", type=float, default=0.2, help="per-channel gain 1 +- colorJitter")
+    data.add_argument("--syntheticTrain", type=int, default=4000, help="synthetic: training persons")
+    data.add_argument("--syntheticVal", type=int, default=500, help="synthetic: validation persons")
+    data.add_argument("--shuffle", type=_flag, default=True, help="shuffle training data (0/1)")
+    data.add_argument("--nThreads", type=int, default=2, help="DataLoader worker processes")
+    data.add_argument("--data_loader_size", type=int, default=16, help="batch size")
+    data.add_argument("-dont_pin_memory", action="store_true", help="do not pin host memory on CUDA")
+
+    model = parser.add_argument_group("model")
+    model.add_argument("-ModelConfig", is_config_file=True, help="model config file (key: value lines)")
+    model.add_argument("--model", default="StackedHourGlass", help="registered model name")
+    model.add_argument("--nChannels", type=int, default=None, help="hourglass feature width")
+    model.add_argument("--nStack", type=int, default=None, help="number of stacked hourglasses")
+    model.add_argument("--nModules", type=int, default=None, help="residual modules per hourglass step")
+    model.add_argument("--nReductions", type=int, default=None, help="pooling steps inside an hourglass")
+    model.add_argument("--baseWidth", type=int, default=None, help="PyraNet: channels per pyramid branch")
+    model.add_argument("--cardinality", type=int, default=None, help="PyraNet: pyramid branches")
+    model.add_argument("--prmType", default=None, help="PyraNet: pyramid residual module A, B, C or D")
+    model.add_argument("--LRNSize", type=int, default=None, help="PoseAttention: CRF kernel size")
+    model.add_argument("--IterSize", type=int, default=None, help="PoseAttention: mean-field iterations")
+    model.add_argument("--modelName", default=None, help="ChainedPredictions: encoder (torchvision ResNet)")
+    model.add_argument("--hhKernel", type=int, default=None, help="ChainedPredictions: hidden-hidden kernel")
+    model.add_argument("--ohKernel", type=int, default=None, help="ChainedPredictions: output-hidden kernel")
+    model.add_argument("--baseName", default=None, help="DeepPose: torchvision backbone")
+    model.add_argument("--nCascade", type=int, default=None, help="DeepPose: refinement stages")
+    model.add_argument("--pretrainedPath", default=None, help="local ImageNet weights for the backbone")
+
+    training = parser.add_argument_group("training")
+    training.add_argument("--nEpochs", type=int, default=8, help="training epochs")
+    training.add_argument("--LR", type=float, default=2.5e-4, help="learning rate")
+    training.add_argument("--optimizer_type", default="RMSprop", help="a torch.optim class name")
+    training.add_argument(
+        "--optimizer_pars", action="append", default=None, help="optimizer keyword, key=value (repeatable)"
+    )
+    training.add_argument("--lrSchedule", default="step", help=f"one of {', '.join(LR_SCHEDULES)}")
+    training.add_argument("--dropLR", type=int, default=0, help="step: epochs between LR drops (0: never)")
+    training.add_argument("--dropMag", type=float, default=0.1, help="LR multiplier at each drop")
+    training.add_argument("--lrMilestones", default="", help="multistep: comma-separated epochs")
+    training.add_argument("--mini_batch_count", type=int, default=1, help="batches per optimizer step")
+    training.add_argument("--valInterval", type=int, default=1, help="validate every N epochs")
+    training.add_argument("--seed", type=int, default=0, help="seed for weights, data order, augmentation")
+    training.add_argument("--amp", default="none", help=f"mixed precision: {', '.join(AMP_MODES)}")
+    training.add_argument("-usedouble", action="store_true", help="train in float64")
+
+    checkpoint = parser.add_argument_group("checkpoint")
+    checkpoint.add_argument("--expDir", default="exp", help="root of run directories")
+    checkpoint.add_argument("--expID", default="", help="run name; default: model and time")
+    checkpoint.add_argument("--loadModel", default="", help="checkpoint to resume from or evaluate")
+    checkpoint.add_argument("--loadOptim", type=_flag, default=True, help="restore optimizer and schedule")
+    checkpoint.add_argument("--loadEpoch", type=_flag, default=True, help="continue from the saved epoch")
+    checkpoint.add_argument("--dropPreLoaded", type=_flag, default=False, help="scale the loaded LR once")
+    checkpoint.add_argument("--dropMagPreLoaded", type=float, default=0.1, help="that LR multiplier")
+    checkpoint.add_argument("--saveInterval", type=int, default=1, help="keep model_{epoch}.pth every N")
+
+    runtime = parser.add_argument_group("runtime")
+    runtime.add_argument("-test", action="store_true", help="evaluate --loadModel only")
+    runtime.add_argument("-DEBUG", action="store_true", help="batch 1, no shuffle, no workers")
+    runtime.add_argument("--gpuid", type=int, default=0, help="CUDA device index (ignored without CUDA)")
+    runtime.add_argument("--progress", default="auto", help=f"one of {', '.join(PROGRESS_MODES)}")
+    del add
+    return parser
+
+
+def _known_keys(parser: configargparse.ArgParser) -> list[str]:
+    return [s.lstrip("-") for action in parser._actions for s in action.option_strings]
+
+
+def _unknown_key_message(parser: configargparse.ArgParser, unknown: list[str]) -> str:
+    """Name the first unknown key, where it came from, and the closest valid key."""
+    known = _known_keys(parser)
+    sources = parser.get_source_to_settings_dict()
+    for item in unknown:
+        if not item.startswith("-"):
+            continue
+        key = item.lstrip("-").split("=", 1)[0]
+        origin = "on the command line"
+        for source, settings in sources.items():
+            if source.startswith("config_file|") and key in settings:
+                origin = f"in {source.split('|', 1)[1]}"
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else "; see --help for the valid keys"
+        return f"unknown option {key!r} {origin}{hint}"
+    return f"unexpected arguments: {' '.join(unknown)}"
+
+
+def _with_default_configs(argv: list[str]) -> list[str]:
+    argv = list(argv)
+    if "-h" in argv or "--help" in argv:
+        return argv
+    if not any(a == "-DataConfig" or a.startswith("-DataConfig=") for a in argv):
+        argv = ["-DataConfig", str(DEFAULT_DATA_CONFIG), *argv]
+    if not any(a == "-ModelConfig" or a.startswith("-ModelConfig=") for a in argv):
+        argv = ["-ModelConfig", str(DEFAULT_MODEL_CONFIG), *argv]
+    return argv
+
+
+def parse_optimizer_pars(pairs: list[str] | None) -> dict[str, Any]:
+    """``["momentum=0.9", "nesterov=true"]`` -> ``{"momentum": 0.9, "nesterov": True}``."""
+    parsed: dict[str, Any] = {}
+    for pair in pairs or []:
+        for item in str(pair).strip("[] ").split(","):
+            if not item.strip():
+                continue
+            if "=" not in item:
+                raise OptionError(f"optimizer_pars: {item.strip()!r} is not key=value (e.g. momentum=0.9)")
+            key, raw = (part.strip() for part in item.split("=", 1))
+            parsed[key] = _literal(raw)
+    return parsed
+
+
+def _literal(raw: str) -> Any:
+    lowered = raw.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if raw.startswith("(") and raw.endswith(")"):
+        return tuple(_literal(p.strip()) for p in raw[1:-1].split(";") if p.strip())
+    for cast in (int, float):
+        try:
+            return cast(raw)
+        except ValueError:
+            pass
+    return raw
+
+
+def validate(opts: argparse.Namespace) -> None:
+    """Reject nonsense values with an OptionError naming the key and what is allowed."""
+    import torch.optim
+
+    from models.registry import UnknownModelError, get_entry
+
+    try:
+        entry = get_entry(opts.model)
+    except UnknownModelError as error:
+        raise OptionError(f"model: {error}") from None
+    opts.model = entry.name
+
+    datasets = {name.lower(): name for name in DATASETS}
+    if str(opts.dataset).lower() not in datasets:
+        close = difflib.get_close_matches(str(opts.dataset), DATASETS, n=1, cutoff=0.4)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise OptionError(f"dataset: unknown dataset {opts.dataset!r}: choose one of {', '.join(DATASETS)}{hint}")
+    opts.dataset = datasets[str(opts.dataset).lower()]
+    dataset_joints = DATASET_JOINTS[opts.dataset]
+    if opts.nJoints is None:
+        opts.nJoints = dataset_joints
+    elif opts.nJoints != dataset_joints:
+        raise OptionError(f"nJoints: {opts.nJoints} disagrees with dataset {opts.dataset}, which has {dataset_joints} joints")
+
+    if opts.TargetType is not None:
+        spelled = TARGET_TYPE_SPELLINGS.get(str(opts.TargetType).lower())
+        if spelled is None:
+            raise OptionError(f"TargetType: {opts.TargetType!r} is not one of heatmap, direct")
+        if spelled != entry.target_type:
+            raise OptionError(
+                f"TargetType: {opts.TargetType!r} disagrees with model {entry.name}, which predicts "
+                f"{'heatmaps' if entry.target_type == 'heatmap' else 'coordinates (direct)'}"
+            )
+    opts.target_type = entry.target_type
+
+    positive = {
+        "LR": opts.LR,
+        "inputRes": opts.inputRes,
+        "outputRes": opts.outputRes,
+        "aspectRatio": opts.aspectRatio,
+        "hmGauss": opts.hmGauss,
+        "data_loader_size": opts.data_loader_size,
+        "mini_batch_count": opts.mini_batch_count,
+        "nEpochs": opts.nEpochs,
+        "valInterval": opts.valInterval,
+        "saveInterval": opts.saveInterval,
+        "dropMag": opts.dropMag,
+        "imageRes": opts.imageRes,
+        "syntheticTrain": opts.syntheticTrain,
+        "syntheticVal": opts.syntheticVal,
+    }
+    for key, value in positive.items():
+        if not value > 0:
+            raise OptionError(f"{key}: must be > 0, got {value}")
+    for key in ("nThreads", "dropLR", "gpuid", "maxScale", "maxRotate", "maxTranslate", "colorJitter"):
+        if getattr(opts, key) < 0:
+            raise OptionError(f"{key}: must be >= 0, got {getattr(opts, key)}")
+    for key in ("rotateProb", "flipProb"):
+        if not 0 <= getattr(opts, key) <= 1:
+            raise OptionError(f"{key}: must be a probability in [0, 1], got {getattr(opts, key)}")
+    if opts.inputRes % opts.outputRes != 0:
+        raise OptionError(f"outputRes: {opts.outputRes} does not divide inputRes {opts.inputRes}")
+    for key in ("nChannels", "nStack", "nModules", "nReductions", "nJoints"):
+        value = getattr(opts, key)
+        if value is not None and value < 1:
+            raise OptionError(f"{key}: must be >= 1, got {value}")
+
+    if opts.amp not in AMP_MODES:
+        raise OptionError(f"amp: {opts.amp!r} is not one of {', '.join(AMP_MODES)}")
+    if opts.lrSchedule not in LR_SCHEDULES:
+        raise OptionError(f"lrSchedule: {opts.lrSchedule!r} is not one of {', '.join(LR_SCHEDULES)}")
+    if opts.progress not in PROGRESS_MODES:
+        raise OptionError(f"progress: {opts.progress!r} is not one of {', '.join(PROGRESS_MODES)}")
+    try:
+        opts.milestones = [int(m) for m in str(opts.lrMilestones).replace(" ", "").split(",") if m]
+    except ValueError:
+        raise OptionError(f"lrMilestones: {opts.lrMilestones!r} is not a comma-separated list of epochs") from None
+    if opts.lrSchedule == "multistep" and not opts.milestones:
+        raise OptionError("lrMilestones: multistep needs at least one epoch, e.g. --lrMilestones 60,90")
+
+    optimizer = getattr(torch.optim, str(opts.optimizer_type), None)
+    if not (isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer)):
+        names = sorted(
+            n for n, c in vars(torch.optim).items() if isinstance(c, type) and issubclass(c, torch.optim.Optimizer)
+        )
+        names = [n for n in names if n != "Optimizer"]
+        close = difflib.get_close_matches(str(opts.optimizer_type), names, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise OptionError(f"optimizer_type: {opts.optimizer_type!r} is not a torch.optim optimizer{hint}")
+    opts.optimizer_kwargs = parse_optimizer_pars(opts.optimizer_pars)
+
+    if opts.test and not opts.loadModel:
+        raise OptionError("-test: needs --loadModel PATH, the checkpoint to evaluate")
+    if opts.loadModel and not Path(opts.loadModel).is_file():
+        raise OptionError(f"loadModel: no checkpoint file at {opts.loadModel}")
+
+
+def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse config files and command line; print one line and exit 2 on any bad input."""
+    argv = _with_default_configs(sys.argv[1:] if argv is None else argv)
+    for flag in ("-DataConfig", "-ModelConfig"):
+        if flag in argv:
+            position = argv.index(flag)
+            if position + 1 >= len(argv):
+                fail(f"{flag}: expects a config file path")
+            path = Path(argv[position + 1])
+            if not path.is_file():
+                fail(f"{flag}: config file not found: {path}")
+    parser = build_parser()
+    opts, unknown = parser.parse_known_args(argv)
+    if unknown:
+        fail(_unknown_key_message(parser, unknown))
+    if opts.DEBUG:
+        opts.data_loader_size, opts.shuffle, opts.nThreads = 1, False, 0
+    try:
+        validate(opts)
+    except OptionError as error:
+        fail(str(error))
+    return opts

@@ -1,0 +1,58 @@
+"""Affine maps between an original image and a network input crop.
+
+Pixel convention everywhere: integer coordinates are pixel centres (as in cv2.warpAffine), so a
+crop of width ``w`` spans [-0.5, w - 0.5] and its centre is at (w - 1) / 2.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+
+def crop_affine(
+    center: np.ndarray,
+    box_height: float,
+    output_size: tuple[int, int],
+    rotation: float = 0.0,
+    flip: bool = False,
+) -> np.ndarray:
+    """(2, 3) matrix mapping original-image pixels to a crop of ``output_size`` = (width, height).
+
+    The crop shows a box of ``box_height`` pixels (and ``box_height * width / height`` wide)
+    centred on ``center``, rotated by ``rotation`` degrees (counter-clockwise as displayed),
+    then mirrored left-right when ``flip``.
+    """
+    width, height = output_size
+    zoom = height / float(box_height)
+    angle = math.radians(rotation)
+    cos, sin = math.cos(angle) * zoom, math.sin(angle) * zoom
+    # y points down in images, so a counter-clockwise turn on screen is (x, y) -> (x cos + y sin, -x sin + y cos)
+    linear = np.array([[cos, sin], [-sin, cos]])
+    if flip:
+        linear[0] *= -1
+    out_center = np.array([(width - 1) / 2.0, (height - 1) / 2.0])
+    translation = out_center - linear @ np.asarray(center, dtype=np.float64)
+    return np.concatenate([linear, translation[:, None]], axis=1)
+
+
+def invert_affine(matrix: np.ndarray) -> np.ndarray:
+    """Inverse of a (2, 3) affine matrix."""
+    full = np.vstack([matrix, [0.0, 0.0, 1.0]])
+    return np.linalg.inv(full)[:2]
+
+
+def apply_affine(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """Map (..., 2) points with a (2, 3) matrix (or (..., 2, 3) matrices broadcast over points)."""
+    points = np.asarray(points, dtype=np.float64)
+    matrix = np.asarray(matrix, dtype=np.float64)
+    return np.einsum("...ij,...kj->...ki", matrix[..., :2], points) + matrix[..., None, :, 2]
+
+
+def warp_image(image: np.ndarray, matrix: np.ndarray, output_size: tuple[int, int]) -> np.ndarray:
+    """Warp an (H, W, 3) uint8 image into an (h, w, 3) crop; outside the image is black."""
+    return cv2.warpAffine(
+        image, matrix, output_size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0)
+    )
