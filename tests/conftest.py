@@ -1,0 +1,34 @@
+"""Shared test helpers: the repository root on sys.path, tiny run options, the shared fixtures."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+# Tiny tensors gain nothing from intra-op threads, and on a shared 2-core machine spinning
+# threads slow them down many times over.
+torch.set_num_threads(1)
+
+# A model and dataset small enough that an epoch takes about a second on one CPU core.
+TINY_RUN = [
+    "--inputRes", "32", "--outputRes", "8", "--imageRes", "48",
+    "--nChannels", "16", "--nStack", "2", "--nModules", "1", "--nReductions", "2",
+    "--syntheticTrain", "48", "--syntheticVal", "16", "--data_loader_size", "8",
+    "--nThreads", "0", "--valInterval", "1", "--saveInterval", "1", "--progress", "none",
+    "--optimizer_type", "Adam", "--LR", "2e-3",
+]  # fmt: skip
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared fixtures not found at {SHARED_DATA} (clone the project next to shared/)")
+    return SHARED_DATA

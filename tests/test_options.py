@@ -1,0 +1,95 @@
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO_ROOT
+from utils.options import parse_optimizer_pars, parse_options
+
+
+def parse_error(capsys, argv: list[str]) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        parse_options(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_defaults_are_the_demo():
+    opts = parse_options([])
+    assert opts.dataset == "synthetic" and opts.model == "StackedHourGlass"
+    assert (opts.nChannels, opts.nStack, opts.inputRes, opts.outputRes) == (64, 2, 128, 32)
+    assert opts.target_type == "heatmap" and opts.nJoints == 16
+
+
+def test_config_file_values_and_command_line_override(tmp_path):
+    config = tmp_path / "model.defconf"
+    config.write_text("model: hourglass\nnStack = 3\nLR: 0.01\noptimizer_type: SGD\noptimizer_pars: [momentum=0.9, nesterov=true]\n")
+    opts = parse_options(["-ModelConfig", str(config), "--LR", "0.5"])
+    assert opts.model == "StackedHourGlass"  # alias resolved to the registered name
+    assert opts.nStack == 3
+    assert opts.LR == 0.5  # command line wins over the file
+    assert opts.optimizer_kwargs == {"momentum": 0.9, "nesterov": True}
+
+
+def test_original_spellings_are_accepted(tmp_path):
+    config = tmp_path / "old.defconf"
+    config.write_text("model = StackedHourGlass\nTargetType: heatmap\nshuffle: 1\nloadOptim: 0\n")
+    opts = parse_options(["-ModelConfig", str(config), "-usedouble", "-dont_pin_memory"])
+    assert opts.usedouble and opts.dont_pin_memory and opts.shuffle is True and opts.loadOptim is False
+
+
+def test_optimizer_pars_repeatable():
+    assert parse_optimizer_pars(["momentum=0.9", "weight_decay=1e-4"]) == {"momentum": 0.9, "weight_decay": 1e-4}
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--model", "StackedHourGlas"], "did you mean 'StackedHourGlass'"),
+        (["--dataset", "MPI"], "dataset: unknown dataset 'MPI'"),
+        (["--nStacks", "3"], "unknown option 'nStacks' on the command line; did you mean 'nStack'"),
+        (["--LR"], "argument --LR: expected one argument"),
+        (["--LR", "fast"], "argument --LR: invalid float value: 'fast'"),
+        (["--LR", "0"], "LR: must be > 0, got 0.0"),
+        (["--LR=-1e-3"], "LR: must be > 0, got -0.001"),
+        (["--outputRes", "30"], "outputRes: 30 does not divide inputRes 128"),
+        (["--nJoints", "17"], "nJoints: 17 disagrees with dataset synthetic, which has 16 joints"),
+        (["--TargetType", "direct"], "TargetType: 'direct' disagrees with model StackedHourGlass"),
+        (["--optimizer_type", "Adamm"], "did you mean 'Adam'"),
+        (["--amp", "fp8"], "amp: 'fp8' is not one of none, bf16, fp16"),
+        (["--loadModel", "nowhere.pth"], "loadModel: no checkpoint file at nowhere.pth"),
+        (["-test"], "-test: needs --loadModel"),
+        (["-DataConfig", "missing.defconf"], "-DataConfig: config file not found: missing.defconf"),
+    ],
+)
+def test_bad_input_is_one_line_with_status_2(capsys, argv, expected):
+    assert expected in parse_error(capsys, argv)
+
+
+def test_unknown_key_in_config_file_names_the_file(capsys, tmp_path):
+    config = tmp_path / "typo.defconf"
+    config.write_text("nChanels: 128\n")
+    err = parse_error(capsys, ["-ModelConfig", str(config)])
+    assert f"unknown option 'nChanels' in {config}" in err and "did you mean 'nChannels'" in err
+
+
+def test_cli_error_has_no_traceback():
+    result = subprocess.run(
+        [sys.executable, "main.py", "--model", "NoSuchNet"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "main.py: error: model: unknown model 'NoSuchNet': choose one of "
+        + result.stderr.split("choose one of ")[1].strip()
+    ]
+    assert "Traceback" not in result.stderr
+
+
+def test_help_lists_groups():
+    result = subprocess.run([sys.executable, "main.py", "--help"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0
+    for group in ("data:", "model:", "training:", "checkpoint:", "runtime:"):
+        assert group in result.stdout
+    assert "--nStack" in result.stdout and "(default: RMSprop)" in result.stdout
