@@ -1,0 +1,158 @@
+"""ImageNet backbones from torchvision, built offline.
+
+Models are always constructed with ``weights=None`` so nothing is ever downloaded; ImageNet weights
+are loaded only when a copy already exists on this machine (an explicit path, or torchvision's own
+download cache). Without one, a single notice goes to stderr and the backbone trains from scratch.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+# name -> (torchvision builder, weights enum, trunk output channels)
+_BACKBONES: dict[str, tuple[Callable[..., nn.Module], Any, int]] = {
+    "resnet18": (torchvision.models.resnet18, torchvision.models.ResNet18_Weights, 512),
+    "resnet34": (torchvision.models.resnet34, torchvision.models.ResNet34_Weights, 512),
+    "resnet50": (torchvision.models.resnet50, torchvision.models.ResNet50_Weights, 2048),
+    "resnet101": (torchvision.models.resnet101, torchvision.models.ResNet101_Weights, 2048),
+    "resnet152": (torchvision.models.resnet152, torchvision.models.ResNet152_Weights, 2048),
+    "inception_v3": (torchvision.models.inception_v3, torchvision.models.Inception_V3_Weights, 2048),
+}
+BACKBONE_NAMES: tuple[str, ...] = tuple(_BACKBONES)
+
+INCEPTION_MIN_SIZE = 75  # below this the stride-2 valid convolutions of Inception v3 leave nothing
+
+# Backbone names whose "no weights" notice was already printed: a model with several stages that
+# share a backbone type (DeepPose's cascade) should say it once, not once per stage.
+_NOTICED: set[str] = set()
+
+
+class InceptionTrunk(nn.Module):
+    """Inception v3 without its classifier and auxiliary head: (N, 3, H, W) -> (N, 2048, ~H/32, ~W/32).
+
+    Its convolutions are unpadded, so the output is slightly smaller than H/32 (8x8 at 299, 6x6 at 256);
+    callers that need an exact grid resize the features. The Google-trained ImageNet weights expect
+    inputs scaled to [-1, 1], so when they are loaded ``transform_input`` converts our ImageNet
+    mean/std normalisation to that range (as torchvision does for its pretrained model)."""
+
+    def __init__(self, model: nn.Module, transform_input: bool = False) -> None:
+        super().__init__()
+        self.transform_input = transform_input
+        names = [
+            "Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1", "Conv2d_4a_3x3",
+            "maxpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d",
+            "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c",
+        ]  # fmt: skip
+        self.layers = nn.Sequential(OrderedDict((name, getattr(model, name)) for name in names))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        height, width = image.shape[-2:]
+        if min(height, width) < INCEPTION_MIN_SIZE:
+            raise ValueError(
+                f"inception_v3 needs inputs of at least {INCEPTION_MIN_SIZE}x{INCEPTION_MIN_SIZE} px, "
+                f"got {height}x{width}; use a larger inputRes or a ResNet backbone"
+            )
+        if self.transform_input:
+            # ImageNet mean/std normalisation -> (x - 0.5) / 0.5, channel by channel.
+            mean = image.new_tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+            std = image.new_tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+            image = (image * std + mean - 0.5) / 0.5
+        return self.layers(image)
+
+
+def _resnet_trunk(model: nn.Module) -> nn.Sequential:
+    # Keeping torchvision's child names keeps state-dict keys identical (minus "fc.").
+    names = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
+    return nn.Sequential(OrderedDict((name, getattr(model, name)) for name in names))
+
+
+def cached_weight_paths(name: str) -> list[Path]:
+    """Where torchvision's downloader would have stored ``name``'s ImageNet weights, V1 first."""
+    _, weights_enum, _ = _BACKBONES[name]
+    checkpoints = Path(torch.hub.get_dir()) / "checkpoints"
+    ordered = sorted(weights_enum, key=lambda w: w.name != "IMAGENET1K_V1")
+    return [checkpoints / Path(w.url).name for w in ordered]
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    # Accept the common training-script wrappers around a bare state dict.
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} does not hold a state dict (got {type(state).__name__})")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _load_imagenet(model: nn.Module, state: dict[str, torch.Tensor], name: str, path: Path) -> None:
+    # Classifier and auxiliary-head weights are not part of the trunk, so they may be absent or extra.
+    def is_head(key: str) -> bool:
+        return key.startswith(("fc.", "AuxLogits."))
+
+    state = {k: v for k, v in state.items() if not k.startswith("AuxLogits.")}
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not is_head(k)]
+    unexpected = [k for k in result.unexpected_keys if not is_head(k)]
+    if missing or unexpected:
+        raise ValueError(
+            f"{path} does not match torchvision's {name}: "
+            f"{len(missing)} missing keys (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+        )
+
+
+def torchvision_backbone(name: str, pretrained_path: str | None = None) -> tuple[nn.Module, int]:
+    """Classifier-free torchvision trunk and its output channel count.
+
+    ``name`` is one of resnet18/34/50/101/152 or inception_v3. ResNet trunks map (N, 3, H, W) to
+    (N, C, H/32, W/32) (exactly, for H and W divisible by 32). ImageNet weights come from
+    ``pretrained_path`` if given (it must exist), else from torchvision's cache
+    (``torch.hub.get_dir()/checkpoints/<file name of the weights URL>``); nothing is downloaded.
+    """
+    if name not in _BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}: choose one of {', '.join(BACKBONE_NAMES)}")
+    builder, _, channels = _BACKBONES[name]
+    if name == "inception_v3":
+        # The auxiliary classifier only serves ImageNet training; without it forward returns one tensor.
+        model = builder(weights=None, aux_logits=False, init_weights=True)
+    else:
+        model = builder(weights=None)
+
+    if pretrained_path is not None:
+        path = Path(pretrained_path).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"pretrained weights for {name} not found: {path}")
+        candidates = [path]
+    else:
+        candidates = [p for p in cached_weight_paths(name) if p.is_file()]
+
+    loaded = False
+    if candidates:
+        _load_imagenet(model, _read_state_dict(candidates[0]), name, candidates[0])
+        loaded = True
+    elif name not in _NOTICED:
+        _NOTICED.add(name)
+        looked = ", ".join(str(p) for p in cached_weight_paths(name))
+        print(
+            f"note: no local ImageNet weights for {name} (looked in {looked}); training from scratch",
+            file=sys.stderr,
+        )
+
+    trunk = InceptionTrunk(model, transform_input=loaded) if name == "inception_v3" else _resnet_trunk(model)
+    return trunk, channels
+
+
+def resize_to(features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize to ``size`` when needed; a no-op (same tensor) when the size already matches."""
+    if tuple(features.shape[-2:]) == tuple(size):
+        return features
+    return F.interpolate(features, size=size, mode="bilinear", align_corners=False)
