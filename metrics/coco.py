@@ -1,0 +1,427 @@
+"""COCO keypoint evaluation: rescoring, OKS-NMS (numpy) and the pycocotools keypoint AP/AR.
+
+Rescoring and OKS-NMS follow the Simple Baselines / HRNet top-down pipeline: each pose gets
+``box score x mean confidence of its keypoints above 0.2``, then per image a greedy OKS-NMS at
+0.9 keeps the best-scored poses. COCO keypoint coordinates are 0-based pixels, like the project.
+
+Usage as a script::
+
+    python -m metrics.coco GT.json RESULTS.json          # text table
+    python -m metrics.coco GT.json RESULTS.json --json   # one JSON object with the ten numbers
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import io
+import json
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# Per-keypoint OKS standard deviations of COCO (nose, eyes, ears, shoulders, elbows, wrists, hips,
+# knees, ankles), the values pycocotools uses.
+COCO_SIGMAS: np.ndarray = np.array(
+    [
+        0.026,
+        0.025,
+        0.025,
+        0.035,
+        0.035,
+        0.079,
+        0.079,
+        0.072,
+        0.072,
+        0.062,
+        0.062,
+        0.107,
+        0.107,
+        0.087,
+        0.087,
+        0.089,
+        0.089,
+    ]
+)
+COCO_SIGMAS.setflags(write=False)
+
+NUM_KEYPOINTS = 17
+
+# Order of COCOeval.stats for iouType='keypoints'.
+STAT_NAMES: tuple[str, ...] = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
+
+
+# --------------------------------------------------------------------------------------------
+# OKS, OKS-NMS and rescoring (pure numpy)
+# --------------------------------------------------------------------------------------------
+
+
+def _check_sigmas(sigmas: np.ndarray, k: int) -> np.ndarray:
+    s = np.asarray(sigmas, dtype=np.float64)
+    if s.shape != (k,):
+        raise ValueError(f"sigmas must have shape ({k},) to match the keypoints, got {s.shape}")
+    return s
+
+
+def pairwise_oks(kpts: np.ndarray, areas: np.ndarray, sigmas: np.ndarray = COCO_SIGMAS) -> np.ndarray:
+    """OKS between every pair of poses, as the reference OKS-NMS computes it.
+
+    ``oks(a, b) = mean_k exp(-d_k^2 / (2 * (2 sigma_k)^2 * ((area_a + area_b)/2 + eps)))`` over all
+    K keypoints (confidences are not used; the reference NMS is called without a visibility
+    threshold). eps is ``np.spacing(1)`` so zero areas do not divide by zero.
+
+    Args:
+        kpts: (N, K, 2 or 3) poses; only x, y are used.
+        areas: (N,) object scale per pose (e.g. the box area), pixels^2.
+        sigmas: (K,) per-keypoint sigmas.
+
+    Returns:
+        (N, N) float64 symmetric matrix, 1 on the diagonal.
+    """
+    kpts = np.asarray(kpts, dtype=np.float64)
+    if kpts.ndim != 3 or kpts.shape[2] not in (2, 3):
+        raise ValueError(f"kpts must have shape (N, K, 2) or (N, K, 3), got {kpts.shape}")
+    n, k = kpts.shape[:2]
+    s = _check_sigmas(sigmas, k)
+    areas = np.asarray(areas, dtype=np.float64)
+    if areas.shape != (n,):
+        raise ValueError(f"areas must have shape ({n},), got {areas.shape}")
+    variances = (2.0 * s) ** 2
+    diff = kpts[:, None, :, :2] - kpts[None, :, :, :2]
+    d2 = (diff**2).sum(axis=-1)  # (N, N, K)
+    scale = (areas[:, None] + areas[None, :]) / 2.0 + np.spacing(1)
+    e = d2 / variances / scale[:, :, None] / 2.0
+    return np.exp(-e).mean(axis=-1)
+
+
+def oks_nms(
+    kpts: np.ndarray,
+    scores: np.ndarray,
+    areas: np.ndarray,
+    threshold: float = 0.9,
+    sigmas: np.ndarray = COCO_SIGMAS,
+) -> np.ndarray:
+    """Greedy OKS non-maximum suppression.
+
+    Poses are visited by decreasing score; a pose is kept unless its OKS with an already kept
+    pose is strictly greater than ``threshold`` (OKS equal to the threshold is kept, as in the
+    reference ``oks_ovr <= thresh``). Equal scores keep their input order (stable sort).
+
+    Args:
+        kpts: (N, K, 3) poses ``(x, y, confidence)``; (N, K, 2) also works.
+        scores: (N,) pose scores.
+        areas: (N,) object scale per pose, pixels^2.
+        threshold: OKS above which the lower-scored pose is suppressed.
+        sigmas: (K,) per-keypoint sigmas.
+
+    Returns:
+        (M,) int64 indices of the kept poses, highest score first.
+    """
+    kpts = np.asarray(kpts, dtype=np.float64)
+    scores = np.asarray(scores, dtype=np.float64)
+    n = kpts.shape[0] if kpts.ndim >= 1 else 0
+    if scores.shape != (n,):
+        raise ValueError(f"scores must have shape ({n},), got {scores.shape}")
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    oks = pairwise_oks(kpts, areas, sigmas)
+    order = np.argsort(-scores, kind="stable")
+    suppressed = np.zeros(n, dtype=bool)
+    keep: list[int] = []
+    for i in order:
+        if suppressed[i]:
+            continue
+        keep.append(int(i))
+        suppressed |= oks[i] > threshold
+    return np.asarray(keep, dtype=np.int64)
+
+
+def rescore(keypoint_scores: np.ndarray, box_scores: np.ndarray, threshold: float = 0.2) -> np.ndarray:
+    """Pose score = box score x mean of the keypoint confidences strictly above ``threshold``.
+
+    Convention (same as Simple Baselines / HRNet): when no keypoint confidence exceeds the
+    threshold, the keypoint term is 0, so the pose score is 0.
+
+    Args:
+        keypoint_scores: (N, K) keypoint confidences.
+        box_scores: (N,) detector scores.
+        threshold: confidences must be ``> threshold`` to count.
+
+    Returns:
+        (N,) float64 pose scores.
+    """
+    kp = np.asarray(keypoint_scores, dtype=np.float64)
+    box = np.asarray(box_scores, dtype=np.float64)
+    if kp.ndim != 2:
+        raise ValueError(f"keypoint_scores must have shape (N, K), got {kp.shape}")
+    if box.shape != (kp.shape[0],):
+        raise ValueError(f"box_scores must have shape ({kp.shape[0]},), got {box.shape}")
+    valid = kp > threshold
+    num = valid.sum(axis=1)
+    total = np.where(valid, kp, 0.0).sum(axis=1)
+    mean = np.divide(total, num, out=np.zeros_like(total), where=num > 0)
+    return box * mean
+
+
+# --------------------------------------------------------------------------------------------
+# Result lists and files
+# --------------------------------------------------------------------------------------------
+
+
+def _check_keypoints(keypoints: np.ndarray, n: int | None = None) -> np.ndarray:
+    kp = np.asarray(keypoints, dtype=np.float64)
+    if kp.ndim != 3 or kp.shape[2] != 3:
+        raise ValueError(f"keypoints must have shape (N, K, 3), got {kp.shape}")
+    if n is not None and kp.shape[0] != n:
+        raise ValueError(f"keypoints hold {kp.shape[0]} poses but {n} image ids / scores were given")
+    return kp
+
+
+def make_results(
+    image_ids: Sequence[int] | np.ndarray,
+    keypoints: np.ndarray,
+    scores: Sequence[float] | np.ndarray,
+    category_id: int = 1,
+) -> list[dict[str, Any]]:
+    """COCO keypoint result dicts, one per pose, in input order (no rescoring or NMS).
+
+    Args:
+        image_ids: (N,) COCO image ids.
+        keypoints: (N, K, 3) ``(x, y, confidence)``, 0-based pixels.
+        scores: (N,) pose scores.
+
+    Returns:
+        list of ``{"image_id", "category_id", "keypoints": [3K floats], "score"}``.
+    """
+    ids = np.asarray(image_ids).reshape(-1)
+    sc = np.asarray(scores, dtype=np.float64).reshape(-1)
+    kp = _check_keypoints(keypoints, ids.shape[0])
+    if sc.shape != ids.shape:
+        raise ValueError(f"scores hold {sc.shape[0]} values but {ids.shape[0]} image ids were given")
+    return [
+        {
+            "image_id": int(ids[i]),
+            "category_id": int(category_id),
+            "keypoints": [float(v) for v in kp[i].reshape(-1)],
+            "score": float(sc[i]),
+        }
+        for i in range(ids.shape[0])
+    ]
+
+
+def write_results(
+    path: str | Path,
+    image_ids: Sequence[int] | np.ndarray,
+    keypoints: np.ndarray,
+    scores: Sequence[float] | np.ndarray,
+    category_id: int = 1,
+) -> None:
+    """Write a COCO keypoint results JSON (see :func:`make_results` for shapes)."""
+    results = make_results(image_ids, keypoints, scores, category_id)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(results, f)
+
+
+def postprocess_results(
+    image_ids: Sequence[int] | np.ndarray,
+    keypoints: np.ndarray,
+    box_scores: Sequence[float] | np.ndarray,
+    areas: Sequence[float] | np.ndarray,
+    *,
+    vis_threshold: float = 0.2,
+    oks_threshold: float = 0.9,
+    sigmas: np.ndarray = COCO_SIGMAS,
+    category_id: int = 1,
+) -> list[dict[str, Any]]:
+    """Top-down post-processing: rescore every pose, OKS-NMS per image, build the result list.
+
+    Args:
+        image_ids: (N,) image id of each pose.
+        keypoints: (N, K, 3) ``(x, y, confidence)`` in 0-based pixels of the original image.
+        box_scores: (N,) detector score of the box each pose came from.
+        areas: (N,) object scale for OKS-NMS (the reference uses the area of the crop box).
+        vis_threshold: keypoint confidence threshold of :func:`rescore`.
+        oks_threshold: threshold of :func:`oks_nms`.
+
+    Returns:
+        result dicts (as :func:`make_results`), images in order of first appearance, each image's
+        kept poses by decreasing rescored score.
+    """
+    ids = np.asarray(image_ids).reshape(-1)
+    kp = _check_keypoints(keypoints, ids.shape[0])
+    box = np.asarray(box_scores, dtype=np.float64).reshape(-1)
+    ar = np.asarray(areas, dtype=np.float64).reshape(-1)
+    if box.shape != ids.shape or ar.shape != ids.shape:
+        raise ValueError(
+            f"box_scores ({box.shape[0]}) and areas ({ar.shape[0]}) must have one value per pose ({ids.shape[0]})"
+        )
+    pose_scores = rescore(kp[:, :, 2], box, vis_threshold)
+    _, first = np.unique(ids, return_index=True)
+    results: list[dict[str, Any]] = []
+    for img in ids[np.sort(first)]:
+        members = np.flatnonzero(ids == img)
+        keep = members[oks_nms(kp[members], pose_scores[members], ar[members], oks_threshold, sigmas)]
+        results.extend(make_results(ids[keep], kp[keep], pose_scores[keep], category_id))
+    return results
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation with pycocotools
+# --------------------------------------------------------------------------------------------
+
+
+def _quiet(verbose: bool) -> contextlib.AbstractContextManager[Any]:
+    return contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
+
+
+def load_gt(path: str | Path, verbose: bool = False) -> Any:
+    """Load a COCO ground-truth JSON into a ``pycocotools.coco.COCO`` object, with clear errors."""
+    from pycocotools.coco import COCO
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            dataset = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({' '.join(str(exc).split())})") from None
+    if not isinstance(dataset, dict) or not isinstance(dataset.get("annotations"), list):
+        raise ValueError(
+            f"{path}: not a COCO ground-truth file (needs an object with 'images' and 'annotations')"
+        )
+    for key in ("images", "categories"):
+        if not isinstance(dataset.get(key), list):
+            raise ValueError(f"{path}: not a COCO ground-truth file (no '{key}' list)")
+    coco = COCO()
+    coco.dataset = dataset
+    with _quiet(verbose):
+        coco.createIndex()
+    return coco
+
+
+def load_results(path: str | Path) -> list[dict[str, Any]]:
+    """Read a COCO keypoint results JSON (a list of result dicts)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            results = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({' '.join(str(exc).split())})") from None
+    if not isinstance(results, list):
+        raise ValueError(f"{path}: a COCO results file must hold a JSON list, got {type(results).__name__}")
+    return results
+
+
+def _check_results(results: list[Any], coco_gt: Any, source: str) -> None:
+    if not results:
+        raise ValueError(f"{source}: no keypoint results to evaluate (empty list)")
+    num_kpts = None
+    cats = coco_gt.loadCats(coco_gt.getCatIds())
+    if cats and "keypoints" in cats[0]:
+        num_kpts = len(cats[0]["keypoints"])
+    # COCOeval would fail with a bare KeyError deep inside computeOks otherwise.
+    if any("keypoints" not in a for a in coco_gt.dataset.get("annotations", [])):
+        raise ValueError("ground truth has annotations without 'keypoints': not a person_keypoints file")
+    gt_ids = set(coco_gt.getImgIds())
+    for i, r in enumerate(results):
+        if not isinstance(r, dict) or not {"image_id", "keypoints", "score", "category_id"} <= r.keys():
+            raise ValueError(
+                f"{source}: result {i} must be an object with image_id, category_id, keypoints, score"
+            )
+        kp = r["keypoints"]
+        if not isinstance(kp, list) or len(kp) % 3 or (num_kpts is not None and len(kp) != 3 * num_kpts):
+            want = f"{3 * num_kpts}" if num_kpts is not None else "a multiple of 3"
+            raise ValueError(
+                f"{source}: result {i} has {len(kp) if isinstance(kp, list) else '?'} keypoint values, expected {want}"
+            )
+        if r["image_id"] not in gt_ids:
+            raise ValueError(
+                f"{source}: result {i} has image_id {r['image_id']} which is not in the ground truth"
+            )
+
+
+def evaluate_keypoints(
+    gt: str | Path | Any,
+    results: str | Path | list[dict[str, Any]],
+    *,
+    verbose: bool = False,
+    sigmas: np.ndarray | None = None,
+) -> dict[str, float]:
+    """COCO keypoint AP/AR with pycocotools ``COCOeval(iouType='keypoints')``.
+
+    Args:
+        gt: ground-truth JSON path or a ``pycocotools.coco.COCO`` object.
+        results: results JSON path or a list of result dicts (see :func:`make_results`). The list
+            is deep-copied because pycocotools adds fields to it.
+        verbose: let pycocotools print its progress and summary.
+        sigmas: (K,) OKS sigmas; None keeps pycocotools' COCO defaults.
+
+    Returns:
+        ``{name: value}`` for ``STAT_NAMES`` (AP, AP50, AP75, APm, APl, AR, AR50, AR75, ARm, ARl),
+        fractions in [0, 1] (-1 where pycocotools has no ground truth in the area range).
+    """
+    from pycocotools.cocoeval import COCOeval
+
+    coco_gt = load_gt(gt, verbose) if isinstance(gt, (str, Path)) else gt
+    if isinstance(results, (str, Path)):
+        source = str(results)
+        dets = load_results(results)
+    else:
+        source = "results"
+        dets = copy.deepcopy(list(results))
+    _check_results(dets, coco_gt, source)
+    with _quiet(verbose):
+        coco_dt = coco_gt.loadRes(dets)
+        ev = COCOeval(coco_gt, coco_dt, "keypoints")
+        if sigmas is not None:
+            ev.params.kpt_oks_sigmas = np.asarray(sigmas, dtype=np.float64)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return {name: float(v) for name, v in zip(STAT_NAMES, ev.stats, strict=True)}
+
+
+def format_table(stats: dict[str, float]) -> str:
+    """Render the ten COCO keypoint numbers as a Markdown-style text table (three decimals)."""
+    names = list(stats)
+    cells = [f"{float(stats[k]):.3f}" for k in names]
+    widths = [max(len(a), len(b)) for a, b in zip(names, cells, strict=True)]
+    header = "| " + " | ".join(a.rjust(w) for a, w in zip(names, widths, strict=True)) + " |"
+    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    row = "| " + " | ".join(b.rjust(w) for b, w in zip(cells, widths, strict=True)) + " |"
+    return "\n".join([header, rule, row])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m metrics.coco", description="COCO keypoint AP/AR of a results JSON (pycocotools)."
+    )
+    parser.add_argument("gt", help="COCO person_keypoints ground-truth JSON")
+    parser.add_argument(
+        "results", help="COCO keypoint results JSON (list of image_id/category_id/keypoints/score)"
+    )
+    parser.add_argument("--json", action="store_true", help="print the ten numbers as one JSON object")
+    parser.add_argument("--verbose", action="store_true", help="show pycocotools' own output")
+    args = parser.parse_args(argv)
+    try:
+        stats = evaluate_keypoints(args.gt, args.results, verbose=args.verbose)
+    except (OSError, ValueError) as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({k: (v if math.isfinite(v) else None) for k, v in stats.items()}))
+    else:
+        print(format_table(stats))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
