@@ -159,7 +159,9 @@ def predict(
 def score_predictions(results: dict[str, np.ndarray]) -> dict[str, float]:
     """Validation metrics over all samples at once: loss, PCKh@0.5 (mean and per joint) where
     head sizes exist, and PCK@0.5 with normaliser heatmap size / 10."""
-    metrics: dict[str, float] = {"loss": float(np.mean(results["loss"])) if len(results["loss"]) else math.nan}
+    metrics: dict[str, float] = {
+        "loss": float(np.mean(results["loss"])) if len(results["loss"]) else math.nan
+    }
     preds, gt, visible = results["preds"], results["joints"], results["visible"]
     if np.isfinite(results["head_size"]).any():
         mean, per_joint = pckh_summary(preds, gt, visible, results["head_size"])

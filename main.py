@@ -1,10 +1,10 @@
 """Train or evaluate a pose model.
 
-    python main.py                                  # demo: synthetic people, small hourglass, CPU
-    python main.py -DataConfig conf/datasets/mpii.defconf -ModelConfig conf/models/StackedHourGlass.defconf
-    python main.py ... --loadModel exp/run/last.pth  # resume
-    python main.py ... -test --loadModel exp/run/best.pth
-    torchrun --nproc_per_node 4 main.py ...          # DistributedDataParallel
+python main.py                                  # demo: synthetic people, small hourglass, CPU
+python main.py -DataConfig conf/datasets/mpii.defconf -ModelConfig conf/models/StackedHourGlass.defconf
+python main.py ... --loadModel exp/run/last.pth  # resume
+python main.py ... -test --loadModel exp/run/best.pth
+torchrun --nproc_per_node 4 main.py ...          # DistributedDataParallel
 """
 
 from __future__ import annotations
@@ -28,7 +28,13 @@ from engine import NonFiniteLossError, Precision, predict, score_predictions, tr
 from losses import make_loss
 from models import build_model
 from models.complexity import profile_model
-from utils.checkpoint import CheckpointError, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from utils.checkpoint import (
+    CheckpointError,
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
 from utils.distributed import DistributedContext, barrier, cleanup_distributed, setup_distributed
 from utils.drawing import draw_pose, save_grid, to_uint8_image
 from utils.logging import RunRecorder
@@ -48,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     model = build_model(opts.model, **vars(opts))
     profile = profile_model(model, input_size[::-1])
     check_output_shape(profile.output_shapes, opts, heatmap_size)
-    say(f"model {opts.model}: {profile.parameters / 1e6:.2f} M parameters, {profile.gflops:.2f} GFLOPs per image")
+    say(
+        f"model {opts.model}: {profile.parameters / 1e6:.2f} M parameters, {profile.gflops:.2f} GFLOPs per image"
+    )
     precision = Precision(opts.amp, torch.float64 if opts.usedouble else torch.float32)
     model = model.to(context.device, dtype=precision.dtype)
 
@@ -63,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     train_loader, val_loader = make_loaders(train_set, val_set, opts, context)
 
-    optimizer = getattr(torch.optim, opts.optimizer_type)(model.parameters(), lr=opts.LR, **opts.optimizer_kwargs)
+    optimizer = getattr(torch.optim, opts.optimizer_type)(
+        model.parameters(), lr=opts.LR, **opts.optimizer_kwargs
+    )
     scheduler = make_scheduler(optimizer, opts)
     scaler = torch.amp.GradScaler("cuda") if opts.amp == "fp16" and context.device.type == "cuda" else None
     start_epoch, best = 1, -math.inf
@@ -76,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     net = DistributedDataParallel(model) if context.is_distributed else model
 
     if opts.test:
-        results = predict(net, val_loader, codec, context, loss_fn=loss_fn, precision=precision, progress_mode=opts.progress)
+        results = predict(
+            net, val_loader, codec, context, loss_fn=loss_fn, precision=precision, progress_mode=opts.progress
+        )
         metrics = score_predictions(results)
         recorder.log_metrics(start_epoch - 1, "test", metrics)
         say(format_metrics(metrics, val_set))
@@ -98,7 +110,15 @@ def main(argv: list[str] | None = None) -> int:
         recorder.log_metrics(epoch, "train", train_metrics)
         line = f"epoch {epoch}/{opts.nEpochs} train loss {train_metrics['loss']:.6f} PCK {train_metrics['PCK']:.2f}"
         if epoch % opts.valInterval == 0 or epoch == opts.nEpochs:
-            results = predict(net, val_loader, codec, context, loss_fn=loss_fn, precision=precision, progress_mode=opts.progress)
+            results = predict(
+                net,
+                val_loader,
+                codec,
+                context,
+                loss_fn=loss_fn,
+                precision=precision,
+                progress_mode=opts.progress,
+            )
             metrics = score_predictions(results)
             recorder.log_metrics(epoch, "val", metrics)
             line += f" | val loss {metrics['loss']:.6f} {main_metric} {metrics[main_metric]:.2f}"
@@ -113,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
             save(run_dir / f"model_{epoch}.pth", epoch, best, model, optimizer, scheduler, opts, context)
 
     if context.is_main:
-        picture = draw_predictions(model, val_set, codec, context.device, precision, run_dir / "predictions.png")
+        picture = draw_predictions(
+            model, val_set, codec, context.device, precision, run_dir / "predictions.png"
+        )
         say(f"run directory: {run_dir}")
         say(f"checkpoint: {run_dir / 'last.pth'} (best {main_metric} {best:.2f}: {run_dir / 'best.pth'})")
         if metrics:
@@ -128,9 +150,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def check_output_shape(shapes: list[tuple[int, ...]], opts: argparse.Namespace, heatmap_size: tuple[int, int]) -> None:
+def check_output_shape(
+    shapes: list[tuple[int, ...]], opts: argparse.Namespace, heatmap_size: tuple[int, int]
+) -> None:
     """The model's last stage must match what the codec encodes, else training is meaningless."""
-    expected = (1, opts.nJoints, heatmap_size[1], heatmap_size[0]) if opts.target_type == "heatmap" else (1, opts.nJoints, 2)
+    expected = (
+        (1, opts.nJoints, heatmap_size[1], heatmap_size[0])
+        if opts.target_type == "heatmap"
+        else (1, opts.nJoints, 2)
+    )
     if tuple(shapes[-1]) != expected:
         fail(
             f"outputRes: model {opts.model} outputs {tuple(shapes[-1])[1:]} for inputRes {opts.inputRes} "
@@ -139,7 +167,10 @@ def check_output_shape(shapes: list[tuple[int, ...]], opts: argparse.Namespace, 
 
 
 def make_loaders(
-    train_set: KeypointDataset, val_set: KeypointDataset, opts: argparse.Namespace, context: DistributedContext
+    train_set: KeypointDataset,
+    val_set: KeypointDataset,
+    opts: argparse.Namespace,
+    context: DistributedContext,
 ) -> tuple[DataLoader, DataLoader]:
     pin = context.device.type == "cuda" and not opts.dont_pin_memory
     # DistributedSampler with one replica is a seeded shuffle; its (seed, epoch) order replays on resume
@@ -159,7 +190,9 @@ def _quiet_worker(_: int) -> None:
     cv2.setNumThreads(0)  # workers are already one process per core; OpenCV threads would oversubscribe
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, opts: argparse.Namespace) -> torch.optim.lr_scheduler.LRScheduler:
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, opts: argparse.Namespace
+) -> torch.optim.lr_scheduler.LRScheduler:
     if opts.lrSchedule == "multistep":
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=opts.milestones, gamma=opts.dropMag)
     step = opts.dropLR if opts.dropLR > 0 else 10**9  # dropLR 0: never drop
@@ -176,7 +209,9 @@ def restore(opts, model, optimizer, scheduler, say) -> tuple[int, float]:
     if opts.loadOptim and "optimizer" in state:
         optimizer.load_state_dict(state["optimizer"])
         # keep the schedule's progress but this run's dropLR / dropMag / lrMilestones
-        progress = {k: v for k, v in state["scheduler"].items() if k not in ("step_size", "gamma", "milestones")}
+        progress = {
+            k: v for k, v in state["scheduler"].items() if k not in ("step_size", "gamma", "milestones")
+        }
         scheduler.load_state_dict({**scheduler.state_dict(), **progress})
     if opts.dropPreLoaded:
         for group in optimizer.param_groups:
@@ -190,7 +225,9 @@ def restore(opts, model, optimizer, scheduler, say) -> tuple[int, float]:
     return 1, -math.inf
 
 
-def save(path: Path, epoch: int, best: float, model, optimizer, scheduler, opts, context: DistributedContext) -> None:
+def save(
+    path: Path, epoch: int, best: float, model, optimizer, scheduler, opts, context: DistributedContext
+) -> None:
     if context.is_main:
         state = {
             "model": model.state_dict(),
@@ -219,7 +256,10 @@ def make_run_dir(opts: argparse.Namespace, context: DistributedContext) -> Path:
     if opts.loadModel and not opts.test and not opts.expID:
         run_dir = Path(opts.loadModel).resolve().parent
     else:
-        name = opts.expID or f"{opts.model}-{opts.dataset}{'-test' if opts.test else ''}-{time.strftime('%Y%m%d-%H%M%S')}"
+        name = (
+            opts.expID
+            or f"{opts.model}-{opts.dataset}{'-test' if opts.test else ''}-{time.strftime('%Y%m%d-%H%M%S')}"
+        )
         run_dir = Path(opts.expDir) / name
     if context.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -227,7 +267,11 @@ def make_run_dir(opts: argparse.Namespace, context: DistributedContext) -> Path:
             for key, value in config_values(opts).items():
                 if value is None or value is False:
                     continue
-                text = f"[{', '.join(value)}]" if isinstance(value, list) else ("true" if value is True else value)
+                text = (
+                    f"[{', '.join(value)}]"
+                    if isinstance(value, list)
+                    else ("true" if value is True else value)
+                )
                 stream.write(f"{key}: {text}\n")
     return run_dir
 
@@ -239,7 +283,7 @@ def format_metrics(metrics: dict[str, float], dataset: KeypointDataset) -> str:
         if not key.startswith("PCKh_"):
             lines.append(f"{key:<16}{value:>10.4f}" if key == "loss" else f"{key:<16}{value:>10.2f}")
     names = dataset.joint_spec.names
-    per_joint = [(names[int(k.split('_')[1])], v) for k, v in metrics.items() if k.startswith("PCKh_")]
+    per_joint = [(names[int(k.split("_")[1])], v) for k, v in metrics.items() if k.startswith("PCKh_")]
     if per_joint:
         lines.append("PCKh@0.5 per joint:")
         lines.extend(f"  {name:<14}{value:>10.2f}" for name, value in per_joint)
@@ -247,7 +291,9 @@ def format_metrics(metrics: dict[str, float], dataset: KeypointDataset) -> str:
 
 
 @torch.no_grad()
-def draw_predictions(model, dataset: KeypointDataset, codec, device, precision: Precision, path: Path, count: int = 8) -> Path:
+def draw_predictions(
+    model, dataset: KeypointDataset, codec, device, precision: Precision, path: Path, count: int = 8
+) -> Path:
     """Predicted skeletons on the first validation crops (left-side joints have white centres)."""
     model.eval()
     samples = [dataset[i] for i in range(min(count, len(dataset)))]
@@ -256,8 +302,10 @@ def draw_predictions(model, dataset: KeypointDataset, codec, device, precision: 
     spec = dataset.joint_spec
     left = tuple(i for i, name in enumerate(spec.names) if name.startswith(("l_", "left_")))
     drawn = [
-        draw_pose(to_uint8_image(s["image"].numpy()), pose, np.ones(len(pose)), spec.skeleton, (0, 255, 0), left)
-        for s, pose in zip(samples, joints)
+        draw_pose(
+            to_uint8_image(s["image"].numpy()), pose, np.ones(len(pose)), spec.skeleton, (0, 255, 0), left
+        )
+        for s, pose in zip(samples, joints, strict=True)
     ]
     return save_grid(drawn, path)
 

@@ -20,7 +20,9 @@ def build_datasets(
 ) -> tuple[KeypointDataset, KeypointDataset]:
     """(training set with ``augmentation``, validation set without) for dataset ``name``."""
     if name == "synthetic":
-        train = SyntheticPeople("train", synthetic_sizes[0], codec, input_size, synthetic_image_size, augmentation, seed)
+        train = SyntheticPeople(
+            "train", synthetic_sizes[0], codec, input_size, synthetic_image_size, augmentation, seed
+        )
         val = SyntheticPeople("val", synthetic_sizes[1], codec, input_size, synthetic_image_size, None, seed)
         return train, val
     raise DataError(f"dataset {name!r} has no reader")

@@ -41,7 +41,10 @@ class HeatmapCodec:
         width, height = self.heatmap_size
         centers = self.to_heatmap_frame(joints)  # (K, 2)
         inside = (
-            (centers[:, 0] >= -0.5) & (centers[:, 0] < width - 0.5) & (centers[:, 1] >= -0.5) & (centers[:, 1] < height - 0.5)
+            (centers[:, 0] >= -0.5)
+            & (centers[:, 0] < width - 0.5)
+            & (centers[:, 1] >= -0.5)
+            & (centers[:, 1] < height - 0.5)
         )
         weight = ((np.asarray(visible) > 0) & inside & np.isfinite(centers).all(axis=1)).astype(np.float32)
         centers = np.where(weight[:, None] > 0, centers, 0.0)

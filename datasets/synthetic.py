@@ -111,7 +111,9 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     for _ in range(rng.integers(0, 4)):  # neutral clutter: lines and blobs without the limb hues
         color = tuple(int(c) for c in rng.integers(60, 200, size=1).repeat(3) + rng.integers(-20, 20, size=3))
         start, end = rng.integers(0, size, size=(2, 2))
-        cv2.line(image, tuple(int(v) for v in start), tuple(int(v) for v in end), color, int(rng.integers(1, 5)))
+        cv2.line(
+            image, tuple(int(v) for v in start), tuple(int(v) for v in end), color, int(rng.integers(1, 5))
+        )
     return image
 
 

@@ -10,7 +10,9 @@ class HeatmapMSELoss(nn.Module):
     """Mean squared error between each stage's heatmaps and the target, joints weighted by
     ``target_weight`` (0 for missing joints), summed over stages (intermediate supervision)."""
 
-    def forward(self, outputs: list[torch.Tensor], target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, outputs: list[torch.Tensor], target: torch.Tensor, weight: torch.Tensor
+    ) -> torch.Tensor:
         # outputs: S x (N, K, H, W); target (N, K, H, W); weight (N, K)
         mask = weight[:, :, None, None]
         return sum(((output - target) ** 2 * mask).mean() for output in outputs)
@@ -20,7 +22,9 @@ class RegressionL2Loss(nn.Module):
     """Squared L2 distance between predicted and target normalised coordinates of the joints
     with weight 1, averaged over joints, summed over stages (DeepPose's objective)."""
 
-    def forward(self, outputs: list[torch.Tensor], target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, outputs: list[torch.Tensor], target: torch.Tensor, weight: torch.Tensor
+    ) -> torch.Tensor:
         # outputs: S x (N, K, 2); target (N, K, 2); weight (N, K)
         return sum((((output - target) ** 2).sum(dim=-1) * weight).mean() for output in outputs)
 

@@ -12,7 +12,9 @@ import numpy as np
 MPII_PELVIS, MPII_THORAX = 6, 7
 
 
-def normalised_distances(pred: np.ndarray, gt: np.ndarray, visible: np.ndarray, normaliser: np.ndarray) -> np.ndarray:
+def normalised_distances(
+    pred: np.ndarray, gt: np.ndarray, visible: np.ndarray, normaliser: np.ndarray
+) -> np.ndarray:
     """pred, gt (N, K, 2); visible (N, K); normaliser (N,) -> (N, K) distance / normaliser,
     NaN where the joint has no ground truth or the normaliser is not positive."""
     distances = np.linalg.norm(np.asarray(pred, np.float64) - np.asarray(gt, np.float64), axis=-1)

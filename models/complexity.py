@@ -32,7 +32,9 @@ def profile_model(model: nn.Module, input_size: tuple[int, int]) -> ModelProfile
     with FlopCounterMode(display=False) as counter:
         outputs = model(torch.zeros(1, 3, height, width, device=parameter.device, dtype=parameter.dtype))
     model.train(was_training)
-    return ModelProfile(count_parameters(model), counter.get_total_flops() / 1e9, [tuple(o.shape) for o in outputs])
+    return ModelProfile(
+        count_parameters(model), counter.get_total_flops() / 1e9, [tuple(o.shape) for o in outputs]
+    )
 
 
 def gflops_per_image(model: nn.Module, input_size: tuple[int, int]) -> float:

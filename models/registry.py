@@ -10,8 +10,9 @@ from __future__ import annotations
 import difflib
 import inspect
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from torch import nn
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from models.layers import BlockFactory, Hourglass, Residual, conv_bn_relu, residual_stack
 from models.registry import register_model
@@ -47,18 +47,24 @@ class StackedHourglass(nn.Module):
         )
         self.features = nn.ModuleList(
             [
-                nn.Sequential(residual_stack(n_channels, n_modules, block), conv_bn_relu(n_channels, n_channels, 1))
+                nn.Sequential(
+                    residual_stack(n_channels, n_modules, block), conv_bn_relu(n_channels, n_channels, 1)
+                )
                 for _ in range(n_stack)
             ]
         )
         self.heads = nn.ModuleList([nn.Conv2d(n_channels, n_joints, 1) for _ in range(n_stack)])
-        self.merge_features = nn.ModuleList([nn.Conv2d(n_channels, n_channels, 1) for _ in range(n_stack - 1)])
+        self.merge_features = nn.ModuleList(
+            [nn.Conv2d(n_channels, n_channels, 1) for _ in range(n_stack - 1)]
+        )
         self.merge_heatmaps = nn.ModuleList([nn.Conv2d(n_joints, n_channels, 1) for _ in range(n_stack - 1)])
 
     def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
         x = self.stem(image)  # (N, C, H/4, W/4)
         outputs = []
-        for stack, (hourglass, features, head) in enumerate(zip(self.hourglasses, self.features, self.heads)):
+        for stack, (hourglass, features, head) in enumerate(
+            zip(self.hourglasses, self.features, self.heads, strict=True)
+        ):
             feature = features(hourglass(x))
             heatmaps = head(feature)  # (N, K, H/4, W/4)
             outputs.append(heatmaps)

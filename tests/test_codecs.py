@@ -4,7 +4,9 @@ import pytest
 from datasets.codecs import HeatmapCodec, RegressionCodec, make_codec
 
 
-@pytest.mark.parametrize(("input_size", "heatmap_size", "sigma"), [((128, 128), (32, 32), 1.0), ((192, 256), (48, 64), 2.0)])
+@pytest.mark.parametrize(
+    ("input_size", "heatmap_size", "sigma"), [((128, 128), (32, 32), 1.0), ((192, 256), (48, 64), 2.0)]
+)
 def test_heatmap_round_trip_within_quarter_pixel(input_size, heatmap_size, sigma):
     codec = HeatmapCodec(input_size, heatmap_size, sigma)
     rng = np.random.default_rng(0)

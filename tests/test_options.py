@@ -25,7 +25,9 @@ def test_defaults_are_the_demo():
 
 def test_config_file_values_and_command_line_override(tmp_path):
     config = tmp_path / "model.defconf"
-    config.write_text("model: hourglass\nnStack = 3\nLR: 0.01\noptimizer_type: SGD\noptimizer_pars: [momentum=0.9, nesterov=true]\n")
+    config.write_text(
+        "model: hourglass\nnStack = 3\nLR: 0.01\noptimizer_type: SGD\noptimizer_pars: [momentum=0.9, nesterov=true]\n"
+    )
     opts = parse_options(["-ModelConfig", str(config), "--LR", "0.5"])
     assert opts.model == "StackedHourGlass"  # alias resolved to the registered name
     assert opts.nStack == 3
@@ -41,7 +43,10 @@ def test_original_spellings_are_accepted(tmp_path):
 
 
 def test_optimizer_pars_repeatable():
-    assert parse_optimizer_pars(["momentum=0.9", "weight_decay=1e-4"]) == {"momentum": 0.9, "weight_decay": 1e-4}
+    assert parse_optimizer_pars(["momentum=0.9", "weight_decay=1e-4"]) == {
+        "momentum": 0.9,
+        "weight_decay": 1e-4,
+    }
 
 
 @pytest.mark.parametrize(
@@ -77,7 +82,11 @@ def test_unknown_key_in_config_file_names_the_file(capsys, tmp_path):
 
 def test_cli_error_has_no_traceback():
     result = subprocess.run(
-        [sys.executable, "main.py", "--model", "NoSuchNet"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+        [sys.executable, "main.py", "--model", "NoSuchNet"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
@@ -88,7 +97,9 @@ def test_cli_error_has_no_traceback():
 
 
 def test_help_lists_groups():
-    result = subprocess.run([sys.executable, "main.py", "--help"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "main.py", "--help"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0
     for group in ("data:", "model:", "training:", "checkpoint:", "runtime:"):
         assert group in result.stdout

@@ -1,7 +1,14 @@
 import pytest
 from torch import nn
 
-from models.registry import UnknownModelError, build_model, get_entry, list_models, option_to_parameter, register_model
+from models.registry import (
+    UnknownModelError,
+    build_model,
+    get_entry,
+    list_models,
+    option_to_parameter,
+    register_model,
+)
 
 
 def test_original_spellings_resolve():

@@ -31,7 +31,14 @@ def test_short_run_loss_falls_and_writes_run_files(tmp_path):
     assert {"epoch", "split", "loss", "PCKh", "PCK"} <= set(val[0])
     assert len((run_dir / "log.txt").read_text().splitlines()) == 4
     names = {p.name for p in run_dir.iterdir()}
-    assert {"last.pth", "best.pth", "model_2.pth", "model_4.pth", "config.defconf", "predictions.png"} <= names
+    assert {
+        "last.pth",
+        "best.pth",
+        "model_2.pth",
+        "model_4.pth",
+        "config.defconf",
+        "predictions.png",
+    } <= names
     assert "model_1.pth" not in names
     assert "nChannels: 16" in (run_dir / "config.defconf").read_text()
     state = load_checkpoint(run_dir / "last.pth")
@@ -63,8 +70,22 @@ def test_load_options(tmp_path, capsys):
     run(tmp_path, "--nEpochs", "1", "--expID", "fresh", "--loadModel", checkpoint, "--loadEpoch", "0")
     assert [r["epoch"] for r in read_metrics(tmp_path / "fresh") if r["split"] == "train"] == [1]
     # --loadOptim 0: the optimizer starts again from the configured LR
-    run(tmp_path, "--nEpochs", "3", "--expID", "newopt", "--loadModel", checkpoint, "--loadOptim", "0", "--LR", "0.01")
-    assert load_checkpoint(tmp_path / "newopt" / "last.pth")["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.01)
+    run(
+        tmp_path,
+        "--nEpochs",
+        "3",
+        "--expID",
+        "newopt",
+        "--loadModel",
+        checkpoint,
+        "--loadOptim",
+        "0",
+        "--LR",
+        "0.01",
+    )
+    assert load_checkpoint(tmp_path / "newopt" / "last.pth")["optimizer"]["param_groups"][0][
+        "lr"
+    ] == pytest.approx(0.01)
     # --dropPreLoaded: the loaded LR (2e-3 * 0.5 * 0.5) is scaled once more by dropMagPreLoaded
     run(tmp_path, "--nEpochs", "3", "--expID", "dropped", "--loadModel", checkpoint, "--dropPreLoaded", "1",
         "--dropMagPreLoaded", "0.1", "--dropLR", "100")  # fmt: skip

@@ -39,7 +39,10 @@ def choose_device(gpuid: int, local_rank: int | None = None) -> torch.device:
         return torch.device("cpu")
     index = local_rank if local_rank is not None else gpuid
     if index >= torch.cuda.device_count():
-        print(f"note: gpuid {index} not present ({torch.cuda.device_count()} GPUs); using GPU 0", file=sys.stderr)
+        print(
+            f"note: gpuid {index} not present ({torch.cuda.device_count()} GPUs); using GPU 0",
+            file=sys.stderr,
+        )
         index = 0
     torch.cuda.set_device(index)
     return torch.device("cuda", index)

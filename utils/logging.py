@@ -22,7 +22,11 @@ class EpochProgress:
             mode = "bar" if self.stream.isatty() else "lines"
         self.mode, self.title, self.total = mode, title, max(total, 1)
         self.start, self.count, self._next_line = time.monotonic(), 0, 0.1
-        self.bar = Bar(title, max=self.total, file=self.stream, suffix="%(index)d/%(max)d") if mode == "bar" else None
+        self.bar = (
+            Bar(title, max=self.total, file=self.stream, suffix="%(index)d/%(max)d")
+            if mode == "bar"
+            else None
+        )
 
     def update(self, **values: float) -> None:
         self.count += 1
@@ -32,8 +36,13 @@ class EpochProgress:
         if self.bar is not None:
             self.bar.suffix = f"%(index)d/%(max)d | {elapsed:.0f}s ETA {eta:.0f}s | {shown}"
             self.bar.next()
-        elif self.mode == "lines" and (self.count / self.total >= self._next_line or self.count == self.total):
-            print(f"{self.title} {self.count}/{self.total} {elapsed:.0f}s ETA {eta:.0f}s {shown}", file=self.stream)
+        elif self.mode == "lines" and (
+            self.count / self.total >= self._next_line or self.count == self.total
+        ):
+            print(
+                f"{self.title} {self.count}/{self.total} {elapsed:.0f}s ETA {eta:.0f}s {shown}",
+                file=self.stream,
+            )
             self.stream.flush()
             while self._next_line <= self.count / self.total:
                 self._next_line += 0.1

@@ -221,13 +221,17 @@ def validate(opts: argparse.Namespace) -> None:
     if str(opts.dataset).lower() not in datasets:
         close = difflib.get_close_matches(str(opts.dataset), DATASETS, n=1, cutoff=0.4)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise OptionError(f"dataset: unknown dataset {opts.dataset!r}: choose one of {', '.join(DATASETS)}{hint}")
+        raise OptionError(
+            f"dataset: unknown dataset {opts.dataset!r}: choose one of {', '.join(DATASETS)}{hint}"
+        )
     opts.dataset = datasets[str(opts.dataset).lower()]
     dataset_joints = DATASET_JOINTS[opts.dataset]
     if opts.nJoints is None:
         opts.nJoints = dataset_joints
     elif opts.nJoints != dataset_joints:
-        raise OptionError(f"nJoints: {opts.nJoints} disagrees with dataset {opts.dataset}, which has {dataset_joints} joints")
+        raise OptionError(
+            f"nJoints: {opts.nJoints} disagrees with dataset {opts.dataset}, which has {dataset_joints} joints"
+        )
 
     if opts.TargetType is not None:
         spelled = TARGET_TYPE_SPELLINGS.get(str(opts.TargetType).lower())
@@ -281,14 +285,18 @@ def validate(opts: argparse.Namespace) -> None:
     try:
         opts.milestones = [int(m) for m in str(opts.lrMilestones).replace(" ", "").split(",") if m]
     except ValueError:
-        raise OptionError(f"lrMilestones: {opts.lrMilestones!r} is not a comma-separated list of epochs") from None
+        raise OptionError(
+            f"lrMilestones: {opts.lrMilestones!r} is not a comma-separated list of epochs"
+        ) from None
     if opts.lrSchedule == "multistep" and not opts.milestones:
         raise OptionError("lrMilestones: multistep needs at least one epoch, e.g. --lrMilestones 60,90")
 
     optimizer = getattr(torch.optim, str(opts.optimizer_type), None)
     if not (isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer)):
         names = sorted(
-            n for n, c in vars(torch.optim).items() if isinstance(c, type) and issubclass(c, torch.optim.Optimizer)
+            n
+            for n, c in vars(torch.optim).items()
+            if isinstance(c, type) and issubclass(c, torch.optim.Optimizer)
         )
         names = [n for n in names if n != "Optimizer"]
         close = difflib.get_close_matches(str(opts.optimizer_type), names, n=1)

@@ -54,5 +54,10 @@ def apply_affine(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
 def warp_image(image: np.ndarray, matrix: np.ndarray, output_size: tuple[int, int]) -> np.ndarray:
     """Warp an (H, W, 3) uint8 image into an (h, w, 3) crop; outside the image is black."""
     return cv2.warpAffine(
-        image, matrix, output_size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0)
+        image,
+        matrix,
+        output_size,
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=(0, 0, 0),
     )
