@@ -14,7 +14,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from datasets.codecs import Codec
-from metrics.pck import pck_summary, pckh_summary
+from metrics import mpii
+from metrics.pck import pck_summary
 from utils.distributed import DistributedContext, gather_arrays, reduce_mean
 from utils.logging import EpochProgress
 from utils.transforms import apply_affine
@@ -157,16 +158,17 @@ def predict(
 
 
 def score_predictions(results: dict[str, np.ndarray]) -> dict[str, float]:
-    """Validation metrics over all samples at once: loss, PCKh@0.5 (mean and per joint) where
-    head sizes exist, and PCK@0.5 with normaliser heatmap size / 10."""
+    """Validation metrics over all samples at once: loss; for MPII's joint set with head sizes,
+    the official PCKh table (``PCKh`` is its Mean, ``PCKh_<column>`` the other columns); and PCK@0.5
+    with normaliser heatmap size / 10."""
     metrics: dict[str, float] = {
         "loss": float(np.mean(results["loss"])) if len(results["loss"]) else math.nan
     }
     preds, gt, visible = results["preds"], results["joints"], results["visible"]
-    if np.isfinite(results["head_size"]).any():
-        mean, per_joint = pckh_summary(preds, gt, visible, results["head_size"])
-        metrics["PCKh"] = mean
-        metrics.update({f"PCKh_{j}": float(v) for j, v in enumerate(per_joint)})
+    if preds.shape[1] == mpii.NUM_JOINTS and np.isfinite(results["head_size"]).all():
+        columns = mpii.pckh_table(preds, gt, visible <= 0, results["head_size"])["columns"]
+        metrics["PCKh"] = columns["Mean"]
+        metrics.update({f"PCKh_{name}": value for name, value in columns.items() if name != "Mean"})
     # heatmap height / 10 in heatmap pixels is the crop's box height / 10 in image pixels,
     # because the crop is a similarity transform
     metrics["PCK"], _ = pck_summary(preds, gt, visible, results["scale"] / 10.0)

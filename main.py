@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from datasets import Augmentation, DataError, KeypointDataset, build_datasets, make_codec
 from engine import NonFiniteLossError, Precision, predict, score_predictions, train_one_epoch
 from losses import make_loss
+from metrics import mpii
 from models import build_model
 from models.complexity import profile_model
 from utils.checkpoint import (
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         metrics = score_predictions(results)
         recorder.log_metrics(start_epoch - 1, "test", metrics)
-        say(format_metrics(metrics, val_set))
+        say(format_metrics(metrics))
         say(f"run directory: {run_dir}")
         return 0
 
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"run directory: {run_dir}")
         say(f"checkpoint: {run_dir / 'last.pth'} (best {main_metric} {best:.2f}: {run_dir / 'best.pth'})")
         if metrics:
-            say(format_metrics(metrics, val_set))
+            say(format_metrics(metrics))
         say(f"predicted skeletons: {picture}")
     return 0
 
@@ -276,17 +277,14 @@ def make_run_dir(opts: argparse.Namespace, context: DistributedContext) -> Path:
     return run_dir
 
 
-def format_metrics(metrics: dict[str, float], dataset: KeypointDataset) -> str:
-    """A small table: the summary numbers, then per-joint PCKh when present."""
-    lines = [f"{'metric':<16}{'value':>10}"]
-    for key, value in metrics.items():
-        if not key.startswith("PCKh_"):
-            lines.append(f"{key:<16}{value:>10.4f}" if key == "loss" else f"{key:<16}{value:>10.2f}")
-    names = dataset.joint_spec.names
-    per_joint = [(names[int(k.split("_")[1])], v) for k, v in metrics.items() if k.startswith("PCKh_")]
-    if per_joint:
-        lines.append("PCKh@0.5 per joint:")
-        lines.extend(f"  {name:<14}{value:>10.2f}" for name, value in per_joint)
+def format_metrics(metrics: dict[str, float]) -> str:
+    """The official MPII PCKh table when present, then the other numbers."""
+    lines = []
+    if "PCKh" in metrics:
+        columns = {name: metrics[f"PCKh_{name}"] for name in mpii.PART_JOINTS}
+        columns |= {"Mean": metrics["PCKh"], "Mean@0.1": metrics["PCKh_Mean@0.1"]}
+        lines += ["PCKh (official MPII table):", mpii.format_table(columns)]
+    lines += [f"{key}: {value:.4g}" for key, value in metrics.items() if not key.startswith("PCKh")]
     return "\n".join(lines)
 
 

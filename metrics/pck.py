@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 
-# Indices of MPII's pelvis and thorax, which the MPII mean leaves out.
-MPII_PELVIS, MPII_THORAX = 6, 7
-
 
 def normalised_distances(
     pred: np.ndarray, gt: np.ndarray, visible: np.ndarray, normaliser: np.ndarray
@@ -45,15 +42,6 @@ def weighted_mean(per_joint: np.ndarray, counts: np.ndarray, exclude: tuple[int,
     if not keep.any():
         return float("nan")
     return float(np.sum(per_joint[keep] * counts[keep]) / np.sum(counts[keep]))
-
-
-def pckh_summary(
-    pred: np.ndarray, gt: np.ndarray, visible: np.ndarray, head_sizes: np.ndarray, threshold: float = 0.5
-) -> tuple[float, np.ndarray]:
-    """MPII-style PCKh in percent: mean over joints other than pelvis and thorax (weighted by
-    annotation counts) and the per-joint values (K,)."""
-    per_joint, counts = pck(pred, gt, visible, head_sizes, threshold)
-    return 100.0 * weighted_mean(per_joint, counts, exclude=(MPII_PELVIS, MPII_THORAX)), 100.0 * per_joint
 
 
 def pck_summary(

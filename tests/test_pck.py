@@ -1,6 +1,6 @@
 import numpy as np
 
-from metrics.pck import pck, pck_summary, pckh_summary, weighted_mean
+from metrics.pck import pck, pck_summary, weighted_mean
 
 
 def test_pck_known_answer_with_missing_and_threshold_edges():
@@ -27,16 +27,6 @@ def test_person_with_no_joints_and_never_annotated_joint():
 def test_weighted_mean_uses_counts_and_exclusions():
     assert weighted_mean(np.array([1.0, 0.0, 0.5]), np.array([3, 1, 4])) == (3 + 2) / 8
     assert weighted_mean(np.array([1.0, 0.0, 0.5]), np.array([3, 1, 4]), exclude=(1,)) == 5 / 7
-
-
-def test_pckh_excludes_pelvis_and_thorax():
-    gt = np.zeros((1, 16, 2))
-    pred = gt.copy()
-    pred[0, 6] = pred[0, 7] = [100.0, 0.0]  # pelvis and thorax wrong
-    pred[0, 0] = [100.0, 0.0]  # right ankle wrong
-    mean, per_joint = pckh_summary(pred, gt, np.ones((1, 16)), np.array([10.0]))
-    assert mean == 100.0 * 13 / 14
-    assert per_joint[6] == 0.0 and per_joint[1] == 100.0
 
 
 def test_pck_summary_with_heatmap_normaliser():
