@@ -104,6 +104,21 @@ def train_one_epoch(
     }
 
 
+def unflip_output(output: torch.Tensor, flip_permutation: np.ndarray, target_type: str) -> torch.Tensor:
+    """Map the model's output for a mirrored image back to the original image's frame.
+
+    Heatmaps (N, K, H, W) are mirrored and their left/right channels swapped. Pixel centres sit at
+    integers in both the input and the heatmap (see HeatmapCodec), so input column x <-> W - 1 - x
+    is exactly heatmap column u <-> W' - 1 - u: no extra one-pixel shift is needed. (HRNet-style
+    code shifts by one pixel because its targets use x / stride, which mirrors to a point 0.75 px
+    off.) Normalised coordinates (N, K, 2) of a regressor negate x, for the same reason exactly.
+    """
+    swapped = output[:, torch.as_tensor(flip_permutation, device=output.device)]
+    if target_type == "heatmap":
+        return swapped.flip(-1)
+    return swapped * torch.tensor([-1.0, 1.0], device=output.device, dtype=output.dtype)
+
+
 @torch.no_grad()
 def predict(
     model: nn.Module,
@@ -115,10 +130,14 @@ def predict(
     precision: Precision = Precision(),
     progress_mode: str = "auto",
     title: str = "val",
+    flip_permutation: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Run the model over ``loader`` and return, gathered over all ranks and sorted by sample
     index: ``preds`` (N, K, 2) in original-image pixels, ``scores`` (N, K), the ground truth from
-    each sample's meta, and ``loss`` (N,) per sample."""
+    each sample's meta, and ``loss`` (N,) per sample (its batch's mean).
+
+    With ``flip_permutation`` (the dataset's left/right swap), each prediction is averaged with
+    the prediction for the mirrored image, mirrored back (flip test)."""
     model.eval()
     device = context.device
     progress = EpochProgress(title, len(loader), progress_mode if context.is_main else "none")
@@ -127,7 +146,10 @@ def predict(
         image, target, weight = _to_device(batch, device, precision.dtype)
         with precision.autocast(device):
             outputs = model(image)
-        last = outputs[-1].float()
+            last = outputs[-1].float()
+            if flip_permutation is not None:
+                mirrored = model(image.flip(-1))[-1].float()
+                last = (last + unflip_output(mirrored, flip_permutation, codec.target_type)) / 2
         joints, scores = codec.decode(last.cpu().numpy())  # (N, K, 2) input px
         inverse = batch["meta"]["inverse_affine"].numpy().astype(np.float64)  # (N, 2, 3)
         meta = batch["meta"]

@@ -10,6 +10,7 @@ torchrun --nproc_per_node 4 main.py ...          # DistributedDataParallel
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import random
 import sys
@@ -37,7 +38,7 @@ from utils.checkpoint import (
     save_checkpoint,
 )
 from utils.distributed import DistributedContext, barrier, cleanup_distributed, setup_distributed
-from utils.drawing import draw_pose, save_grid, to_uint8_image
+from utils.drawing import browse_samples, draw_pose, save_grid, to_uint8_image
 from utils.logging import RunRecorder
 from utils.options import build_parser, fail, parse_options
 
@@ -82,14 +83,23 @@ def main(argv: list[str] | None = None) -> int:
         start_epoch, best = restore(opts, model, optimizer, scheduler, say)
 
     run_dir = make_run_dir(opts, context)
+    if opts.browse:
+        if context.is_main:
+            train_set.set_epoch(start_epoch)
+            paths = browse_samples(train_set, codec, opts.browse, run_dir / "browse")
+            say(f"wrote {len(paths)} augmented training samples to {run_dir / 'browse'}")
+        return 0
     recorder = RunRecorder(run_dir, enabled=context.is_main)
     main_metric = "PCKh" if train_set.has_head_sizes else "PCK"
     net = DistributedDataParallel(model) if context.is_distributed else model
+    flip = train_set.joint_spec.flip_permutation() if opts.flipTest else None
+    validate = functools.partial(
+        predict, net, val_loader, codec, context,
+        loss_fn=loss_fn, precision=precision, progress_mode=opts.progress, flip_permutation=flip,
+    )  # fmt: skip
 
     if opts.test:
-        results = predict(
-            net, val_loader, codec, context, loss_fn=loss_fn, precision=precision, progress_mode=opts.progress
-        )
+        results = validate()
         metrics = score_predictions(results)
         recorder.log_metrics(start_epoch - 1, "test", metrics)
         say(format_metrics(metrics))
@@ -111,15 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         recorder.log_metrics(epoch, "train", train_metrics)
         line = f"epoch {epoch}/{opts.nEpochs} train loss {train_metrics['loss']:.6f} PCK {train_metrics['PCK']:.2f}"
         if epoch % opts.valInterval == 0 or epoch == opts.nEpochs:
-            results = predict(
-                net,
-                val_loader,
-                codec,
-                context,
-                loss_fn=loss_fn,
-                precision=precision,
-                progress_mode=opts.progress,
-            )
+            results = validate()
             metrics = score_predictions(results)
             recorder.log_metrics(epoch, "val", metrics)
             line += f" | val loss {metrics['loss']:.6f} {main_metric} {metrics[main_metric]:.2f}"

@@ -55,3 +55,22 @@ def test_codec_follows_target_type():
     assert isinstance(make_codec("regression", (64, 64), (16, 16), 1.0), RegressionCodec)
     with pytest.raises(ValueError):
         make_codec("keypoints", (64, 64), (16, 16), 1.0)
+
+
+@pytest.mark.parametrize("target_type", ["heatmap", "regression"])
+def test_flip_test_mirror_is_exact(target_type):
+    import torch
+
+    from datasets.skeletons import MPII_JOINTS
+    from engine import unflip_output
+
+    codec = make_codec(target_type, (64, 48), (16, 12), 1.0)
+    rng = np.random.default_rng(1)
+    joints = rng.uniform([2, 2], [61, 45], size=(16, 2))
+    perm = MPII_JOINTS.flip_permutation()
+    mirrored = np.stack([63 - joints[:, 0], joints[:, 1]], axis=1)[perm]  # what a mirrored image shows
+    direct = torch.from_numpy(codec.encode(joints, np.ones(16))[0])[None]
+    from_mirror = unflip_output(
+        torch.from_numpy(codec.encode(mirrored, np.ones(16))[0])[None], perm, target_type
+    )
+    torch.testing.assert_close(from_mirror, direct, atol=1e-6, rtol=0)

@@ -124,3 +124,16 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
     assert kept["epoch"] == 1
     for key, value in good["model"].items():
         assert torch.equal(value, kept["model"][key])
+
+
+def test_browse_writes_augmented_samples(tmp_path):
+    run(tmp_path, "--browse", "3", "--expID", "look")
+    pngs = sorted((tmp_path / "look" / "browse").glob("*.png"))
+    assert [p.name for p in pngs] == ["sample_0000.png", "sample_0001.png", "sample_0002.png"]
+    assert not (tmp_path / "look" / "last.pth").exists()
+
+
+def test_flip_test_and_bf16_autocast_run_on_cpu(tmp_path):
+    run(tmp_path, "--nEpochs", "1", "--expID", "amp", "--amp", "bf16")
+    run(tmp_path, "-test", "--flipTest", "1", "--loadModel", str(tmp_path / "amp" / "last.pth"), "--expID", "flip")
+    assert read_metrics(tmp_path / "flip")[0]["split"] == "test"

@@ -52,3 +52,20 @@ def save_grid(images: list[np.ndarray], path: str | Path, columns: int = 4) -> P
     path.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(path), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
     return path
+
+
+def browse_samples(dataset, codec, count: int, directory: str | Path) -> list[Path]:
+    """Write ``count`` training samples as PNGs, with the joints decoded back from their targets
+    (so what is drawn is what the network is taught); left-side joints have white centres."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    spec = dataset.joint_spec
+    left = tuple(i for i, name in enumerate(spec.names) if name.startswith(("l_", "left_")))
+    paths = []
+    for index in range(min(count, len(dataset))):
+        sample = dataset[index]
+        joints, _ = codec.decode(sample["target"].numpy()[None])
+        image = to_uint8_image(sample["image"].numpy())
+        drawn = draw_pose(image, joints[0], sample["target_weight"].numpy(), spec.skeleton, (0, 255, 0), left)
+        paths.append(save_grid([drawn], directory / f"sample_{index:04d}.png", columns=1))
+    return paths

@@ -84,6 +84,12 @@ def build_parser() -> configargparse.ArgParser:
     data.add_argument("--colorJitter", type=float, default=0.2, help="per-channel gain 1 +- colorJitter")
     data.add_argument("--syntheticTrain", type=int, default=4000, help="synthetic: training persons")
     data.add_argument("--syntheticVal", type=int, default=500, help="synthetic: validation persons")
+    data.add_argument(
+        "--flipTest", type=_flag, default=None, help="average with mirrored input (default: on for -test)"
+    )
+    data.add_argument(
+        "--browse", type=int, default=0, help="write N augmented training samples as PNG and exit"
+    )
     data.add_argument("--shuffle", type=_flag, default=True, help="shuffle training data (0/1)")
     data.add_argument("--nThreads", type=int, default=2, help="DataLoader worker processes")
     data.add_argument("--data_loader_size", type=int, default=16, help="batch size")
@@ -304,6 +310,10 @@ def validate(opts: argparse.Namespace) -> None:
         raise OptionError(f"optimizer_type: {opts.optimizer_type!r} is not a torch.optim optimizer{hint}")
     opts.optimizer_kwargs = parse_optimizer_pars(opts.optimizer_pars)
 
+    if opts.flipTest is None:
+        opts.flipTest = bool(opts.test)
+    if opts.browse < 0:
+        raise OptionError(f"browse: must be >= 0, got {opts.browse}")
     if opts.test and not opts.loadModel:
         raise OptionError("-test: needs --loadModel PATH, the checkpoint to evaluate")
     if opts.loadModel and not Path(opts.loadModel).is_file():
