@@ -1,0 +1,318 @@
+"""COCO person keypoints, top-down: one record per person box, scored with OKS AP (pycocotools).
+
+Boxes come from the ground truth (training, and evaluation with GT boxes) or from a person
+detector's results file (the usual evaluation). Each box is widened or heightened to the crop's
+aspect ratio and enlarged 1.25x, as in Simple Baselines / HRNet; the record's ``scale`` is the
+height of that padded box in pixels.
+
+Supported layouts (``data_dir``)::
+
+    data_dir/annotations/person_keypoints_{split}.json
+    data_dir/images/{split}/*.jpg
+
+or any annotation file given by ``annotation_file`` with images in ``image_dir`` (default
+``data_dir/images/{split}`` if it exists, else the annotation file's folder, e.g. the flat
+fixture folder holding ``test_coco.json`` beside its images).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from datasets.base import Augmentation, DataError, KeypointDataset, read_image
+from datasets.codecs import Codec
+from datasets.skeletons import COCO_JOINTS
+
+NUM_JOINTS = COCO_JOINTS.num_joints
+PERSON_CATEGORY = 1
+BOX_PADDING = 1.25  # context around the person box (Simple Baselines / HRNet)
+LAYOUT_HINT = "see README: COCO layout"
+
+# Half-body augmentation (HRNet): joints 0-10 are the upper body, 11-16 the lower body.
+UPPER_BODY = tuple(range(11))
+LOWER_BODY = tuple(range(11, NUM_JOINTS))
+HALF_BODY_MIN_JOINTS = 8  # a person needs more labelled joints than this to be cut in half
+HALF_BODY_PADDING = 1.5
+
+
+def box_to_center_scale(
+    box: np.ndarray, aspect_ratio: float, padding: float = BOX_PADDING
+) -> tuple[np.ndarray, float]:
+    """Crop center (2,) and box height (px) for an ``[x, y, w, h]`` box.
+
+    The box keeps its center and grows in one dimension to ``aspect_ratio`` = width / height of
+    the network input, so the crop never squashes the person; then both sides grow by ``padding``.
+    """
+    x, y, w, h = (float(v) for v in box)
+    center = np.array([x + 0.5 * w, y + 0.5 * h], dtype=np.float64)
+    if w > aspect_ratio * h:
+        h = w / aspect_ratio
+    return center, h * padding
+
+
+def _clean_gt_box(box: list[float], width: int, height: int) -> np.ndarray | None:
+    """The box clipped to the image's pixel extent [0, W-1] x [0, H-1], or None if nothing is left."""
+    x, y, w, h = (float(v) for v in box)
+    x1, y1 = max(0.0, x), max(0.0, y)
+    x2, y2 = min(width - 1.0, x + max(0.0, w)), min(height - 1.0, y + max(0.0, h))
+    if x2 <= x1 or y2 <= y1:
+        return None
+    return np.array([x1, y1, x2 - x1, y2 - y1])
+
+
+def _image_path(image_dir: Path, info: dict[str, Any]) -> str:
+    return str(image_dir / info.get("file_name", f"{info['id']:012d}.jpg"))
+
+
+def load_gt_records(
+    coco: Any, image_dir: Path, aspect_ratio: float, skip_empty: bool
+) -> list[dict[str, Any]]:
+    """One record per usable ground-truth person box, images in id order.
+
+    Skipped: crowd regions, non-person categories, boxes with no area left after clipping to the
+    image, and (with ``skip_empty``) persons with no labelled keypoint.
+    """
+    records = []
+    for image_id in sorted(coco.imgs):
+        info = coco.imgs[image_id]
+        for ann in coco.imgToAnns.get(image_id, []):
+            if ann.get("iscrowd", 0) or ann.get("category_id", PERSON_CATEGORY) != PERSON_CATEGORY:
+                continue
+            if ann.get("area", 1.0) <= 0:
+                continue
+            box = _clean_gt_box(ann["bbox"], int(info["width"]), int(info["height"]))
+            if box is None:
+                continue
+            keypoints = np.asarray(ann.get("keypoints", [0] * 3 * NUM_JOINTS), dtype=np.float64).reshape(
+                -1, 3
+            )
+            if keypoints.shape[0] != NUM_JOINTS:
+                raise DataError(
+                    f"annotation {ann.get('id')} has {keypoints.shape[0]} keypoints, expected {NUM_JOINTS}"
+                )
+            visible = keypoints[:, 2] > 0
+            if skip_empty and not visible.any():
+                continue
+            center, box_height = box_to_center_scale(box, aspect_ratio)
+            records.append(
+                {
+                    "joints": np.where(visible[:, None], keypoints[:, :2], 0.0).astype(np.float32),
+                    "visible": visible.astype(np.float32),
+                    "center": center.astype(np.float32),
+                    "scale": float(box_height),
+                    "image_id": int(image_id),
+                    "area": float(ann.get("area", box[2] * box[3])),
+                    "box_score": 1.0,
+                    "annotation_id": int(ann.get("id", -1)),
+                    "path": _image_path(image_dir, info),
+                }
+            )
+    return records
+
+
+def load_detection_records(
+    path: Path, coco: Any, image_dir: Path, aspect_ratio: float, score_threshold: float
+) -> list[dict[str, Any]]:
+    """One record per detected person box with ``score >= score_threshold``, in file order.
+
+    Boxes of images missing from the annotation file are dropped: they could be neither loaded
+    (no file name) nor scored (COCOeval rejects unknown image ids). Joints are all zeros and
+    unlabelled; ``box_score`` is the detector score and ``area`` the box area.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            detections = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not valid JSON ({' '.join(str(exc).split())})") from None
+    if not isinstance(detections, list):
+        raise DataError(f"{path}: expected a JSON list of {{image_id, category_id, bbox, score}} detections")
+    records = []
+    for det in detections:
+        if det.get("category_id", PERSON_CATEGORY) != PERSON_CATEGORY:
+            continue
+        score = float(det["score"])
+        if score < score_threshold or det["image_id"] not in coco.imgs:
+            continue
+        box = np.asarray(det["bbox"], dtype=np.float64)
+        if box[2] <= 0 or box[3] <= 0:
+            continue
+        center, box_height = box_to_center_scale(box, aspect_ratio)
+        records.append(
+            {
+                "joints": np.zeros((NUM_JOINTS, 2), dtype=np.float32),
+                "visible": np.zeros(NUM_JOINTS, dtype=np.float32),
+                "center": center.astype(np.float32),
+                "scale": float(box_height),
+                "image_id": int(det["image_id"]),
+                "area": float(box[2] * box[3]),
+                "box_score": score,
+                "path": _image_path(image_dir, coco.imgs[det["image_id"]]),
+            }
+        )
+    return records
+
+
+def half_body_box(
+    joints: np.ndarray, visible: np.ndarray, upper_first: bool, aspect_ratio: float
+) -> tuple[np.ndarray, float] | None:
+    """(center (2,), box height px) around the upper or lower body's labelled joints, or None.
+
+    ``upper_first`` picks the upper body when it has more than two labelled joints; otherwise
+    the lower body is used if it has more than two, else the upper body. None when fewer than
+    two joints remain or they span no area.
+    """
+    labelled = np.asarray(visible) > 0
+    upper = [j for j in UPPER_BODY if labelled[j]]
+    lower = [j for j in LOWER_BODY if labelled[j]]
+    chosen = upper if upper_first and len(upper) > 2 else (lower if len(lower) > 2 else upper)
+    if len(chosen) < 2:
+        return None
+    points = np.asarray(joints, dtype=np.float64)[chosen]
+    center = points.mean(axis=0)
+    w, h = points.max(axis=0) - points.min(axis=0)
+    h = max(h, w / aspect_ratio)
+    if h < 1.0:  # coincident joints: no box to crop
+        return None
+    return center, h * HALF_BODY_PADDING
+
+
+class COCODataset(KeypointDataset):
+    """COCO top-down person crops (17 keypoints).
+
+    Args:
+        data_dir: dataset root (see the module docstring).
+        split: e.g. "train2017" or "val2017"; names the annotation file and image folder. A split
+            starting with "train" drops persons without labelled keypoints (see ``skip_empty``).
+        codec, input_size, augmentation, seed: as :class:`KeypointDataset`.
+        annotation_file: explicit annotation JSON (relative paths are under ``data_dir``).
+        image_dir: explicit image folder (relative paths are under ``data_dir``).
+        bbox_file: detection results JSON; when given, records are its person boxes with
+            ``score >= det_score_threshold`` instead of the ground-truth boxes.
+        half_body_prob: probability of HRNet's half-body crop for persons with more than 8
+            labelled keypoints.
+        skip_empty: drop ground-truth persons without labelled keypoints; None = only for
+            training splits. Kept for evaluation, the GT boxes act as a perfect person detector,
+            and COCOeval ignores these persons, so their poses neither count nor hurt.
+    """
+
+    joint_spec = COCO_JOINTS
+    main_metric = "AP"
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        split: str,
+        codec: Codec,
+        input_size: tuple[int, int],
+        augmentation: Augmentation | None = None,
+        seed: int = 0,
+        annotation_file: str | Path | None = None,
+        image_dir: str | Path | None = None,
+        bbox_file: str | Path | None = None,
+        det_score_threshold: float = 0.0,
+        half_body_prob: float = 0.0,
+        skip_empty: bool | None = None,
+    ) -> None:
+        from metrics.coco import load_gt
+
+        data_dir = Path(data_dir)
+        self.split = split
+        if annotation_file is None:
+            self.annotation_file = data_dir / "annotations" / f"person_keypoints_{split}.json"
+        else:
+            self.annotation_file = data_dir / Path(annotation_file)
+        if not self.annotation_file.is_file():
+            raise DataError(f"COCO annotations not found: expected {self.annotation_file} ({LAYOUT_HINT})")
+        if image_dir is not None:
+            self.image_dir = data_dir / Path(image_dir)
+        elif annotation_file is None or (data_dir / "images" / split).is_dir():
+            self.image_dir = data_dir / "images" / split
+        else:
+            self.image_dir = self.annotation_file.parent
+        if not self.image_dir.is_dir():
+            raise DataError(
+                f"COCO images not found: expected a folder {self.image_dir} of .jpg files ({LAYOUT_HINT})"
+            )
+
+        try:
+            self._coco = load_gt(self.annotation_file)  # quiet: pycocotools' prints are swallowed
+        except ValueError as exc:
+            raise DataError(str(exc)) from None
+        self.aspect_ratio = input_size[0] / input_size[1]
+        self.half_body_prob = float(half_body_prob)
+        self.bbox_file = None if bbox_file is None else data_dir / Path(bbox_file)
+        if self.bbox_file is None:
+            skip = split.startswith("train") if skip_empty is None else skip_empty
+            records = load_gt_records(self._coco, self.image_dir, self.aspect_ratio, skip)
+        else:
+            if not self.bbox_file.is_file():
+                raise DataError(
+                    f"COCO person detections not found: expected {self.bbox_file} "
+                    f"(a JSON list of image_id, category_id, bbox, score)"
+                )
+            records = load_detection_records(
+                self.bbox_file, self._coco, self.image_dir, self.aspect_ratio, det_score_threshold
+            )
+        if records and not Path(records[0]["path"]).is_file():
+            # fail at construction, not in a worker halfway through the first epoch
+            raise DataError(f"COCO image not found: {records[0]['path']} (images belong in {self.image_dir})")
+        super().__init__(records, codec, input_size, augmentation, seed)
+
+    @property
+    def coco(self) -> Any:
+        """The ground truth as a ``pycocotools.coco.COCO`` object (for metrics.coco)."""
+        if self._coco is None:
+            from metrics.coco import load_gt
+
+            self._coco = load_gt(self.annotation_file)
+        return self._coco
+
+    def evaluate(self, results: dict[str, np.ndarray], output_dir: Path | None = None) -> dict[str, float]:
+        """COCO keypoint AP/AR: poses rescored by box score x mean confident keypoint score,
+        OKS-NMS per image, then COCOeval; ``results.json`` is written into ``output_dir``."""
+        from metrics.coco import evaluate_keypoints, postprocess_results
+
+        keypoints = np.concatenate([results["preds"], results["scores"][..., None]], axis=-1)  # (N, 17, 3)
+        # OKS-NMS compares poses at the scale of their crop boxes, as the reference code does
+        crop_areas = results["scale"].astype(np.float64) ** 2 * self.aspect_ratio
+        detections = postprocess_results(results["image_id"], keypoints, results["box_score"], crop_areas)
+        if output_dir is not None:
+            with open(Path(output_dir) / "results.json", "w", encoding="utf-8") as stream:
+                json.dump(detections, stream)
+        return evaluate_keypoints(self.coco, detections)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # DataLoader workers need only the records; the full train2017 index is large to copy.
+        state = self.__dict__.copy()
+        state["_coco"] = None
+        return state
+
+    def load_image(self, record: dict[str, Any]) -> np.ndarray:
+        return read_image(record["path"])
+
+    def sample_transform(self, index: int) -> tuple[np.ndarray, float, float, bool, np.ndarray]:
+        """The base augmentation, applied around a half-body box instead of the person box with
+        probability ``half_body_prob`` (when the person has enough labelled joints)."""
+        center, box_height, rotation, flip, gain = super().sample_transform(index)
+        if self.half_body_prob <= 0:
+            return center, box_height, rotation, flip, gain
+        record = self.records[index]
+        visible = np.asarray(record["visible"])
+        # its own stream, so turning half-body on does not change the other random choices
+        rng = np.random.default_rng([self.seed, self.epoch, index, 1])
+        apply, upper_first = rng.random() < self.half_body_prob, rng.random() < 0.5
+        if not apply or (visible > 0).sum() <= HALF_BODY_MIN_JOINTS:
+            return center, box_height, rotation, flip, gain
+        box = half_body_box(record["joints"], visible, upper_first, self.aspect_ratio)
+        if box is None:
+            return center, box_height, rotation, flip, gain
+        half_center, half_height = box
+        # Keep the base jitter, expressed relative to the box: the shift is a fraction of the box
+        # height and the zoom a factor, so both carry over to the smaller box.
+        ratio = half_height / float(record["scale"])
+        shift = center - np.asarray(record["center"], dtype=np.float64)
+        return half_center + shift * ratio, box_height * ratio, rotation, flip, gain

@@ -1,0 +1,283 @@
+"""MPII Human Pose, single-person: one record per annotated person, scored with PCKh.
+
+Two annotation formats carry the same persons:
+
+- the pose-hg-train HDF5 files ``annot/{train,valid}.h5`` (fields ``imgname``, ``part``,
+  ``visible``, ``center``, ``scale``, ``normalize``, ...). Their center and scale are already
+  adjusted (``center_y + 15 * scale``, ``scale * 1.25``) by the script that wrote them, and
+  ``normalize`` is the PCKh head size. A missing joint is ``part == (0, 0)``; ``visible`` is
+  MPII's occlusion flag, *not* the annotation mask, so it is not used for that.
+- the HRNet / Simple-Baselines JSON files ``annot/{train,valid}.json`` (a list of ``image``,
+  ``center``, ``scale``, ``joints``, ``joints_vis``). Center and scale are MPII's raw ``objpos``
+  and ``scale``, so the same adjustment is applied here; ``joints_vis`` is the annotation mask.
+  Head sizes come from a ``gt_valid.mat`` file (same persons, same order).
+
+Both files hold MATLAB 1-based pixels; this module is the only place that subtracts the 1.
+Records hold ``center`` in 0-based pixels and ``scale`` = crop box height in pixels
+(``200 * adjusted MPII scale``), so both formats give the same crop for the same person.
+
+Supported layouts (``data_dir``)::
+
+    data_dir/images/*.jpg
+    data_dir/annot/{split}.h5      (preferred when both exist)
+    data_dir/annot/{split}.json    (+ optional data_dir/annot/gt_{split}.mat for head sizes)
+
+or any single annotation file given by ``annotation_file`` (e.g. the flat fixture folder where
+images and ``valid_first5.h5`` sit side by side).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from datasets.base import Augmentation, DataError, KeypointDataset, read_image
+from datasets.codecs import Codec
+from datasets.skeletons import MPII_JOINTS
+from metrics.mpii import save_pred_mat
+
+SPLITS = ("train", "valid")
+NUM_JOINTS = MPII_JOINTS.num_joints
+PIXEL_STD = 200.0  # MPII's scale unit: person height / 200 px
+LAYOUT_HINT = "see README: MPII layout"
+
+
+def _resolve(data_dir: Path, path: str | Path) -> Path:
+    # Relative paths are relative to data_dir; an absolute path replaces it (pathlib join rule).
+    return data_dir / Path(path)
+
+
+def _find_annotation_file(data_dir: Path, split: str, annotation_file: str | Path | None) -> Path:
+    if annotation_file is not None:
+        path = _resolve(data_dir, annotation_file)
+        if not path.is_file():
+            raise DataError(f"MPII annotation file not found: {path} ({LAYOUT_HINT})")
+        if path.suffix.lower() not in (".h5", ".hdf5", ".json"):
+            raise DataError(f"MPII annotation file {path} must end in .h5, .hdf5 or .json ({LAYOUT_HINT})")
+        return path
+    candidates = [data_dir / "annot" / f"{split}.h5", data_dir / "annot" / f"{split}.json"]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise DataError(
+        f"MPII annotations not found: expected {candidates[0]} or {candidates[1]} ({LAYOUT_HINT})"
+    )
+
+
+def _decode_names(raw: np.ndarray) -> list[str]:
+    """Image names stored as fixed-length bytes (N,), objects (N,) or char codes (N, L)."""
+    if raw.ndim == 2 and np.issubdtype(raw.dtype, np.integer):
+        return [bytes(row.astype(np.uint8)).rstrip(b"\0").decode() for row in raw]
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in raw.reshape(-1)]
+
+
+def _read_hdf5(path: Path) -> dict[str, Any]:
+    """Fields in the file's own frame: joints (N,16,2) 1-based, annotated (N,16) bool, center
+    (N,2) 1-based and scale (N,) in 200-px units (both already adjusted), head_sizes (N,) or None."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            missing = [k for k in ("imgname", "part", "center", "scale") if k not in f]
+            if missing:
+                raise DataError(f"{path}: not a pose-hg-train MPII HDF5 file (no {', '.join(missing)})")
+            names = _decode_names(np.asarray(f["imgname"][()]))
+            part = np.asarray(f["part"][()], dtype=np.float64)
+            center = np.asarray(f["center"][()], dtype=np.float64)
+            scale = np.asarray(f["scale"][()], dtype=np.float64).reshape(-1)
+            normalize = (
+                np.asarray(f["normalize"][()], dtype=np.float64).reshape(-1) if "normalize" in f else None
+            )
+    except OSError as exc:
+        raise DataError(f"{path}: not a readable HDF5 file ({exc})") from None
+    n = len(names)
+    if part.shape != (n, NUM_JOINTS, 2) or center.shape != (n, 2) or scale.shape != (n,):
+        raise DataError(
+            f"{path}: expected part ({n}, {NUM_JOINTS}, 2), center ({n}, 2), scale ({n},); "
+            f"got {part.shape}, {center.shape}, {scale.shape}"
+        )
+    # (0, 0) lies outside every image in 1-based pixels, so it can only mean "not annotated".
+    annotated = ~(part == 0).all(axis=2)
+    if normalize is not None:
+        # the converter writes -1 where MPII gives no head box (test-set images)
+        normalize = np.where(normalize > 0, normalize, np.nan)
+    return {
+        "names": names,
+        "joints": part,
+        "annotated": annotated,
+        "center": center,
+        "scale": scale,
+        "head_sizes": normalize,
+    }
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """Same fields as :func:`_read_hdf5`; MPII's raw objpos/scale get the usual adjustment."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            items = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not valid JSON ({' '.join(str(exc).split())})") from None
+    keys = ("image", "center", "scale", "joints", "joints_vis")
+    if not isinstance(items, list) or not all(
+        isinstance(a, dict) and all(k in a for k in keys) for a in items
+    ):
+        raise DataError(f"{path}: expected a JSON list of objects with {', '.join(keys)} (HRNet MPII layout)")
+    n = len(items)
+    joints = np.array([a["joints"] for a in items], dtype=np.float64).reshape(n, -1, 2)
+    vis = np.array([a["joints_vis"] for a in items], dtype=np.float64).reshape(n, -1)
+    if joints.shape[1] != NUM_JOINTS or vis.shape[1] != NUM_JOINTS:
+        raise DataError(f"{path}: expected {NUM_JOINTS} joints per person, got {joints.shape[1]}")
+    center = np.array([a["center"] for a in items], dtype=np.float64).reshape(n, 2)
+    scale = np.array([a["scale"] for a in items], dtype=np.float64).reshape(n)
+    # Move the box down and enlarge it so the feet stay inside the crop (Newell et al.'s
+    # adjustment, which the HDF5 files already contain).
+    center[:, 1] += 15.0 * scale
+    scale = scale * 1.25
+    return {
+        "names": [str(a["image"]) for a in items],
+        "joints": joints,
+        "annotated": vis > 0,
+        "center": center,
+        "scale": scale,
+        "head_sizes": None,
+    }
+
+
+def _head_sizes_from_mat(path: Path, joints0: np.ndarray, annotated: np.ndarray) -> np.ndarray:
+    """(N,) head sizes from a gt_valid.mat; checks it describes the same persons in the same order."""
+    from metrics.mpii import load_gt_mat
+
+    if not path.is_file():
+        raise DataError(f"MPII head boxes not found: {path} (expected a gt_valid.mat layout file)")
+    try:
+        gt = load_gt_mat(path)
+    except (ValueError, KeyError) as exc:
+        raise DataError(f"{path}: {exc}") from None
+    n = joints0.shape[0]
+    if gt["head_sizes"].shape[0] != n:
+        raise DataError(f"{path} has {gt['head_sizes'].shape[0]} persons but the annotations have {n}")
+    # Same person count is not enough: a file in another order would silently give wrong PCKh.
+    # Per person, the median distance tolerates a few edited joints (the HDF5 truncates some).
+    both = annotated & ~gt["missing"]
+    dist = np.where(both, np.linalg.norm(gt["joints"] - joints0, axis=2), np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # persons without common joints give NaN
+        off = np.flatnonzero(np.nanmedian(dist, axis=1) > 2.0)
+    if off.size:
+        raise DataError(
+            f"{path}: joints of person {int(off[0])} do not match the annotations (different persons or order)"
+        )
+    return gt["head_sizes"]
+
+
+def load_mpii_records(
+    data_dir: str | Path,
+    split: str,
+    head_boxes_mat: str | Path | None = None,
+    annotation_file: str | Path | None = None,
+    image_dir: str | Path | None = None,
+) -> list[dict[str, Any]]:
+    """Read one MPII split into records.
+
+    Args:
+        data_dir: dataset root (see the module docstring for the layouts).
+        split: "train" or "valid"; picks ``annot/{split}.h5|json`` unless ``annotation_file``.
+        head_boxes_mat: a ``gt_valid.mat`` layout file with the same persons in the same order;
+            its head sizes override the HDF5 ``normalize``. Default: the annotation file's
+            ``normalize`` (HDF5) or ``gt_{split}.mat`` beside the annotation file, if present.
+        annotation_file: an explicit .h5 or .json file (relative paths are under ``data_dir``).
+        image_dir: image folder; default ``data_dir/images`` if it exists, else the folder of
+            the annotation file (flat layout).
+
+    Returns:
+        one dict per person, in file order: ``joints`` (16, 2) float32 0-based px (0 where not
+        annotated), ``visible`` (16,) float32 annotation mask, ``center`` (2,) float32 px,
+        ``scale`` box height px, ``head_size`` (px, NaN if unknown), ``image_id`` = row in the
+        file (= row in gt_valid.mat), ``image`` (file name) and ``path``.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"MPII split must be one of {SPLITS}, got {split!r}")
+    data_dir = Path(data_dir)
+    path = _find_annotation_file(data_dir, split, annotation_file)
+    fields = _read_hdf5(path) if path.suffix.lower() in (".h5", ".hdf5") else _read_json(path)
+
+    if image_dir is not None:
+        images = _resolve(data_dir, image_dir)
+    else:
+        images = data_dir / "images" if (data_dir / "images").is_dir() else path.parent
+    if not images.is_dir():
+        raise DataError(f"MPII images not found: expected a folder {images} of .jpg files ({LAYOUT_HINT})")
+    if fields["names"] and not (images / fields["names"][0]).is_file():
+        # fail at construction, not in a worker halfway through the first epoch
+        raise DataError(f"MPII image not found: {images / fields['names'][0]} (images belong in {images})")
+
+    annotated = fields["annotated"]
+    joints0 = np.where(annotated[:, :, None], fields["joints"] - 1.0, 0.0)
+    head_sizes = fields["head_sizes"]
+    if head_boxes_mat is not None:
+        head_sizes = _head_sizes_from_mat(_resolve(data_dir, head_boxes_mat), joints0, annotated)
+    elif head_sizes is None and (path.parent / f"gt_{split}.mat").is_file():
+        head_sizes = _head_sizes_from_mat(path.parent / f"gt_{split}.mat", joints0, annotated)
+    if head_sizes is None:
+        head_sizes = np.full(len(fields["names"]), np.nan)
+
+    records = []
+    for i, name in enumerate(fields["names"]):
+        records.append(
+            {
+                "joints": joints0[i].astype(np.float32),
+                "visible": annotated[i].astype(np.float32),
+                "center": (fields["center"][i] - 1.0).astype(np.float32),
+                "scale": float(PIXEL_STD * fields["scale"][i]),
+                "head_size": float(head_sizes[i]),
+                "image_id": i,
+                "image": name,
+                "path": str(images / name),
+            }
+        )
+    return records
+
+
+class MPIIDataset(KeypointDataset):
+    """MPII single-person crops (16 joints); see :func:`load_mpii_records` for the arguments."""
+
+    joint_spec = MPII_JOINTS
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        split: str,
+        codec: Codec,
+        input_size: tuple[int, int],
+        augmentation: Augmentation | None = None,
+        seed: int = 0,
+        head_boxes_mat: str | Path | None = None,
+        annotation_file: str | Path | None = None,
+        image_dir: str | Path | None = None,
+    ) -> None:
+        self.split = split
+        records = load_mpii_records(data_dir, split, head_boxes_mat, annotation_file, image_dir)
+        super().__init__(records, codec, input_size, augmentation, seed)
+
+    def load_image(self, record: dict[str, Any]) -> np.ndarray:
+        return read_image(record["path"])
+
+    def evaluate(self, results: dict[str, np.ndarray], output_dir: Path | None = None) -> dict[str, float]:
+        """Writes ``pred.mat`` (HRNet layout, scored by ``python -m metrics.mpii``); PCKh itself is
+        computed by the loop from the records' head sizes."""
+        if output_dir is not None:
+            save_pred_mat(Path(output_dir) / "pred.mat", results["preds"])
+        return {}
+
+    def ground_truth(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(joints (N, 16, 2) 0-based px, missing (N, 16) bool, head sizes (N,)) in record order,
+        the arguments :func:`metrics.mpii.pckh_table` takes besides the predictions."""
+        joints = np.stack([r["joints"] for r in self.records]).astype(np.float64)
+        missing = np.stack([r["visible"] for r in self.records]) == 0
+        head_sizes = np.array([r["head_size"] for r in self.records], dtype=np.float64)
+        return joints, missing, head_sizes
