@@ -69,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     train_set, val_set = build_datasets(
         opts.dataset, codec, input_size, augmentation, opts.seed,
+        with_train=not opts.test, data_dir=opts.dataDir,
+        train_annotation=opts.trainAnnotation, val_annotation=opts.valAnnotation, image_dir=opts.imageDir,
+        head_boxes_mat=opts.headBoxesMat, bbox_file=opts.bboxFile, det_score_threshold=opts.detScoreThreshold,
+        half_body_prob=opts.halfBodyProb,
         synthetic_sizes=(opts.syntheticTrain, opts.syntheticVal), synthetic_image_size=opts.imageRes,
     )  # fmt: skip
     train_loader, val_loader = make_loaders(train_set, val_set, opts, context)
@@ -90,17 +94,21 @@ def main(argv: list[str] | None = None) -> int:
             say(f"wrote {len(paths)} augmented training samples to {run_dir / 'browse'}")
         return 0
     recorder = RunRecorder(run_dir, enabled=context.is_main)
-    main_metric = "PCKh" if train_set.has_head_sizes else "PCK"
+    main_metric = val_set.main_metric
     net = DistributedDataParallel(model) if context.is_distributed else model
-    flip = train_set.joint_spec.flip_permutation() if opts.flipTest else None
-    validate = functools.partial(
+    flip = val_set.joint_spec.flip_permutation() if opts.flipTest else None
+    predict_val = functools.partial(
         predict, net, val_loader, codec, context,
         loss_fn=loss_fn, precision=precision, progress_mode=opts.progress, flip_permutation=flip,
     )  # fmt: skip
 
+    def validate(output_dir: Path | None = None) -> dict[str, float]:
+        """Generic metrics plus the dataset's official ones (files only from rank 0)."""
+        results = predict_val()
+        return score_predictions(results) | val_set.evaluate(results, output_dir if context.is_main else None)
+
     if opts.test:
-        results = validate()
-        metrics = score_predictions(results)
+        metrics = validate(run_dir)
         recorder.log_metrics(start_epoch - 1, "test", metrics)
         say(format_metrics(metrics))
         say(f"run directory: {run_dir}")
@@ -121,8 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         recorder.log_metrics(epoch, "train", train_metrics)
         line = f"epoch {epoch}/{opts.nEpochs} train loss {train_metrics['loss']:.6f} PCK {train_metrics['PCK']:.2f}"
         if epoch % opts.valInterval == 0 or epoch == opts.nEpochs:
-            results = validate()
-            metrics = score_predictions(results)
+            metrics = validate()
             recorder.log_metrics(epoch, "val", metrics)
             line += f" | val loss {metrics['loss']:.6f} {main_metric} {metrics[main_metric]:.2f}"
             if metrics[main_metric] > best:
@@ -170,23 +177,24 @@ def check_output_shape(
 
 
 def make_loaders(
-    train_set: KeypointDataset,
+    train_set: KeypointDataset | None,
     val_set: KeypointDataset,
     opts: argparse.Namespace,
     context: DistributedContext,
-) -> tuple[DataLoader, DataLoader]:
+) -> tuple[DataLoader | None, DataLoader]:
     pin = context.device.type == "cuda" and not opts.dont_pin_memory
+    common = {"batch_size": opts.data_loader_size, "num_workers": opts.nThreads, "pin_memory": pin}
+    if opts.nThreads > 0:
+        common["worker_init_fn"] = _quiet_worker
+    # each rank scores a disjoint strided share of the validation set, without padding duplicates
+    val_loader = DataLoader(val_set, sampler=range(context.rank, len(val_set), context.world_size), **common)
+    if train_set is None:
+        return None, val_loader
     # DistributedSampler with one replica is a seeded shuffle; its (seed, epoch) order replays on resume
     sampler = DistributedSampler(
         train_set, num_replicas=context.world_size, rank=context.rank, shuffle=opts.shuffle, seed=opts.seed
     )
-    common = {"batch_size": opts.data_loader_size, "num_workers": opts.nThreads, "pin_memory": pin}
-    if opts.nThreads > 0:
-        common["worker_init_fn"] = _quiet_worker
-    train_loader = DataLoader(train_set, sampler=sampler, drop_last=False, **common)
-    # each rank scores a disjoint strided share of the validation set, without padding duplicates
-    val_loader = DataLoader(val_set, sampler=range(context.rank, len(val_set), context.world_size), **common)
-    return train_loader, val_loader
+    return DataLoader(train_set, sampler=sampler, drop_last=False, **common), val_loader
 
 
 def _quiet_worker(_: int) -> None:

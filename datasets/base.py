@@ -86,8 +86,19 @@ class KeypointDataset(Dataset, ABC):
 
     @property
     def has_head_sizes(self) -> bool:
-        """Whether records carry head sizes, so PCKh (not only PCK) can be scored."""
-        return any(np.isfinite(r.get("head_size", np.nan)) for r in self.records)
+        """Whether every record carries a head size, so PCKh (not only PCK) can be scored."""
+        return bool(self.records) and all(np.isfinite(r.get("head_size", np.nan)) for r in self.records)
+
+    @property
+    def main_metric(self) -> str:
+        """The metric that picks best.pth."""
+        return "PCKh" if self.has_head_sizes else "PCK"
+
+    def evaluate(self, results: dict[str, np.ndarray], output_dir: Path | None = None) -> dict[str, float]:
+        """Dataset-specific official metrics of gathered predictions (see engine.predict), and
+        their files written into ``output_dir`` when given. PCK and PCKh need nothing extra."""
+        del results, output_dir
+        return {}
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

@@ -171,7 +171,6 @@ class SyntheticPeople(KeypointDataset):
     """``size`` synthetic persons of a split ("train" or "val"), one per ``image_size`` image."""
 
     joint_spec = MPII_JOINTS
-    main_metric = "PCKh"
 
     def __init__(
         self,

@@ -23,7 +23,7 @@ DEFAULT_DATA_CONFIG = REPO_ROOT / "conf" / "datasets" / "synthetic.defconf"
 # The paper-sized hourglass takes days on a CPU; the demo uses a small one.
 DEFAULT_MODEL_CONFIG = REPO_ROOT / "conf" / "models" / "StackedHourGlass-demo.defconf"
 
-DATASET_JOINTS = {"synthetic": 16}
+DATASET_JOINTS = {"synthetic": 16, "MPII": 16, "COCO": 17}
 DATASETS = tuple(DATASET_JOINTS)
 TARGET_TYPE_SPELLINGS = {"heatmap": "heatmap", "direct": "regression", "regression": "regression"}
 AMP_MODES = ("none", "bf16", "fp16")
@@ -69,6 +69,13 @@ def build_parser() -> configargparse.ArgParser:
     data.add_argument("-DataConfig", is_config_file=True, help="dataset config file (key: value lines)")
     data.add_argument("--dataset", default="synthetic", help=f"one of {', '.join(DATASETS)}")
     data.add_argument("--dataDir", default="", help="dataset root directory (MPII, COCO)")
+    data.add_argument("--trainAnnotation", default=None, help="training annotation file (default: by layout)")
+    data.add_argument("--valAnnotation", default=None, help="validation annotation file (default: by layout)")
+    data.add_argument("--imageDir", default=None, help="image folder (default: by layout)")
+    data.add_argument("--headBoxesMat", default=None, help="MPII: gt_valid.mat with head boxes for PCKh")
+    data.add_argument("--bboxFile", default=None, help="COCO: person detections JSON for validation")
+    data.add_argument("--detScoreThreshold", type=float, default=0.0, help="COCO: minimum detection score")
+    data.add_argument("--halfBodyProb", type=float, default=0.0, help="COCO: probability of a half-body crop")
     data.add_argument("--TargetType", default=None, help="heatmap or direct; default: the model's own")
     data.add_argument("--nJoints", type=int, default=None, help="joints per person; default: the dataset's")
     data.add_argument("--imageRes", type=int, default=160, help="synthetic: side of the rendered images")
@@ -82,7 +89,7 @@ def build_parser() -> configargparse.ArgParser:
     data.add_argument("--rotateProb", type=float, default=0.6, help="probability of rotating a sample")
     data.add_argument("--flipProb", type=float, default=0.5, help="probability of a horizontal flip")
     data.add_argument("--colorJitter", type=float, default=0.2, help="per-channel gain 1 +- colorJitter")
-    data.add_argument("--syntheticTrain", type=int, default=4000, help="synthetic: training persons")
+    data.add_argument("--syntheticTrain", type=int, default=3000, help="synthetic: training persons")
     data.add_argument("--syntheticVal", type=int, default=500, help="synthetic: validation persons")
     data.add_argument(
         "--flipTest", type=_flag, default=None, help="average with mirrored input (default: on for -test)"
@@ -272,7 +279,7 @@ def validate(opts: argparse.Namespace) -> None:
     for key in ("nThreads", "dropLR", "gpuid", "maxScale", "maxRotate", "maxTranslate", "colorJitter"):
         if getattr(opts, key) < 0:
             raise OptionError(f"{key}: must be >= 0, got {getattr(opts, key)}")
-    for key in ("rotateProb", "flipProb"):
+    for key in ("rotateProb", "flipProb", "halfBodyProb"):
         if not 0 <= getattr(opts, key) <= 1:
             raise OptionError(f"{key}: must be a probability in [0, 1], got {getattr(opts, key)}")
     if opts.inputRes % opts.outputRes != 0:
@@ -314,6 +321,8 @@ def validate(opts: argparse.Namespace) -> None:
         opts.flipTest = bool(opts.test)
     if opts.browse < 0:
         raise OptionError(f"browse: must be >= 0, got {opts.browse}")
+    if opts.browse and opts.test:
+        raise OptionError("browse: shows augmented training samples; it cannot be combined with -test")
     if opts.test and not opts.loadModel:
         raise OptionError("-test: needs --loadModel PATH, the checkpoint to evaluate")
     if opts.loadModel and not Path(opts.loadModel).is_file():
