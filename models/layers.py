@@ -71,8 +71,19 @@ class Hourglass(nn.Module):
         self.up = residual_stack(channels, n_modules, block)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_levels(x)[0]
+
+    def forward_levels(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The merged output at every level, finest first: [(N, C, H, W), (N, C, H/2, W/2), ...]
+        (multi-resolution attention reads the coarser ones)."""
         skip = self.skip(x)  # (N, C, H, W)
         low = self.down(F.max_pool2d(x, 2))  # (N, C, H/2, W/2)
-        low = self.up(self.inner(low))
+        if isinstance(self.inner, Hourglass):
+            inner_levels = self.inner.forward_levels(low)
+            low = inner_levels[0]
+        else:
+            inner_levels = []
+            low = self.inner(low)
+        low = self.up(low)
         # interpolating to the skip's size (not a fixed x2) keeps odd sizes such as 64x48 -> 8x6 -> 4x3 working
-        return skip + F.interpolate(low, size=skip.shape[-2:], mode="nearest")
+        return [skip + F.interpolate(low, size=skip.shape[-2:], mode="nearest"), *inner_levels]

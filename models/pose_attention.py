@@ -47,24 +47,6 @@ def nest_hourglass_residual_units(hourglass: Hourglass, channels: int, n_modules
         nest_hourglass_residual_units(hourglass.inner, channels, n_modules, depth - 1)
 
 
-def hourglass_levels(hourglass: Hourglass, x: torch.Tensor) -> list[torch.Tensor]:
-    """Run ``hourglass`` on ``x`` and return its decoder output at every level, finest first.
-
-    Mirrors ``Hourglass.forward`` (``levels[0]`` equals ``hourglass(x)``) but keeps the merged
-    maps of the inner hourglasses, which multi-resolution attention reads.
-    """
-    skip = hourglass.skip(x)  # (N, C, H, W)
-    low = hourglass.down(F.max_pool2d(x, 2))  # (N, C, H/2, W/2)
-    if isinstance(hourglass.inner, Hourglass):
-        inner_levels = hourglass_levels(hourglass.inner, low)
-        low = inner_levels[0]
-    else:
-        inner_levels = []
-        low = hourglass.inner(low)
-    low = hourglass.up(low)
-    return [skip + F.interpolate(low, size=skip.shape[-2:], mode="nearest"), *inner_levels]
-
-
 class CRFAttention(nn.Module):
     """Attention maps refined by mean-field inference of a spatial CRF.
 
@@ -218,7 +200,7 @@ class PoseAttention(nn.Module):
         x = self.stem(image)  # (N, C, H/4, W/4)
         outputs = []
         for stack, hourglass in enumerate(self.hourglasses):
-            levels = hourglass_levels(hourglass, x)  # [(N, C, H/4, W/4), (N, C, H/8, W/8), ...]
+            levels = hourglass.forward_levels(x)  # [(N, C, H/4, W/4), (N, C, H/8, W/8), ...]
             feature = self.lin1[stack](levels[0])  # (N, C, H/4, W/4)
             attended = self.holistic[stack](self.lin2[stack](feature), levels[1:])
             heatmaps = self.heads[stack](attended)  # (N, K, H/4, W/4)

@@ -19,7 +19,6 @@ from models.pose_attention import (
     HourglassResidualUnit,
     PartAttention,
     PoseAttention,
-    hourglass_levels,
     pose_attention,
 )
 from models.pyranet import (
@@ -138,7 +137,7 @@ def test_hru_side_branch_adds_to_residual() -> None:
 def test_hourglass_levels_match_forward(attention_model: PoseAttention) -> None:
     hourglass = attention_model.hourglasses[0].eval()
     x = torch.randn(1, 16, 16, 12)
-    levels = hourglass_levels(hourglass, x)
+    levels = hourglass.forward_levels(x)
     assert [tuple(level.shape[-2:]) for level in levels] == [(16, 12), (8, 6), (4, 3)]
     torch.testing.assert_close(levels[0], hourglass(x))
 

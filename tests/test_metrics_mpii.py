@@ -324,3 +324,10 @@ def test_cli_malformed_and_mismatched(tmp_path, gt5):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "5 persons" in lines[0] and "4" in lines[0]
+
+
+def test_joint_names_agree_with_the_dataset_joint_set():
+    # metrics.mpii keeps its own copy so it imports without torch; the two must never drift apart
+    from datasets.skeletons import MPII_JOINTS
+
+    assert MPII_JOINTS.names == JOINT_NAMES
