@@ -135,5 +135,24 @@ def test_browse_writes_augmented_samples(tmp_path):
 
 def test_flip_test_and_bf16_autocast_run_on_cpu(tmp_path):
     run(tmp_path, "--nEpochs", "1", "--expID", "amp", "--amp", "bf16")
-    run(tmp_path, "-test", "--flipTest", "1", "--loadModel", str(tmp_path / "amp" / "last.pth"), "--expID", "flip")
+    run(
+        tmp_path,
+        "-test",
+        "--flipTest",
+        "1",
+        "--loadModel",
+        str(tmp_path / "amp" / "last.pth"),
+        "--expID",
+        "flip",
+    )
     assert read_metrics(tmp_path / "flip")[0]["split"] == "test"
+
+
+def test_gradient_accumulation_and_multistep_schedule(tmp_path):
+    # 48 samples in batches of 8: 6 batches, so 3 optimizer steps per epoch when accumulating 2
+    run(tmp_path, "--nEpochs", "3", "--expID", "accumulate", "--mini_batch_count", "2",
+        "--lrSchedule", "multistep", "--lrMilestones", "1,3", "--dropMag", "0.5")  # fmt: skip
+    state = load_checkpoint(tmp_path / "accumulate" / "last.pth")
+    steps = {float(s["step"]) for s in state["optimizer"]["state"].values()}
+    assert steps == {9.0}
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(2e-3 * 0.25)
