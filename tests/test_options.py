@@ -42,6 +42,20 @@ def test_original_spellings_are_accepted(tmp_path):
     assert opts.usedouble and opts.dont_pin_memory and opts.shuffle is True and opts.loadOptim is False
 
 
+def test_original_project_config_file_still_parses(tmp_path, capsys):
+    # the original conf/datasets/mpii.defconf, with its retired keys
+    config = tmp_path / "mpii.defconf"
+    config.write_text(
+        "expDir: exp\nexpID: debug\nvisdom: 0\ndataDir: ../data2\nmaxTranslate: 0.02\nmaxScale: 0.25\n"
+        "maxRotate: 30\ninputRes: 256\nimageRes: 280\nhmGauss: 1\nnJoints: 16\ndataset: MPII\nshuffle: 1\n"
+        "nThreads: 4\ngpuid: 1\nnEpochs: 200\nworldCoors = ../mpii/worldCoods.mat\nheadSize = ../mpii/headsize.mat\n"
+    )
+    opts = parse_options(["-DataConfig", str(config), "-dont_pin_memory", "1"])
+    assert opts.dataset == "MPII" and opts.dont_pin_memory is True and opts.gpuid == 1
+    err = capsys.readouterr().err
+    assert "note: option worldCoors is ignored" in err and "note: option visdom is ignored" in err
+
+
 def test_optimizer_pars_repeatable():
     assert parse_optimizer_pars(["momentum=0.9", "weight_decay=1e-4"]) == {
         "momentum": 0.9,

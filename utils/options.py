@@ -31,6 +31,13 @@ LR_SCHEDULES = ("step", "multistep")
 PROGRESS_MODES = ("auto", "bar", "lines", "none")
 
 
+RETIRED_KEYS = {
+    "visdom": "visdom logging was never available",
+    "worldCoors": "MPII head sizes now come from the annotations",
+    "headSize": "MPII head sizes now come from the annotations",
+}
+
+
 class OptionError(ValueError):
     """A configuration value that cannot be used; the message names the key and what is allowed."""
 
@@ -100,7 +107,15 @@ def build_parser() -> configargparse.ArgParser:
     data.add_argument("--shuffle", type=_flag, default=True, help="shuffle training data (0/1)")
     data.add_argument("--nThreads", type=int, default=2, help="DataLoader worker processes")
     data.add_argument("--data_loader_size", type=int, default=16, help="batch size")
-    data.add_argument("-dont_pin_memory", action="store_true", help="do not pin host memory on CUDA")
+    # the original took a value (-dont_pin_memory 1); a bare flag works too
+    data.add_argument(
+        "-dont_pin_memory",
+        type=_flag,
+        nargs="?",
+        const=True,
+        default=False,
+        help="do not pin host memory on CUDA",
+    )
 
     model = parser.add_argument_group("model")
     model.add_argument("-ModelConfig", is_config_file=True, help="model config file (key: value lines)")
@@ -153,6 +168,10 @@ def build_parser() -> configargparse.ArgParser:
     runtime.add_argument("-DEBUG", action="store_true", help="batch 1, no shuffle, no workers")
     runtime.add_argument("--gpuid", type=int, default=0, help="CUDA device index (ignored without CUDA)")
     runtime.add_argument("--progress", default="auto", help=f"one of {', '.join(PROGRESS_MODES)}")
+    # Keys of the original project that no longer do anything; accepted so its config files keep
+    # working, with a notice (parse_options) instead of an error.
+    for key in RETIRED_KEYS:
+        runtime.add_argument(f"--{key}", default=None, help=argparse.SUPPRESS)
     del add
     return parser
 
@@ -344,6 +363,9 @@ def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
     opts, unknown = parser.parse_known_args(argv)
     if unknown:
         fail(_unknown_key_message(parser, unknown))
+    for key, reason in RETIRED_KEYS.items():
+        if getattr(opts, key) is not None:
+            print(f"note: option {key} is ignored ({reason})", file=sys.stderr)
     if opts.DEBUG:
         opts.data_loader_size, opts.shuffle, opts.nThreads = 1, False, 0
     try:
