@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from datasets.codecs import Codec
 from metrics import mpii
 from metrics.pck import pck_summary
-from utils.distributed import DistributedContext, gather_arrays, reduce_mean
+from utils.distributed import DistributedContext, all_ranks, gather_arrays, reduce_mean
 from utils.logging import EpochProgress
 from utils.transforms import apply_affine
 
@@ -82,8 +82,8 @@ def train_one_epoch(
         with precision.autocast(device):
             outputs = model(image)
             loss = loss_fn(outputs, target, weight)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"loss became {loss.item()} at epoch {epoch}, step {step}; stopping")
+        if not all_ranks(bool(torch.isfinite(loss)), context):
+            raise NonFiniteLossError(f"loss became non-finite at epoch {epoch}, step {step}; stopping")
         scaled = loss / accumulation
         (scaler.scale(scaled) if scaler is not None else scaled).backward()
         if step % accumulation == 0 or step == len(loader):

@@ -81,6 +81,16 @@ def reduce_mean(value: float, context: DistributedContext) -> float:
     return float(tensor.item()) / context.world_size
 
 
+def all_ranks(flag: bool, context: DistributedContext) -> bool:
+    """True only if ``flag`` is true on every rank, so all ranks take the same branch (a rank
+    that stopped alone would leave the others waiting in their next collective forever)."""
+    if not context.is_distributed:
+        return flag
+    tensor = torch.tensor([1 if flag else 0], dtype=torch.int32, device=context.device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+    return bool(tensor.item())
+
+
 def barrier(context: DistributedContext) -> None:
     if context.is_distributed:
         dist.barrier()
