@@ -123,11 +123,12 @@ def load_detection_records(
     (no file name) nor scored (COCOeval rejects unknown image ids). Joints are all zeros and
     unlabelled; ``box_score`` is the detector score and ``area`` the box area.
     """
+    from metrics.coco import read_json
+
     try:
-        with open(path, encoding="utf-8") as f:
-            detections = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not valid JSON ({' '.join(str(exc).split())})") from None
+        detections = read_json(path)
+    except (OSError, ValueError) as exc:
+        raise DataError(str(exc)) from None
     if not isinstance(detections, list):
         raise DataError(f"{path}: expected a JSON list of {{image_id, category_id, bbox, score}} detections")
     records = []

@@ -279,18 +279,23 @@ def _quiet(verbose: bool) -> contextlib.AbstractContextManager[Any]:
     return contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
 
 
-def load_gt(path: str | Path, verbose: bool = False) -> Any:
-    """Load a COCO ground-truth JSON into a ``pycocotools.coco.COCO`` object, with clear errors."""
-    from pycocotools.coco import COCO
-
+def read_json(path: str | Path) -> Any:
+    """Parsed JSON of ``path``; FileNotFoundError or a one-line ValueError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"file not found: {path}")
     try:
         with open(path, encoding="utf-8") as f:
-            dataset = json.load(f)
+            return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: not valid JSON ({' '.join(str(exc).split())})") from None
+
+
+def load_gt(path: str | Path, verbose: bool = False) -> Any:
+    """Load a COCO ground-truth JSON into a ``pycocotools.coco.COCO`` object, with clear errors."""
+    from pycocotools.coco import COCO
+
+    dataset = read_json(path)
     if not isinstance(dataset, dict) or not isinstance(dataset.get("annotations"), list):
         raise ValueError(
             f"{path}: not a COCO ground-truth file (needs an object with 'images' and 'annotations')"
@@ -307,14 +312,7 @@ def load_gt(path: str | Path, verbose: bool = False) -> Any:
 
 def load_results(path: str | Path) -> list[dict[str, Any]]:
     """Read a COCO keypoint results JSON (a list of result dicts)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"file not found: {path}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            results = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: not valid JSON ({' '.join(str(exc).split())})") from None
+    results = read_json(path)
     if not isinstance(results, list):
         raise ValueError(f"{path}: a COCO results file must hold a JSON list, got {type(results).__name__}")
     return results

@@ -27,6 +27,13 @@ TINY_RUN = [
 ]  # fmt: skip
 
 
+def require_fixture(path: Path) -> Path:
+    """``path`` inside ../shared/data, or skip the test saying where it was looked for."""
+    if not path.exists():
+        pytest.skip(f"fixture {path} not found (shared test data lives in ../shared/data next to the repo)")
+    return path
+
+
 @pytest.fixture
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

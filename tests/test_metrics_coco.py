@@ -8,11 +8,13 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import REPO_ROOT as REPO
+from conftest import SHARED_DATA as DATA
+from conftest import require_fixture
 from metrics.coco import (
     COCO_SIGMAS,
     STAT_NAMES,
@@ -26,15 +28,7 @@ from metrics.coco import (
     write_results,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
 GT_JSON = DATA / "coco_mini" / "test_coco.json"
-
-
-def _need_fixture(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"fixture {path} not found (shared test data lives in ../shared/data next to the repo)")
-    return path
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -170,7 +164,7 @@ def test_write_results_roundtrip(tmp_path):
 
 @pytest.fixture(scope="module")
 def gt_dataset():
-    return json.loads(_need_fixture(GT_JSON).read_text())
+    return json.loads(require_fixture(GT_JSON).read_text())
 
 
 def _gt_as_results(dataset: dict) -> list[dict]:
@@ -274,7 +268,7 @@ def test_cli_json_and_table(gt_dataset, tmp_path):
 
 
 def test_cli_missing_file(tmp_path):
-    _need_fixture(GT_JSON)
+    require_fixture(GT_JSON)
     missing = tmp_path / "no_such_results.json"
     proc = _run_cli(str(GT_JSON), str(missing))
     assert proc.returncode == 2
@@ -284,7 +278,7 @@ def test_cli_missing_file(tmp_path):
 
 
 def test_cli_empty_results(tmp_path):
-    _need_fixture(GT_JSON)
+    require_fixture(GT_JSON)
     empty = tmp_path / "empty.json"
     empty.write_text("[]")
     proc = _run_cli(str(GT_JSON), str(empty))

@@ -6,11 +6,13 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import REPO_ROOT as REPO
+from conftest import SHARED_DATA as DATA
+from conftest import require_fixture
 from metrics.mpii import (
     COLUMNS,
     JOINT_NAMES,
@@ -22,16 +24,8 @@ from metrics.mpii import (
     save_pred_mat,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
 MPII = DATA / "mpii_mini"
 GT_MAT = MPII / "gt_valid_first5.mat"
-
-
-def _need_fixture(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"fixture {path} not found (shared test data lives in ../shared/data next to the repo)")
-    return path
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -227,7 +221,7 @@ def test_reader_errors(tmp_path):
 
 @pytest.fixture(scope="module")
 def gt5():
-    return load_gt_mat(_need_fixture(GT_MAT))
+    return load_gt_mat(require_fixture(GT_MAT))
 
 
 def test_fixture_loads(gt5):
@@ -280,7 +274,7 @@ def test_pred_mat_roundtrip_is_hrnet_layout(tmp_path, gt5):
 
 def test_h5_normalize_matches_head_sizes(gt5):
     h5py = pytest.importorskip("h5py")
-    h5 = _need_fixture(MPII / "valid_first5.h5")
+    h5 = require_fixture(MPII / "valid_first5.h5")
     with h5py.File(h5, "r") as f:
         normalize = f["normalize"][:]
     # Same 5 persons; the HDF5 values differ from 0.6 x diagonal of the .mat head boxes by up to
@@ -304,7 +298,7 @@ def test_cli_json_matches_function(tmp_path, gt5):
 
 
 def test_cli_missing_file(tmp_path):
-    _need_fixture(GT_MAT)
+    require_fixture(GT_MAT)
     missing = tmp_path / "no_such_pred.mat"
     proc = _run_cli(str(GT_MAT), str(missing))
     assert proc.returncode == 2
