@@ -134,6 +134,18 @@ def build_parser() -> configargparse.ArgParser:
     model.add_argument("--ohKernel", type=int, default=None, help="ChainedPredictions: output-hidden kernel")
     model.add_argument("--baseName", default=None, help="DeepPose: torchvision backbone")
     model.add_argument("--nCascade", type=int, default=None, help="DeepPose: refinement stages")
+    model.add_argument(
+        "--boxSigma", type=float, default=None, help="DeepPose: refinement box / torso diameter"
+    )
+    model.add_argument("--refineBaseName", default=None, help="DeepPose: backbone of the refinement stages")
+    model.add_argument("--cropSize", type=int, default=None, help="DeepPose: refinement crop side in pixels")
+    model.add_argument(
+        "--hiddenChannels", type=int, default=None, help="ChainedPredictions: hidden state width"
+    )
+    model.add_argument(
+        "--nPartStacks", type=int, default=None, help="PoseAttention: stacks with part attention"
+    )
+    model.add_argument("--prmLevels", type=int, default=None, help="PyraNet: hourglass levels using pyramids")
     model.add_argument("--pretrainedPath", default=None, help="local ImageNet weights for the backbone")
 
     training = parser.add_argument_group("training")
