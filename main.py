@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from datasets import Augmentation, DataError, KeypointDataset, build_datasets, make_codec
 from engine import NonFiniteLossError, Precision, predict, score_predictions, train_one_epoch
 from losses import make_loss
-from metrics import mpii
+from metrics import coco, mpii
 from models import build_model
 from models.complexity import profile_model
 from utils.checkpoint import (
@@ -230,7 +230,8 @@ def restore(opts, model, optimizer, scheduler, say) -> tuple[int, float]:
     if opts.loadEpoch:
         if "rng" in state:
             restore_rng_state(state["rng"])
-        say(f"resumed {opts.loadModel} after epoch {state['epoch']}")
+        verb = "evaluating" if opts.test else "resumed"
+        say(f"{verb} {opts.loadModel} after epoch {state['epoch']}")
         return int(state["epoch"]) + 1, float(state.get("best", -math.inf))
     say(f"loaded weights from {opts.loadModel}; counting epochs from 1")
     return 1, -math.inf
@@ -294,7 +295,17 @@ def format_metrics(metrics: dict[str, float]) -> str:
         columns = {name: metrics[f"PCKh_{name}"] for name in mpii.PART_JOINTS}
         columns |= {"Mean": metrics["PCKh"], "Mean@0.1": metrics["PCKh_Mean@0.1"]}
         lines += ["PCKh (official MPII table):", mpii.format_table(columns)]
-    lines += [f"{key}: {value:.4g}" for key, value in metrics.items() if not key.startswith("PCKh")]
+    if "AP" in metrics:
+        lines += [
+            "COCO keypoints (official COCOeval):",
+            coco.format_table({k: metrics[k] for k in coco.STAT_NAMES}),
+        ]
+    shown = {*coco.STAT_NAMES} if "AP" in metrics else set()
+    lines += [
+        f"{key}: {value:.4g}"
+        for key, value in metrics.items()
+        if not key.startswith("PCKh") and key not in shown
+    ]
     return "\n".join(lines)
 
 

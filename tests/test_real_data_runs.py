@@ -65,3 +65,17 @@ def test_coco_train_then_test_on_detections_writes_results(shared_data, tmp_path
         "metrics.coco", str(coco / "test_coco.json"), str(tmp_path / "test" / "results.json")
     )
     assert tested["AP"] == pytest.approx(official["AP"], abs=1e-9)
+
+
+@pytest.mark.parametrize("dataset", ["mpii", "coco"])
+def test_missing_dataset_is_one_line_naming_the_expected_path(tmp_path, dataset):
+    missing = tmp_path / "nowhere"
+    result = subprocess.run(
+        [sys.executable, "main.py", "-DataConfig", f"conf/datasets/{dataset}.defconf", "--dataDir", str(missing),
+         *TINY_RUN, "--expDir", str(tmp_path)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("note:")]
+    assert len(lines) == 1 and str(missing) in lines[0] and "expected" in lines[0], result.stderr
+    assert not list(tmp_path.glob("*/last.pth"))
