@@ -163,7 +163,6 @@ def predict(
             "head_size": meta["head_size"].numpy(),
             "scale": meta["scale"].numpy(),
             "image_id": meta["image_id"].numpy(),
-            "area": meta["area"].numpy(),
             "box_score": meta["box_score"].numpy(),
             # each sample carries its batch's mean loss, so the mean over samples is the dataset loss
             "loss": np.full(len(image), batch_loss),

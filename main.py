@@ -16,7 +16,6 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
@@ -40,19 +39,20 @@ from utils.checkpoint import (
 from utils.distributed import DistributedContext, barrier, cleanup_distributed, setup_distributed
 from utils.drawing import browse_samples, draw_pose, save_grid, to_uint8_image
 from utils.logging import RunRecorder
-from utils.options import build_parser, fail, parse_options
+from utils.options import fail, parse_options
 
 
 def main(argv: list[str] | None = None) -> int:
     opts = parse_options(argv)
     context = setup_distributed(opts.gpuid)
-    seed_everything(opts.seed + context.rank)
+    # the same seed on every rank gives identical initial weights; augmentation and data order
+    # have their own (seed, epoch, index) generators, so ranks still see different samples
+    seed_everything(opts.seed)
     say = print if context.is_main else (lambda *a, **k: None)
 
     # sizes are (width, height); COCO's 256x192 crops use aspectRatio 0.75
     input_size = (round(opts.inputRes * opts.aspectRatio), opts.inputRes)
     heatmap_size = (round(opts.outputRes * opts.aspectRatio), opts.outputRes)
-    torch.manual_seed(opts.seed)  # identical initial weights on every rank
     model = build_model(opts.model, **vars(opts))
     profile = profile_model(model, input_size[::-1])
     check_output_shape(profile.output_shapes, opts, heatmap_size)
@@ -250,17 +250,10 @@ def save(
             "rng": capture_rng_state(),
             # the data order is a function of (seed, epoch), so these two replay it exactly
             "data_order": {"seed": opts.seed, "next_epoch": epoch + 1},
-            "config": config_values(opts),
+            "config": opts.config,
         }
         save_checkpoint(state, path)
     barrier(context)
-
-
-def config_values(opts: argparse.Namespace) -> dict[str, Any]:
-    """The parsed options that the parser defines (not derived ones), as plain values."""
-    skip = {"help", "DataConfig", "ModelConfig"}
-    names = [a.dest for a in build_parser()._actions if a.dest not in skip]
-    return {name: getattr(opts, name) for name in names}
 
 
 def make_run_dir(opts: argparse.Namespace, context: DistributedContext) -> Path:
@@ -276,7 +269,7 @@ def make_run_dir(opts: argparse.Namespace, context: DistributedContext) -> Path:
     if context.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         with open(run_dir / "config.defconf", "w") as stream:
-            for key, value in config_values(opts).items():
+            for key, value in opts.config.items():
                 if value is None or value is False:
                     continue
                 text = (
@@ -319,10 +312,14 @@ def draw_predictions(
     images = torch.stack([s["image"] for s in samples]).to(device, dtype=precision.dtype)
     joints, _ = codec.decode(model(images)[-1].float().cpu().numpy())
     spec = dataset.joint_spec
-    left = tuple(i for i, name in enumerate(spec.names) if name.startswith(("l_", "left_")))
     drawn = [
         draw_pose(
-            to_uint8_image(s["image"].numpy()), pose, np.ones(len(pose)), spec.skeleton, (0, 255, 0), left
+            to_uint8_image(s["image"].numpy()),
+            pose,
+            np.ones(len(pose)),
+            spec.skeleton,
+            (0, 255, 0),
+            spec.left_joints,
         )
         for s, pose in zip(samples, joints, strict=True)
     ]

@@ -24,6 +24,11 @@ class JointSpec:
             perm[a], perm[b] = b, a
         return perm
 
+    @property
+    def left_joints(self) -> tuple[int, ...]:
+        """Indices of the person's left-side joints (drawn with white centres)."""
+        return tuple(i for i, name in enumerate(self.names) if name.startswith(("l_", "left_")))
+
     def index(self, name: str) -> int:
         return self.names.index(name)
 

@@ -60,12 +60,13 @@ def browse_samples(dataset, codec, count: int, directory: str | Path) -> list[Pa
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     spec = dataset.joint_spec
-    left = tuple(i for i, name in enumerate(spec.names) if name.startswith(("l_", "left_")))
     paths = []
     for index in range(min(count, len(dataset))):
         sample = dataset[index]
         joints, _ = codec.decode(sample["target"].numpy()[None])
         image = to_uint8_image(sample["image"].numpy())
-        drawn = draw_pose(image, joints[0], sample["target_weight"].numpy(), spec.skeleton, (0, 255, 0), left)
+        drawn = draw_pose(
+            image, joints[0], sample["target_weight"].numpy(), spec.skeleton, (0, 255, 0), spec.left_joints
+        )
         paths.append(save_grid([drawn], directory / f"sample_{index:04d}.png", columns=1))
     return paths

@@ -70,7 +70,6 @@ def build_parser() -> configargparse.ArgParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         config_file_parser_class=configargparse.DefaultConfigFileParser,
     )
-    add = parser.add_argument
 
     data = parser.add_argument_group("data")
     data.add_argument("-DataConfig", is_config_file=True, help="dataset config file (key: value lines)")
@@ -184,7 +183,6 @@ def build_parser() -> configargparse.ArgParser:
     # working, with a notice (parse_options) instead of an error.
     for key in RETIRED_KEYS:
         runtime.add_argument(f"--{key}", default=None, help=argparse.SUPPRESS)
-    del add
     return parser
 
 
@@ -384,4 +382,10 @@ def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
         validate(opts)
     except OptionError as error:
         fail(str(error))
+    # the parser's own keys (not the values validate() derives), for config.defconf and checkpoints
+    opts.config = {
+        action.dest: getattr(opts, action.dest)
+        for action in parser._actions
+        if action.dest not in ("help", "DataConfig", "ModelConfig")
+    }
     return opts
