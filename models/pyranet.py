@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.layers import Hourglass, Residual, bn_relu_conv, residual_stack
+from models.layers import Hourglass, Residual, bn_relu_conv, conv_bn_relu, residual_stack
 from models.registry import register_model
 from models.stacked_hourglass import StackedHourglass
 
@@ -85,6 +85,14 @@ def fixed_fractional_max_pool2d(
     return x.index_select(3, cols).view(n, c, output_size[0], output_size[1], kernel).amax(4)  # (N, C, h, w)
 
 
+def _projection(in_channels: int, out_channels: int, kernel_size: int, preact: bool) -> nn.Sequential:
+    """``bn_relu_conv``, or the bare convolution when the input is already normalised and
+    rectified (the authors' 'no_preact' unit right after the stem's 7x7 conv-BN-ReLU)."""
+    if preact:
+        return bn_relu_conv(in_channels, out_channels, kernel_size)
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2))
+
+
 def subsample(x: torch.Tensor, ratio: float, training: bool) -> torch.Tensor:
     """Fractional max-pooling of ``x`` (N, C, H, W) to ``floor(ratio * H) x floor(ratio * W)``.
 
@@ -119,6 +127,8 @@ class PyramidResidualModule(nn.Module):
 
     ``project_skip`` replaces the identity shortcut with BN-ReLU-1x1: the paper's remedy for
     output variance accumulation, used where two residual outputs are added (hourglass merge).
+    ``preact=False`` drops the BN-ReLU in front of ``f_0`` and of the pyramid's projection, for
+    a unit whose input was just normalised and rectified (the authors' first stem unit).
     """
 
     def __init__(
@@ -129,6 +139,7 @@ class PyramidResidualModule(nn.Module):
         cardinality: int = 4,
         base_width: int = 9,
         project_skip: bool = False,
+        preact: bool = True,
     ) -> None:
         super().__init__()
         prm_type = str(prm_type).upper()
@@ -143,8 +154,8 @@ class PyramidResidualModule(nn.Module):
         projected = in_channels != out_channels or project_skip
         readers = (cardinality if prm_type == "A" else 1) + 1 + int(projected)  # weighted readers of x
 
-        self.main = nn.Sequential(bn_relu_conv(in_channels, mid, 1), bn_relu_conv(mid, mid, 3))
-        tag_branches(self.main[0][2], outputs=readers)
+        self.main = nn.Sequential(_projection(in_channels, mid, 1, preact), bn_relu_conv(mid, mid, 3))
+        tag_branches(self.main[0][-1], outputs=readers)
         tag_branches(self.main[1][2], inputs=2)  # summed with the pyramid's fused output
 
         n_inputs = cardinality if prm_type == "A" else 1
@@ -152,13 +163,13 @@ class PyramidResidualModule(nn.Module):
         self.inputs = nn.ModuleList(
             [
                 nn.Sequential(
-                    bn_relu_conv(in_channels, width, 1), nn.BatchNorm2d(width), nn.ReLU(inplace=True)
+                    _projection(in_channels, width, 1, preact), nn.BatchNorm2d(width), nn.ReLU(inplace=True)
                 )
                 for _ in range(n_inputs)
             ]
         )
         for branch_input in self.inputs:
-            tag_branches(branch_input[0][2], outputs=readers)
+            tag_branches(branch_input[0][-1], outputs=readers)
         self.branches = nn.ModuleList()
         for c in range(1, cardinality + 1):
             dilation = c if prm_type == "D" else 1
@@ -187,7 +198,8 @@ class PyramidResidualModule(nn.Module):
                 outputs.append(conv(branch))  # (N, D, H, W)
                 continue
             low = conv(subsample(branch, ratio, self.training))  # (N, D, ~ratio*H, ~ratio*W)
-            outputs.append(F.interpolate(low, size=size, mode="bilinear", align_corners=False))
+            # corners aligned, as Torch's SpatialUpSamplingBilinear of the authors' release
+            outputs.append(F.interpolate(low, size=size, mode="bilinear", align_corners=True))
         if self.prm_type == "C":
             return torch.cat(outputs, dim=1)  # (N, C*D, H, W)
         return torch.stack(outputs).sum(0)  # (N, D, H, W)
@@ -239,12 +251,30 @@ def configure_pyramid_hourglass(
 
 
 class PyraNet(StackedHourglass):
-    """Stacked hourglass (Newell et al.) built from Pyramid Residual Modules.
+    """Stacked hourglass (Newell et al.) built from Pyramid Residual Modules, laid out as the
+    authors' release (bearpaw/PyraNet, ``models/hg-prm.lua`` and ``models/layers/PRM.lua``).
 
-    Every residual unit of the stem, of the per-stack feature layers and of the hourglasses'
-    ``prm_levels`` finest levels is a PRM; all convolutions use the paper's multi-branch
-    initialisation (``multibranch_std``); the units before each hourglass merge use a BN-ReLU-1x1
-    shortcut (the paper's fix for variance accumulating over identity mappings).
+    * Stem: 7x7 stride-2 conv-BN-ReLU, a PRM without pre-activation (its input was just
+      rectified), max-pool, two PRMs.
+    * Hourglass: PRMs at the ``prm_levels`` finest scales (the release's 64, 32 and 16 px for a
+      256 input), plain residuals below; the units of ``up``, whose output is upsampled into the
+      merge, have a BN-ReLU-1x1 shortcut (the paper's variance remedy, the release's ``useConv``).
+    * After each hourglass: BN-ReLU, then 1x1 conv-BN-ReLU, no residual unit (Newell's layout has
+      one here); heatmaps by a 1x1 conv; the next stack adds 1x1 convs of both.
+    * Pyramid branches are upsampled bilinearly with aligned corners, as Torch does.
+
+    Where this differs from the release, and why:
+      * Initialisation: the paper's multi-branch rule (``multibranch_std``) for every convolution.
+        The release tags the fusing convolution with its branch count but never reads the tag, so
+        its networks start from cudnn's default initialisation; the paper describes the rule as
+        part of the method.
+      * Stem widths scale with ``n_channels`` (C/4, C/2); the release fixes them at 64 and 128,
+        which is the same at the paper's 256 features.
+      * The PRM/residual boundary is ``prm_levels`` (a config key); the release derives it from
+        its fixed hourglass depth 4, which gives the default 3.
+      * Fractional max-pooling is deterministic at evaluation (offset 0.5, the expected regions);
+        Torch's module keeps drawing random regions at test time.
+      * ``n_modules`` > 1 repeats every unit, as in Newell's hourglass; the release does the same.
 
     Deviations of the original PyTorch project (Naman-ntc, models/PyraNet.py) not followed here:
     its defaults cardinality 30 / nStack 4 / nModules 2 (the paper uses C = 4 pyramid levels and
@@ -270,8 +300,18 @@ class PyraNet(StackedHourglass):
             PyramidResidualModule, prm_type=prm_type, cardinality=cardinality, base_width=base_width
         )
         super().__init__(n_joints, n_channels, n_stack, n_modules, n_reductions, block=prm)
+        stem_in, stem_out = self.stem.conv[0].out_channels, self.stem.res2.main[0][-1].in_channels
+        self.stem.res1 = prm(stem_in, stem_out, preact=False)
         for hourglass in self.hourglasses:
             configure_pyramid_hourglass(hourglass, n_channels, n_modules, prm, prm_levels)
+        self.features = nn.ModuleList(
+            [
+                nn.Sequential(
+                    nn.BatchNorm2d(n_channels), nn.ReLU(inplace=True), conv_bn_relu(n_channels, n_channels, 1)
+                )
+                for _ in range(n_stack)
+            ]
+        )
         tag_branches(self.stem.conv[0], alpha=1.0)  # reads the image, not a ReLU output
         for merge in self.merge_heatmaps:
             tag_branches(merge, alpha=1.0)  # reads raw heatmaps

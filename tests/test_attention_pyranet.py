@@ -112,6 +112,9 @@ def test_part_attention_in_the_last_half_of_the_stacks(attention_model: PoseAtte
         assert isinstance(head, PartAttention) == (stack >= 4)
         assert isinstance(head, nn.Conv2d) == (stack < 4)
     assert attention_model.part_stacks == (1,)
+    # the release's rule for other depths: the stacks after the 4th, and always the last
+    assert pose_attention(n_channels=8, n_stack=6, n_reductions=2, lrn_size=3).part_stacks == (4, 5)
+    assert pose_attention(n_channels=8, n_stack=3, n_reductions=2, lrn_size=3).part_stacks == (2,)
     # every stack has holistic attention, one CRF map per resolution it reads
     assert all(len(holistic.maps) == 3 for holistic in attention_model.holistic)
 
@@ -123,6 +126,16 @@ def test_hrus_nested_on_the_skip_branches() -> None:
         counts.append(sum(isinstance(m, HourglassResidualUnit) for m in hourglass.skip))
         hourglass = hourglass.inner
     assert counts == [2, 1, 0, 0]  # 64x64, 32x32, 16x16, 8x8 for a 256 input
+    # the release's n_modules chains: (residual, depth - 2 HRUs) per module; single HRUs at the bottom
+    hourglass, layout = (
+        pose_attention(n_channels=8, n_stack=1, n_modules=2, n_reductions=3).hourglasses[0],
+        [],
+    )
+    while isinstance(hourglass, Hourglass):
+        layout.append([type(m).__name__[0] for m in hourglass.skip] + ["/", len(hourglass.down)])
+        hourglass = hourglass.inner
+    assert layout == [["R", "H", "R", "H", "/", 2], ["R", "R", "/", 2], ["R", "H", "/", 2]]
+    assert len(hourglass) == 1  # the bottom: one residual, as the release
 
 
 def test_hru_side_branch_adds_to_residual() -> None:
@@ -161,8 +174,9 @@ def test_crf_attention_is_a_weight_shared_mean_field() -> None:
     q = attention(features)
     assert q.shape == (1, 2, 9, 7) and (q > 0).all() and (q < 1).all()
     unary = attention.unary(features)
-    expected = torch.sigmoid(unary)
-    for _ in range(3):
+    expected = torch.sigmoid(unary + attention.message(unary))  # the release starts from u itself
+    torch.testing.assert_close(q, expected)
+    for _ in range(2):
         expected = torch.sigmoid(unary + attention.message(expected))
     attention.iter_size = 3
     torch.testing.assert_close(attention(features), expected)
@@ -265,3 +279,31 @@ def test_multibranch_initialisation_statistics() -> None:
     for name, conv in model.named_modules():
         if isinstance(conv, nn.Conv2d) and conv.weight.numel() >= 16384:
             assert conv.weight.std().item() == pytest.approx(multibranch_std(conv), rel=0.1), name
+
+
+def test_next_stack_reads_the_first_linear_layer_and_the_heatmaps(attention_model: PoseAttention) -> None:
+    """The release feeds stack i + 1 with ``x + conv(heatmaps) + lin(ll1)``: ll1, not ll2 or the
+    attended features, goes through the third conv-BN-ReLU."""
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [
+        attention_model.lin1[0].register_forward_hook(lambda m, i, o: seen.__setitem__("ll1", o)),
+        attention_model.merge_features[0].register_forward_hook(lambda m, i, o: seen.__setitem__("in", i[0])),
+        attention_model.heads[0].register_forward_hook(lambda m, i, o: seen.__setitem__("heatmaps", o)),
+        attention_model.merge_heatmaps[0].register_forward_hook(
+            lambda m, i, o: seen.__setitem__("hm_in", i[0])
+        ),
+    ]
+    with torch.no_grad():
+        attention_model.eval()(torch.randn(1, 3, 32, 32))
+    for hook in hooks:
+        hook.remove()
+    assert seen["in"] is seen["ll1"] and seen["hm_in"] is seen["heatmaps"]
+    assert attention_model.lin1[-1][0].out_channels == 2 * attention_model.lin1[0][0].out_channels
+
+
+def test_pyranet_stem_starts_without_preactivation(pyranet_model: PyraNet) -> None:
+    first = pyranet_model.stem.res1
+    assert isinstance(first.main[0][0], nn.Conv2d) and isinstance(first.inputs[0][0][0], nn.Conv2d)
+    assert isinstance(pyranet_model.stem.res2.main[0][0], nn.BatchNorm2d)
+    # after each hourglass: BN-ReLU, then 1x1 conv-BN-ReLU, with no residual unit
+    assert [type(m).__name__ for m in pyranet_model.features[0]] == ["BatchNorm2d", "ReLU", "Sequential"]
