@@ -104,18 +104,24 @@ def train_one_epoch(
     }
 
 
-def unflip_output(output: torch.Tensor, flip_permutation: np.ndarray, target_type: str) -> torch.Tensor:
+def unflip_output(
+    output: torch.Tensor, flip_permutation: np.ndarray, target_type: str, shift: int = 0
+) -> torch.Tensor:
     """Map the model's output for a mirrored image back to the original image's frame.
 
-    Heatmaps (N, K, H, W) are mirrored and their left/right channels swapped. Pixel centres sit at
-    integers in both the input and the heatmap (see HeatmapCodec), so input column x <-> W - 1 - x
-    is exactly heatmap column u <-> W' - 1 - u: no extra one-pixel shift is needed. (HRNet-style
-    code shifts by one pixel because its targets use x / stride, which mirrors to a point 0.75 px
-    off.) Normalised coordinates (N, K, 2) of a regressor negate x, for the same reason exactly.
+    Heatmaps (N, K, H, W) are mirrored and their left/right channels swapped. In the project's
+    convention pixel centres sit at integers in both the input and the heatmap (see HeatmapCodec),
+    so input column x <-> W - 1 - x is exactly heatmap column u <-> W' - 1 - u: no shift. A model
+    trained in HRNet's convention (targets at x / stride, which mirrors to a point 1 - 1 / stride
+    columns off) is decoded as its authors did: the mirrored heatmap moves ``shift`` columns right,
+    the first column kept. Normalised coordinates (N, K, 2) of a regressor negate x.
     """
     swapped = output[:, torch.as_tensor(flip_permutation, device=output.device)]
     if target_type == "heatmap":
-        return swapped.flip(-1)
+        mirrored = swapped.flip(-1)
+        if shift > 0:
+            mirrored = torch.cat([mirrored[..., :shift], mirrored[..., :-shift]], dim=-1)
+        return mirrored
     return swapped * torch.tensor([-1.0, 1.0], device=output.device, dtype=output.dtype)
 
 
@@ -149,7 +155,8 @@ def predict(
             last = outputs[-1].float()
             if flip_permutation is not None:
                 mirrored = model(image.flip(-1))[-1].float()
-                last = (last + unflip_output(mirrored, flip_permutation, codec.target_type)) / 2
+                shift = codec.convention.flip_shift
+                last = (last + unflip_output(mirrored, flip_permutation, codec.target_type, shift)) / 2
         joints, scores = codec.decode(last.cpu().numpy())  # (N, K, 2) input px
         inverse = batch["meta"]["inverse_affine"].numpy().astype(np.float64)  # (N, 2, 3)
         meta = batch["meta"]

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     precision = Precision(opts.amp, torch.float64 if opts.usedouble else torch.float32)
     model = model.to(context.device, dtype=precision.dtype)
 
-    codec = make_codec(opts.target_type, input_size, heatmap_size, opts.hmGauss)
+    codec = make_codec(opts.target_type, input_size, heatmap_size, opts.hmGauss, opts.coordConvention)
     loss_fn = make_loss(opts.target_type)
     augmentation = Augmentation(
         opts.maxScale, opts.maxRotate, opts.rotateProb, opts.maxTranslate, opts.flipProb, opts.colorJitter
@@ -326,11 +326,19 @@ def draw_predictions(
     return save_grid(drawn, path)
 
 
+def one_line(error: Exception) -> str:
+    """The error's own message; a DataLoader worker wraps it in a traceback whose last line it is."""
+    text = str(error).strip()
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1].split(": ", 1)[-1]
+    return text
+
+
 if __name__ == "__main__":
     try:
         status = main()
     except (DataError, CheckpointError) as error:
-        print(f"main.py: error: {error}", file=sys.stderr)
+        print(f"main.py: error: {one_line(error)}", file=sys.stderr)
         status = 2
     except NonFiniteLossError as error:
         print(f"main.py: error: {error}; the last good checkpoint is kept", file=sys.stderr)

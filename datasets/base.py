@@ -46,9 +46,15 @@ class DataError(RuntimeError):
     """A missing or unreadable data file; the message names the path and the expected layout."""
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB; raises DataError naming the path if it is missing or unreadable."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+def read_image(path: str | Path, upright: bool = False) -> np.ndarray:
+    """(H, W, 3) uint8 RGB; raises DataError naming the path if it is missing or unreadable.
+
+    By default the bitmap is returned as stored, ignoring any EXIF orientation tag: dataset
+    annotations (and COCO's width/height) refer to the stored pixels, as in HRNet. ``upright``
+    applies the tag instead, giving the image as a viewer shows it (a user's own photos).
+    """
+    flags = cv2.IMREAD_COLOR if upright else cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+    image = cv2.imread(str(path), flags)
     if image is None:
         raise DataError(f"cannot read image {path}")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
@@ -127,7 +133,9 @@ class KeypointDataset(Dataset, ABC):
     def __getitem__(self, index: int) -> dict[str, Any]:
         record = self.records[index]
         center, box_height, rotation, flip, gain = self.sample_transform(index)
-        matrix = crop_affine(center, box_height, self.input_size, rotation, flip)
+        matrix = crop_affine(
+            center, box_height, self.input_size, rotation, flip, self.codec.convention.crop_center
+        )
         crop = warp_image(self.load_image(record), matrix, self.input_size)  # (h, w, 3) uint8
 
         joints = apply_affine(record["joints"], matrix)  # (K, 2) input px

@@ -68,6 +68,13 @@ def _image_path(image_dir: Path, info: dict[str, Any]) -> str:
     return str(image_dir / info.get("file_name", f"{info['id']:012d}.jpg"))
 
 
+def _stored_size(info: dict[str, Any]) -> tuple[int, int] | None:
+    """(height, width) the annotation file gives for an image, if it gives both."""
+    if "height" in info and "width" in info:
+        return int(info["height"]), int(info["width"])
+    return None
+
+
 def load_gt_records(
     coco: Any, image_dir: Path, aspect_ratio: float, skip_empty: bool
 ) -> list[dict[str, Any]]:
@@ -109,6 +116,7 @@ def load_gt_records(
                     "box_score": 1.0,
                     "annotation_id": int(ann.get("id", -1)),
                     "path": _image_path(image_dir, info),
+                    "image_size": _stored_size(info),
                 }
             )
     return records
@@ -152,6 +160,7 @@ def load_detection_records(
                 "area": float(box[2] * box[3]),
                 "box_score": score,
                 "path": _image_path(image_dir, coco.imgs[det["image_id"]]),
+                "image_size": _stored_size(coco.imgs[det["image_id"]]),
             }
         )
     return records
@@ -186,8 +195,7 @@ class COCODataset(KeypointDataset):
 
     Args:
         data_dir: dataset root (see the module docstring).
-        split: e.g. "train2017" or "val2017"; names the annotation file and image folder. A split
-            starting with "train" drops persons without labelled keypoints (see ``skip_empty``).
+        split: e.g. "train2017" or "val2017"; names the annotation file and image folder.
         codec, input_size, augmentation, seed: as :class:`KeypointDataset`.
         annotation_file: explicit annotation JSON (relative paths are under ``data_dir``).
         image_dir: explicit image folder (relative paths are under ``data_dir``).
@@ -195,9 +203,10 @@ class COCODataset(KeypointDataset):
             ``score >= det_score_threshold`` instead of the ground-truth boxes.
         half_body_prob: probability of HRNet's half-body crop for persons with more than 8
             labelled keypoints.
-        skip_empty: drop ground-truth persons without labelled keypoints; None = only for
-            training splits. Kept for evaluation, the GT boxes act as a perfect person detector,
-            and COCOeval ignores these persons, so their poses neither count nor hurt.
+        skip_empty: drop ground-truth persons without labelled keypoints, for training and for
+            evaluation with ground-truth boxes alike, as HRNet does. COCOeval ignores those
+            persons, but predictions made for them would still enter matching and count toward
+            the 20 detections per image, so GT-box AP would not be comparable with HRNet's.
     """
 
     joint_spec = COCO_JOINTS
@@ -216,7 +225,7 @@ class COCODataset(KeypointDataset):
         bbox_file: str | Path | None = None,
         det_score_threshold: float = 0.0,
         half_body_prob: float = 0.0,
-        skip_empty: bool | None = None,
+        skip_empty: bool = True,
     ) -> None:
         from metrics.coco import load_gt
 
@@ -247,8 +256,7 @@ class COCODataset(KeypointDataset):
         self.half_body_prob = float(half_body_prob)
         self.bbox_file = None if bbox_file is None else data_dir / Path(bbox_file)
         if self.bbox_file is None:
-            skip = split.startswith("train") if skip_empty is None else skip_empty
-            records = load_gt_records(self._coco, self.image_dir, self.aspect_ratio, skip)
+            records = load_gt_records(self._coco, self.image_dir, self.aspect_ratio, skip_empty)
         else:
             if not self.bbox_file.is_file():
                 raise DataError(
@@ -293,7 +301,17 @@ class COCODataset(KeypointDataset):
         return state
 
     def load_image(self, record: dict[str, Any]) -> np.ndarray:
-        return read_image(record["path"])
+        """The image as stored; its size must be the annotation file's, or the labels would sit
+        on other pixels (a rotated or resized copy of the file, for example)."""
+        image = read_image(record["path"])
+        expected = record.get("image_size")
+        if expected is not None and image.shape[:2] != tuple(expected):
+            raise DataError(
+                f"{record['path']}: decoded image is {image.shape[1]}x{image.shape[0]} (w x h) but "
+                f"{self.annotation_file.name} says {expected[1]}x{expected[0]} for image_id "
+                f"{record['image_id']}; the file does not match its annotation"
+            )
+        return image
 
     def sample_transform(self, index: int) -> tuple[np.ndarray, float, float, bool, np.ndarray]:
         """The base augmentation, applied around a half-body box instead of the person box with
@@ -305,7 +323,8 @@ class COCODataset(KeypointDataset):
         visible = np.asarray(record["visible"])
         # its own stream, so turning half-body on does not change the other random choices
         rng = np.random.default_rng([self.seed, self.epoch, index, 1])
-        apply, upper_first = rng.random() < self.half_body_prob, rng.random() < 0.5
+        # HRNet picks the upper body when a standard normal draw is below 0.5: probability 0.69
+        apply, upper_first = rng.random() < self.half_body_prob, rng.normal() < 0.5
         if not apply or (visible > 0).sum() <= HALF_BODY_MIN_JOINTS:
             return center, box_height, rotation, flip, gain
         box = half_body_box(record["joints"], visible, upper_first, self.aspect_ratio)

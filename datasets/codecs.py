@@ -6,7 +6,51 @@ model's name. All arrays are numpy; joints are in input-crop pixels (pixel centr
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+
+
+@dataclass(frozen=True)
+class CoordinateConvention:
+    """How a codebase places a person box in the input crop and a crop pixel in the heatmap.
+
+    Coordinates are pixel centres at integers (cv2's convention) in the image, the crop and the
+    heatmap. ``crop_center``: where the box centre lands in the crop, added to (w - 1) / 2.
+    ``anchor``: input x maps to heatmap ``(x + anchor) / stride - anchor``. ``flip_shift``:
+    heatmap columns by which the flip test moves the mirrored-back heatmap to the right.
+    """
+
+    name: str
+    crop_center: float
+    anchor: float
+    flip_shift: int
+
+
+CONVENTIONS = {
+    # The project's own: pixel edges scale, so a crop pixel x covers heatmap [(x - 0.5) / s, (x + 0.5) / s]
+    # and the mirror of an encoded mirrored pose is the direct encoding: no flip shift.
+    "project": CoordinateConvention("project", crop_center=0.0, anchor=0.5, flip_shift=0),
+    # Newell et al.'s PyTorch port (princeton-vl/pytorch_stacked_hourglass). Its crop maps the box
+    # centre to res / 2 in pixel-edge coordinates, i.e. (res - 1) / 2 in ours; targets sit at
+    # floor(x_edge / stride) and decoding adds 0.5 back ((peak + 0.5) * stride), which in pixel-centre
+    # terms is exactly the project's map; its flip test mirrors with no shift. Same numbers as "project".
+    "princeton-vl": CoordinateConvention("princeton-vl", crop_center=0.0, anchor=0.5, flip_shift=0),
+    # HRNet and Simple Baselines (leoxiaobin/deep-high-resolution-net.pytorch,
+    # microsoft/human-pose-estimation.pytorch): the box centre lands at (w / 2, h / 2), targets at
+    # x / stride (rounded to whole heatmap pixels), and the flip test shifts the mirrored-back
+    # heatmap one column right, because x / stride mirrors to a point 1 - 1 / stride columns off.
+    "hrnet": CoordinateConvention("hrnet", crop_center=0.5, anchor=0.0, flip_shift=1),
+}
+
+
+def get_convention(name: str) -> CoordinateConvention:
+    try:
+        return CONVENTIONS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown coordinate convention {name!r}: choose one of {', '.join(CONVENTIONS)}"
+        ) from None
 
 
 def _frame_scale(src: tuple[int, int], dst: tuple[int, int]) -> np.ndarray:
@@ -19,34 +63,46 @@ class HeatmapCodec:
 
     target_type = "heatmap"
 
-    def __init__(self, input_size: tuple[int, int], heatmap_size: tuple[int, int], sigma: float) -> None:
+    def __init__(
+        self,
+        input_size: tuple[int, int],
+        heatmap_size: tuple[int, int],
+        sigma: float,
+        convention: str = "project",
+    ) -> None:
         self.input_size = tuple(input_size)  # (width, height)
         self.heatmap_size = tuple(heatmap_size)  # (width, height)
         self.sigma = float(sigma)
+        self.convention = get_convention(convention)
         self._to_heatmap = _frame_scale(self.input_size, self.heatmap_size)
 
     def to_heatmap_frame(self, joints: np.ndarray) -> np.ndarray:
-        # pixel centres: input pixel x covers [x - 0.5, x + 0.5], so scale the edges, not the centres
-        return (np.asarray(joints, dtype=np.float64) + 0.5) * self._to_heatmap - 0.5
+        anchor = self.convention.anchor  # 0.5 for the project: scale pixel edges, not centres
+        return (np.asarray(joints, dtype=np.float64) + anchor) * self._to_heatmap - anchor
 
     def to_input_frame(self, joints: np.ndarray) -> np.ndarray:
-        return (np.asarray(joints, dtype=np.float64) + 0.5) / self._to_heatmap - 0.5
+        anchor = self.convention.anchor
+        return (np.asarray(joints, dtype=np.float64) + anchor) / self._to_heatmap - anchor
 
     def encode(self, joints: np.ndarray, visible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """joints (K, 2) input px, visible (K,) -> heatmaps (K, H, W) float32, weight (K,) float32.
 
-        A joint that is missing or whose heatmap pixel falls outside the map gets weight 0 and an
-        all-zero heatmap.
+        A labelled joint is supervised (weight 1) while any of its Gaussian's 3-sigma window lies
+        on the map, as in HRNet and MMPose: a joint just outside the crop still teaches the
+        network, through the visible part of its Gaussian, that the limb leaves the frame. Missing
+        joints, and joints whose whole window is off the map, get weight 0 and an all-zero heatmap.
         """
         width, height = self.heatmap_size
         centers = self.to_heatmap_frame(joints)  # (K, 2)
-        inside = (
-            (centers[:, 0] >= -0.5)
-            & (centers[:, 0] < width - 0.5)
-            & (centers[:, 1] >= -0.5)
-            & (centers[:, 1] < height - 0.5)
+        # the window [c - 3 sigma, c + 3 sigma] overlaps the map's extent [-0.5, size - 0.5]
+        reach = 3 * self.sigma
+        on_map = (
+            (centers[:, 0] + reach >= -0.5)
+            & (centers[:, 0] - reach < width - 0.5)
+            & (centers[:, 1] + reach >= -0.5)
+            & (centers[:, 1] - reach < height - 0.5)
         )
-        weight = ((np.asarray(visible) > 0) & inside & np.isfinite(centers).all(axis=1)).astype(np.float32)
+        weight = ((np.asarray(visible) > 0) & on_map & np.isfinite(centers).all(axis=1)).astype(np.float32)
         centers = np.where(weight[:, None] > 0, centers, 0.0)
         xs = np.arange(width, dtype=np.float64)
         ys = np.arange(height, dtype=np.float64)
@@ -79,6 +135,7 @@ class RegressionCodec:
     [-0.5, 0.5] whatever its size (DeepPose regresses these directly)."""
 
     target_type = "regression"
+    convention = CONVENTIONS["project"]
 
     def __init__(self, input_size: tuple[int, int]) -> None:
         self.input_size = tuple(input_size)
@@ -104,11 +161,18 @@ Codec = HeatmapCodec | RegressionCodec
 
 
 def make_codec(
-    target_type: str, input_size: tuple[int, int], heatmap_size: tuple[int, int], sigma: float
+    target_type: str,
+    input_size: tuple[int, int],
+    heatmap_size: tuple[int, int],
+    sigma: float,
+    convention: str = "project",
 ) -> Codec:
-    """The codec for a model's declared target type ("heatmap" or "regression")."""
+    """The codec for a model's declared target type ("heatmap" or "regression"); heatmap codecs
+    follow ``convention`` (see ``CONVENTIONS``), regressors always the project's own."""
     if target_type == "heatmap":
-        return HeatmapCodec(input_size, heatmap_size, sigma)
+        return HeatmapCodec(input_size, heatmap_size, sigma, convention)
     if target_type == "regression":
+        if convention != "project":
+            raise ValueError(f"coordinate convention {convention!r} applies to heatmap models only")
         return RegressionCodec(input_size)
     raise ValueError(f"unknown target type {target_type!r}")

@@ -31,12 +31,31 @@ def test_heatmap_is_a_gaussian_at_the_joint():
     assert weight.tolist() == [1.0]
 
 
-def test_missing_and_outside_joints_get_zero_weight():
+def test_missing_and_far_outside_joints_get_zero_weight():
     codec = HeatmapCodec((64, 64), (16, 16), 1.0)
-    joints = np.array([[10.0, 10.0], [10.0, 10.0], [-5.0, 30.0], [30.0, 70.0]])
+    joints = np.array([[10.0, 10.0], [10.0, 10.0], [-20.0, 30.0], [30.0, 90.0]])
     heatmaps, weight = codec.encode(joints, np.array([1, 0, 1, 1]))
     assert weight.tolist() == [1.0, 0.0, 0.0, 0.0]
     assert heatmaps[1:].max() == 0.0 and heatmaps[0].max() > 0.9
+
+
+@pytest.mark.parametrize("sigma", [1.0, 2.0])
+def test_joint_outside_the_crop_is_supervised_while_its_3_sigma_window_touches_the_map(sigma: float):
+    """HRNet's rule: weight 1 until the whole 3-sigma window has left the map (extent [-0.5, 15.5])."""
+    codec = HeatmapCodec((64, 64), (16, 16), sigma)
+    edge = -0.5 - 3 * sigma  # heatmap x where the window's right end touches the map's left edge
+    to_input = lambda u: (u + 0.5) * 4 - 0.5  # noqa: E731 (heatmap x -> input x, project convention)
+    inside_x, outside_x = to_input(edge + 1e-6), to_input(edge - 1e-6)
+    far_right = to_input(15.5 + 3 * sigma)  # the window's left end at the right edge: off the map
+    y = to_input(7.0)  # a whole heatmap row
+    joints = np.array([[inside_x, y], [outside_x, y], [to_input(-1.0), y], [far_right, y]])
+    heatmaps, weight = codec.encode(joints, np.ones(4))
+    assert weight.tolist() == [1.0, 0.0, 1.0, 0.0]
+    # the visible part of the Gaussian: largest in column 0, as far from the centre as the edge
+    column0 = heatmaps[2, :, 0]
+    assert column0.max() == pytest.approx(np.exp(-1.0 / (2 * sigma**2)), rel=1e-5)
+    assert heatmaps[2].max() == column0.max()
+    assert heatmaps[1].max() == 0.0 and heatmaps[3].max() == 0.0
 
 
 def test_regression_round_trip_and_range():

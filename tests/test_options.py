@@ -118,3 +118,18 @@ def test_help_lists_groups():
     for group in ("data:", "model:", "training:", "checkpoint:", "runtime:"):
         assert group in result.stdout
     assert "--nStack" in result.stdout and "(default: RMSprop)" in result.stdout
+
+
+def test_coordinate_convention_is_checked(capsys):
+    assert parse_options([]).coordConvention == "project"
+    assert parse_options(["--coordConvention", "hrnet"]).config["coordConvention"] == "hrnet"  # checkpointed
+    err = parse_error(capsys, ["--coordConvention", "mmpose"])
+    assert "coordConvention: 'mmpose' is not one of project, princeton-vl, hrnet" in err
+    deeppose = str(REPO_ROOT / "conf/models/DeepPose.defconf")
+    err = parse_error(capsys, ["-ModelConfig", deeppose, "--coordConvention", "hrnet"])
+    assert "applies to heatmap models only" in err
+
+
+def test_flip_test_is_on_by_default_for_validation_and_test():
+    assert parse_options(["-DataConfig", str(REPO_ROOT / "conf/datasets/mpii.defconf")]).flipTest is True
+    assert parse_options(["--flipTest", "0"]).flipTest is False

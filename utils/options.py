@@ -98,7 +98,10 @@ def build_parser() -> configargparse.ArgParser:
     data.add_argument("--syntheticTrain", type=int, default=3000, help="synthetic: training persons")
     data.add_argument("--syntheticVal", type=int, default=500, help="synthetic: validation persons")
     data.add_argument(
-        "--flipTest", type=_flag, default=None, help="average with mirrored input (default: on for -test)"
+        "--flipTest",
+        type=_flag,
+        default=True,
+        help="average with the mirrored input's output, in validation and -test alike (0/1)",
     )
     data.add_argument(
         "--browse", type=int, default=0, help="write N augmented training samples as PNG and exit"
@@ -119,6 +122,12 @@ def build_parser() -> configargparse.ArgParser:
     model = parser.add_argument_group("model")
     model.add_argument("-ModelConfig", is_config_file=True, help="model config file (key: value lines)")
     model.add_argument("--model", default="StackedHourGlass", help="registered model name")
+    model.add_argument(
+        "--coordConvention",
+        default="project",
+        help="heatmap coordinate convention the weights were trained in: project, hrnet or "
+        "princeton-vl (set by models.import_weights; training from scratch keeps project)",
+    )
     model.add_argument("--nChannels", type=int, default=None, help="hourglass feature width")
     model.add_argument("--nStack", type=int, default=None, help="number of stacked hourglasses")
     model.add_argument("--nModules", type=int, default=None, help="residual modules per hourglass step")
@@ -251,6 +260,7 @@ def validate(opts: argparse.Namespace) -> None:
     """Reject nonsense values with an OptionError naming the key and what is allowed."""
     import torch.optim
 
+    from datasets.codecs import CONVENTIONS
     from models.registry import UnknownModelError, get_entry
 
     try:
@@ -318,6 +328,10 @@ def validate(opts: argparse.Namespace) -> None:
         if value is not None and value < 1:
             raise OptionError(f"{key}: must be >= 1, got {value}")
 
+    if opts.coordConvention not in CONVENTIONS:
+        raise OptionError(f"coordConvention: {opts.coordConvention!r} is not one of {', '.join(CONVENTIONS)}")
+    if opts.coordConvention != "project" and opts.target_type != "heatmap":
+        raise OptionError(f"coordConvention: {opts.coordConvention!r} applies to heatmap models only")
     if opts.amp not in AMP_MODES:
         raise OptionError(f"amp: {opts.amp!r} is not one of {', '.join(AMP_MODES)}")
     if opts.lrSchedule not in LR_SCHEDULES:
@@ -346,8 +360,6 @@ def validate(opts: argparse.Namespace) -> None:
         raise OptionError(f"optimizer_type: {opts.optimizer_type!r} is not a torch.optim optimizer{hint}")
     opts.optimizer_kwargs = parse_optimizer_pars(opts.optimizer_pars)
 
-    if opts.flipTest is None:
-        opts.flipTest = bool(opts.test)
     if opts.browse < 0:
         raise OptionError(f"browse: must be >= 0, got {opts.browse}")
     if opts.browse and opts.test:

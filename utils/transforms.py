@@ -18,12 +18,14 @@ def crop_affine(
     output_size: tuple[int, int],
     rotation: float = 0.0,
     flip: bool = False,
+    center_offset: float = 0.0,
 ) -> np.ndarray:
     """(2, 3) matrix mapping original-image pixels to a crop of ``output_size`` = (width, height).
 
     The crop shows a box of ``box_height`` pixels (and ``box_height * width / height`` wide)
     centred on ``center``, rotated by ``rotation`` degrees (counter-clockwise as displayed),
-    then mirrored left-right when ``flip``.
+    then mirrored left-right when ``flip``. ``center`` lands at the crop's centre, (w - 1) / 2,
+    plus ``center_offset`` (0.5 puts it at w / 2, where HRNet-style code puts it).
     """
     width, height = output_size
     zoom = height / float(box_height)
@@ -33,7 +35,7 @@ def crop_affine(
     linear = np.array([[cos, sin], [-sin, cos]])
     if flip:
         linear[0] *= -1
-    out_center = np.array([(width - 1) / 2.0, (height - 1) / 2.0])
+    out_center = np.array([(width - 1) / 2.0, (height - 1) / 2.0]) + center_offset
     translation = out_center - linear @ np.asarray(center, dtype=np.float64)
     return np.concatenate([linear, translation[:, None]], axis=1)
 
