@@ -188,7 +188,11 @@ def predict(
 def score_predictions(results: dict[str, np.ndarray]) -> dict[str, float]:
     """Validation metrics over all samples at once: loss; for MPII's joint set with head sizes,
     the official PCKh table (``PCKh`` is its Mean, ``PCKh_<column>`` the other columns); and PCK@0.5
-    with normaliser heatmap size / 10."""
+    with normaliser heatmap size / 10. None of these when no sample has a labelled joint (crops
+    from a detector's boxes): there is nothing to compare with, and the dataset's own metric
+    (COCO AP) does the scoring."""
+    if not np.any(results["visible"] > 0):
+        return {}
     metrics: dict[str, float] = {
         "loss": float(np.mean(results["loss"])) if len(results["loss"]) else math.nan
     }

@@ -30,7 +30,7 @@ from datasets.skeletons import COCO_JOINTS
 NUM_JOINTS = COCO_JOINTS.num_joints
 PERSON_CATEGORY = 1
 BOX_PADDING = 1.25  # context around the person box (Simple Baselines / HRNet)
-LAYOUT_HINT = "see README: COCO layout"
+LAYOUT_HINT = "see README, section Datasets, COCO"
 
 # Half-body augmentation (HRNet): joints 0-10 are the upper body, 11-16 the lower body.
 UPPER_BODY = tuple(range(11))

@@ -242,7 +242,7 @@ class PoseAttention(nn.Module):
         return outputs
 
 
-@register_model("PoseAttention", target="heatmap", aliases=("MultiContextAttention",))
+@register_model("PoseAttention", target="heatmap")
 def pose_attention(
     n_joints: int = 16,
     n_channels: int = 256,

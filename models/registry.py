@@ -24,14 +24,13 @@ class ModelEntry:
     name: str
     builder: Callable[..., nn.Module]
     target_type: str
-    aliases: tuple[str, ...]
 
     def parameter_names(self) -> list[str]:
         return list(inspect.signature(self.builder).parameters)
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
-_LOOKUP: dict[str, str] = {}  # lower-cased name or alias -> canonical name
+_LOOKUP: dict[str, str] = {}  # lower-cased name -> canonical name
 
 
 class UnknownModelError(KeyError):
@@ -40,19 +39,17 @@ class UnknownModelError(KeyError):
 
 
 def register_model(
-    name: str, *, target: str = "heatmap", aliases: tuple[str, ...] = ()
+    name: str, *, target: str = "heatmap"
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator registering ``builder`` under ``name`` (and case-insensitive ``aliases``)."""
+    """Decorator registering ``builder`` under ``name`` (looked up case-insensitively)."""
     if target not in TARGET_TYPES:
         raise ValueError(f"target must be one of {TARGET_TYPES}, got {target!r}")
 
     def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        for key in (name, *aliases):
-            if key.lower() in _LOOKUP:
-                raise ValueError(f"model name {key!r} is already registered")
-        _REGISTRY[name] = ModelEntry(name, builder, target, tuple(aliases))
-        for key in (name, *aliases):
-            _LOOKUP[key.lower()] = name
+        if name.lower() in _LOOKUP:
+            raise ValueError(f"model name {name!r} is already registered")
+        _REGISTRY[name] = ModelEntry(name, builder, target)
+        _LOOKUP[name.lower()] = name
         return builder
 
     return decorate
@@ -69,7 +66,7 @@ def list_models() -> list[str]:
 
 
 def get_entry(name: str) -> ModelEntry:
-    """Registry entry for ``name`` (any registered spelling, case-insensitive)."""
+    """Registry entry for ``name`` (case-insensitive)."""
     _ensure_models_imported()
     canonical = _LOOKUP.get(str(name).lower())
     if canonical is None:

@@ -73,7 +73,7 @@ class StackedHourglass(nn.Module):
         return outputs
 
 
-@register_model("StackedHourGlass", target="heatmap", aliases=("StackedHourglass", "hourglass", "hg"))
+@register_model("StackedHourGlass", target="heatmap")
 def stacked_hourglass(
     n_joints: int = 16, n_channels: int = 256, n_stack: int = 8, n_modules: int = 1, n_reductions: int = 4
 ) -> StackedHourglass:

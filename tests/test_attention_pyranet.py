@@ -87,11 +87,11 @@ def test_paper_defaults_and_registry() -> None:
     }
     defaults = {k: p.default for k, p in inspect.signature(pyranet).parameters.items()}
     assert defaults["n_stack"] == 8 and defaults["cardinality"] == 4 and defaults["prm_type"] == "B"
-    assert get_entry("multicontextattention").name == "PoseAttention"
+    assert get_entry("poseattention").name == "PoseAttention"
     assert get_entry("PyraNet").target_type == "heatmap"
     # config spellings reach the builders
     model = build_model(
-        "MultiContextAttention", nJoints=4, nChannels=8, nStack=1, nReductions=2, LRNSize=5, IterSize=2
+        "PoseAttention", nJoints=4, nChannels=8, nStack=1, nReductions=2, LRNSize=5, IterSize=2
     )
     assert isinstance(model, PoseAttention) and model.target_type == "heatmap"
     assert model.heads[0].attention.message.kernel_size == (5, 5)
@@ -307,3 +307,19 @@ def test_pyranet_stem_starts_without_preactivation(pyranet_model: PyraNet) -> No
     assert isinstance(pyranet_model.stem.res2.main[0][0], nn.BatchNorm2d)
     # after each hourglass: BN-ReLU, then 1x1 conv-BN-ReLU, with no residual unit
     assert [type(m).__name__ for m in pyranet_model.features[0]] == ["BatchNorm2d", "ReLU", "Sequential"]
+
+
+def test_pyranet_starts_with_small_heatmaps_like_the_hourglass() -> None:
+    """The multi-branch rule keeps unit variance up to the heads; He-style heads started every
+    heatmap at variance ~1 (initial MSE ~1.5 per stack against mostly-zero targets)."""
+    from models.stacked_hourglass import stacked_hourglass
+
+    torch.manual_seed(0)
+    image = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        ours = pyranet(n_joints=JOINTS, n_channels=32, n_stack=2, n_reductions=3).train()(image)
+        hourglass = stacked_hourglass(n_joints=JOINTS, n_channels=32, n_stack=2, n_reductions=3).train()(
+            image
+        )
+    assert ours[-1].square().mean() < 0.01
+    assert ours[-1].square().mean() < 10 * hourglass[-1].square().mean()

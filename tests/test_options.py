@@ -26,10 +26,10 @@ def test_defaults_are_the_demo():
 def test_config_file_values_and_command_line_override(tmp_path):
     config = tmp_path / "model.defconf"
     config.write_text(
-        "model: hourglass\nnStack = 3\nLR: 0.01\noptimizer_type: SGD\noptimizer_pars: [momentum=0.9, nesterov=true]\n"
+        "model: stackedhourglass\nnStack = 3\nLR: 0.01\noptimizer_type: SGD\noptimizer_pars: [momentum=0.9, nesterov=true]\n"
     )
     opts = parse_options(["-ModelConfig", str(config), "--LR", "0.5"])
-    assert opts.model == "StackedHourGlass"  # alias resolved to the registered name
+    assert opts.model == "StackedHourGlass"  # case-insensitive, resolved to the registered name
     assert opts.nStack == 3
     assert opts.LR == 0.5  # command line wins over the file
     assert opts.optimizer_kwargs == {"momentum": 0.9, "nesterov": True}
@@ -50,7 +50,7 @@ def test_original_project_config_file_still_parses(tmp_path, capsys):
         "maxRotate: 30\ninputRes: 256\nimageRes: 280\nhmGauss: 1\nnJoints: 16\ndataset: MPII\nshuffle: 1\n"
         "nThreads: 4\ngpuid: 1\nnEpochs: 200\nworldCoors = ../mpii/worldCoods.mat\nheadSize = ../mpii/headsize.mat\n"
     )
-    opts = parse_options(["-DataConfig", str(config), "-dont_pin_memory", "1"])
+    opts = parse_options(["-DataConfig", str(config), "-dont_pin_memory", "1", "--dataDir", str(tmp_path)])
     assert opts.dataset == "MPII" and opts.dont_pin_memory is True and opts.gpuid == 1
     err = capsys.readouterr().err
     assert "note: option worldCoors is ignored" in err and "note: option visdom is ignored" in err
@@ -68,7 +68,7 @@ def test_optimizer_pars_repeatable():
     [
         (["--model", "StackedHourGlas"], "did you mean 'StackedHourGlass'"),
         (["--dataset", "MPI"], "dataset: unknown dataset 'MPI'"),
-        (["--nStacks", "3"], "unknown option 'nStacks' on the command line; did you mean 'nStack'"),
+        (["--nStacks", "3"], "unknown option '--nStacks' on the command line; did you mean '--nStack'?"),
         (["--LR"], "argument --LR: expected one argument"),
         (["--LR", "fast"], "argument --LR: invalid float value: 'fast'"),
         (["--LR", "0"], "LR: must be > 0, got 0.0"),
@@ -130,6 +130,7 @@ def test_coordinate_convention_is_checked(capsys):
     assert "applies to heatmap models only" in err
 
 
-def test_flip_test_is_on_by_default_for_validation_and_test():
-    assert parse_options(["-DataConfig", str(REPO_ROOT / "conf/datasets/mpii.defconf")]).flipTest is True
+def test_flip_test_is_on_by_default_for_validation_and_test(tmp_path):
+    mpii = str(REPO_ROOT / "conf/datasets/mpii.defconf")
+    assert parse_options(["-DataConfig", mpii, "--dataDir", str(tmp_path)]).flipTest is True
     assert parse_options(["--flipTest", "0"]).flipTest is False

@@ -12,8 +12,10 @@ from models.registry import (
 
 
 def test_original_spellings_resolve():
-    for spelling in ("StackedHourGlass", "stackedhourglass", "StackedHourglass", "hg"):
+    for spelling in ("StackedHourGlass", "stackedhourglass", "StackedHourglass"):
         assert get_entry(spelling).name == "StackedHourGlass"
+    with pytest.raises(UnknownModelError, match="did you mean 'StackedHourGlass'"):
+        get_entry("Hourglass")  # no aliases: a near miss is named, never silently taken
 
 
 def test_unknown_model_suggests_closest():
@@ -49,7 +51,7 @@ def test_builder_receives_only_its_own_options():
 
 def test_duplicate_registration_rejected():
     with pytest.raises(ValueError, match="already registered"):
-        register_model("hg")(lambda: nn.Identity())
+        register_model("stackedhourglass")(lambda: nn.Identity())
 
 
 def test_every_registered_model_declares_a_target_type():

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import re
 import sys
+import time
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -25,6 +27,8 @@ DEFAULT_MODEL_CONFIG = REPO_ROOT / "conf" / "models" / "StackedHourGlass-demo.de
 
 DATASET_JOINTS = {"synthetic": 16, "MPII": 16, "COCO": 17}
 DATASETS = tuple(DATASET_JOINTS)
+# the registry's names, written out so --help needs no torch import (a test keeps them equal)
+MODEL_NAMES = "ChainedPredictions, DeepPose, PoseAttention, PyraNet, StackedHourGlass"
 TARGET_TYPE_SPELLINGS = {"heatmap": "heatmap", "direct": "regression", "regression": "regression"}
 AMP_MODES = ("none", "bf16", "fp16")
 LR_SCHEDULES = ("step", "multistep")
@@ -53,10 +57,30 @@ def _flag(value: str) -> bool:
 
 
 class _OneLineParser(configargparse.ArgParser):
-    """argparse prints usage plus a message on error; we print only the message, on one line."""
+    """argparse prints usage plus a message on error; we print only the message, on one line,
+    naming the config file when the bad value came from one."""
 
     def error(self, message: str) -> NoReturn:
+        match = re.match(r"argument (-{1,2})(\w+)", message)
+        if match:
+            origin = _config_file_of(
+                self, match.group(2), sys.argv[1:] if self._typed is None else self._typed
+            )
+            if origin:
+                message = f"{message} (in {origin})"
         fail(message)
+
+    _typed: list[str] | None = None  # the command line being parsed, to tell it from config files
+
+
+def _config_file_of(parser: configargparse.ArgParser, key: str, typed: list[str]) -> str | None:
+    """The config file that set ``key``, unless the command line typed it itself."""
+    if any(item.lstrip("-").split("=", 1)[0] == key for item in typed if item.startswith("-")):
+        return None
+    for source, settings in parser.get_source_to_settings_dict().items():
+        if source.startswith("config_file|") and key in settings:
+            return source.split("|", 1)[1]
+    return None
 
 
 def fail(message: str) -> NoReturn:
@@ -64,11 +88,22 @@ def fail(message: str) -> NoReturn:
     raise SystemExit(2)
 
 
+class _DefaultsOnceFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: X)" only where the help text does not already say what the default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text.lower() or action.default in (None, argparse.SUPPRESS, ""):
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser() -> configargparse.ArgParser:
     parser = _OneLineParser(
         description="Train and evaluate 2D human pose estimation models.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsOnceFormatter,
         config_file_parser_class=configargparse.DefaultConfigFileParser,
+        allow_abbrev=False,  # --nEpoch must not silently mean --nEpochs
     )
 
     data = parser.add_argument_group("data")
@@ -121,7 +156,11 @@ def build_parser() -> configargparse.ArgParser:
 
     model = parser.add_argument_group("model")
     model.add_argument("-ModelConfig", is_config_file=True, help="model config file (key: value lines)")
-    model.add_argument("--model", default="StackedHourGlass", help="registered model name")
+    model.add_argument(
+        "--model",
+        default="StackedHourGlass",
+        help=f"one of {MODEL_NAMES} (case-insensitive)",
+    )
     model.add_argument(
         "--coordConvention",
         default="project",
@@ -182,6 +221,12 @@ def build_parser() -> configargparse.ArgParser:
     checkpoint.add_argument("--dropPreLoaded", type=_flag, default=False, help="scale the loaded LR once")
     checkpoint.add_argument("--dropMagPreLoaded", type=float, default=0.1, help="that LR multiplier")
     checkpoint.add_argument("--saveInterval", type=int, default=1, help="keep model_{epoch}.pth every N")
+    checkpoint.add_argument(
+        "--allowConfigChange",
+        type=_flag,
+        default=False,
+        help="let a resume change data or model keys (normally only training-steering keys may change)",
+    )
 
     runtime = parser.add_argument_group("runtime")
     runtime.add_argument("-test", action="store_true", help="evaluate --loadModel only")
@@ -199,21 +244,28 @@ def _known_keys(parser: configargparse.ArgParser) -> list[str]:
     return [s.lstrip("-") for action in parser._actions for s in action.option_strings]
 
 
-def _unknown_key_message(parser: configargparse.ArgParser, unknown: list[str]) -> str:
-    """Name the first unknown key, where it came from, and the closest valid key."""
-    known = _known_keys(parser)
-    sources = parser.get_source_to_settings_dict()
+def _unknown_key_message(parser: configargparse.ArgParser, unknown: list[str], typed: list[str]) -> str:
+    """Name the first unknown key, where it came from, and the right spelling or closest key."""
+    spellings = {s.lstrip("-"): s for action in parser._actions for s in action.option_strings}
     for item in unknown:
         if not item.startswith("-"):
             continue
         key = item.lstrip("-").split("=", 1)[0]
-        origin = "on the command line"
-        for source, settings in sources.items():
-            if source.startswith("config_file|") and key in settings:
-                origin = f"in {source.split('|', 1)[1]}"
-        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-        hint = f"; did you mean {close[0]!r}?" if close else "; see --help for the valid keys"
-        return f"unknown option {key!r} {origin}{hint}"
+        on_command_line = any(
+            t.startswith("-") and t.split("=", 1)[0] == item.split("=", 1)[0] for t in typed
+        )
+        origin = "on the command line" if on_command_line else None
+        if origin is None:
+            origin = f"in {_config_file_of(parser, key, typed) or 'a config file'}"
+        written = item.split("=", 1)[0] if on_command_line else key
+        if key in spellings:  # a known key with the wrong number of dashes
+            right = spellings[key]
+            dashes = "one dash" if right.startswith("-") and not right.startswith("--") else "two dashes"
+            return f"unknown option {written!r} {origin}; did you mean {right!r} ({dashes})?"
+        close = difflib.get_close_matches(key, list(spellings), n=1, cutoff=0.6)
+        suggestion = (spellings[close[0]] if on_command_line else close[0]) if close else None
+        hint = f"; did you mean {suggestion!r}?" if close else "; see --help for the valid keys"
+        return f"unknown option {written!r} {origin}{hint}"
     return f"unexpected arguments: {' '.join(unknown)}"
 
 
@@ -277,6 +329,11 @@ def validate(opts: argparse.Namespace) -> None:
             f"dataset: unknown dataset {opts.dataset!r}: choose one of {', '.join(DATASETS)}{hint}"
         )
     opts.dataset = datasets[str(opts.dataset).lower()]
+    if opts.dataset != "synthetic" and not (opts.dataDir and Path(opts.dataDir).is_dir()):
+        raise OptionError(
+            f"dataDir: {opts.dataDir!r} is not a directory (expected the {opts.dataset} dataset root there; "
+            f"see README, section Datasets)"
+        )
     dataset_joints = DATASET_JOINTS[opts.dataset]
     if opts.nJoints is None:
         opts.nJoints = dataset_joints
@@ -370,9 +427,104 @@ def validate(opts: argparse.Namespace) -> None:
         raise OptionError(f"loadModel: no checkpoint file at {opts.loadModel}")
 
 
+# Keys a checkpoint's stored config does not pass on: they say what this command does with it.
+COMMAND_KEYS = (
+    "expID",
+    "loadModel",
+    "loadOptim",
+    "loadEpoch",
+    "dropPreLoaded",
+    "dropMagPreLoaded",
+    "test",
+    "browse",
+)
+# Keys a resumed run may change: they steer training or the machine, not what is trained on.
+STEERING_KEYS = (
+    "nEpochs", "dropLR", "dropMag", "lrMilestones", "lrSchedule", "valInterval", "saveInterval",
+    "nThreads", "progress", "gpuid", "dont_pin_memory", "amp", "flipTest", "expDir", "dataDir",
+    "imageDir", "allowConfigChange",
+)  # fmt: skip
+
+
+def _option_value(argv: list[str], flag: str) -> str | None:
+    """The value given to ``flag`` on the command line (``--flag v`` or ``--flag=v``), if any."""
+    for position, item in enumerate(argv):
+        if item == flag and position + 1 < len(argv):
+            return argv[position + 1]
+        if item.startswith(flag + "="):
+            return item.split("=", 1)[1]
+    return None
+
+
+def read_stored_config(path: str | Path) -> dict[str, Any]:
+    """The options a checkpoint was trained with (its ``config``), read with ``weights_only=True``."""
+    from utils.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        state = load_checkpoint(path)
+    except CheckpointError as error:
+        fail(f"loadModel: {error}")
+    config = state.get("config")
+    if not isinstance(config, dict):
+        fail(f"loadModel: {path} stores no config; give the model's options (-ModelConfig) to use it")
+    return config
+
+
+def _show(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def resume_changes(opts: argparse.Namespace, stored: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """{key: (stored, now)} for every option that differs from the checkpoint's, command keys aside."""
+    return {
+        key: (stored[key], value)
+        for key, value in opts.config.items()
+        if key in stored and key not in COMMAND_KEYS and value != stored[key]
+    }
+
+
+def is_resume(opts: argparse.Namespace) -> bool:
+    """A true resume continues the same run: weights, optimizer and epoch all restored."""
+    return bool(opts.loadModel) and opts.loadOptim and opts.loadEpoch and not opts.test and not opts.browse
+
+
+def plan_run_dir(opts: argparse.Namespace) -> Path:
+    """Where this command writes. Runs are append-only: only a resume writes into an existing
+    run (the checkpoint's own, when no --expID names another); every other command gets a new
+    directory, and a new run never takes over an existing one."""
+    if is_resume(opts):
+        own = Path(opts.loadModel).resolve().parent
+        if not opts.expID or (Path(opts.expDir) / opts.expID).resolve() == own:
+            return own
+    root = Path(opts.expDir)
+    if opts.expID:
+        path = root / opts.expID
+        if path.exists():
+            free = next(
+                f"{opts.expID}-{n}" for n in range(2, 10**6) if not (root / f"{opts.expID}-{n}").exists()
+            )
+            raise OptionError(
+                f"expID: run directory {path} already exists and only a resume of its own checkpoint may "
+                f"write there; choose a new name, e.g. --expID {free}"
+            )
+        return path
+    kind = "-test" if opts.test else "-browse" if opts.browse else "-finetune" if opts.loadModel else ""
+    base = f"{opts.model}-{opts.dataset}{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return next(
+        root / name
+        for name in (base, *(f"{base}-{n}" for n in range(2, 10**6)))
+        if not (root / name).exists()
+    )
+
+
 def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse config files and command line; print one line and exit 2 on any bad input."""
-    argv = _with_default_configs(sys.argv[1:] if argv is None else argv)
+    """Parse config files and command line; print one line and exit 2 on any bad input.
+
+    With ``--loadModel`` the checkpoint's stored config is the starting point: config files and
+    command-line keys given now override it, and the demo configs are not applied. A resume may
+    change only ``STEERING_KEYS`` unless ``--allowConfigChange 1``.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
     for flag in ("-DataConfig", "-ModelConfig"):
         if flag in argv:
             position = argv.index(flag)
@@ -382,9 +534,21 @@ def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
             if not path.is_file():
                 fail(f"{flag}: config file not found: {path}")
     parser = build_parser()
+    asks_help = "-h" in argv or "--help" in argv
+    source = None if asks_help else _option_value(argv, "--loadModel")
+    stored: dict[str, Any] | None = None
+    if source:
+        if not Path(source).is_file():
+            fail(f"loadModel: no checkpoint file at {source}")
+        stored = read_stored_config(source)
+        known = {action.dest for action in parser._actions}
+        parser.set_defaults(**{k: v for k, v in stored.items() if k in known and k not in COMMAND_KEYS})
+    else:
+        argv = _with_default_configs(argv)
+    parser._typed = [a for a in argv if a not in ("-DataConfig", "-ModelConfig")]
     opts, unknown = parser.parse_known_args(argv)
     if unknown:
-        fail(_unknown_key_message(parser, unknown))
+        fail(_unknown_key_message(parser, unknown, argv))
     for key, reason in RETIRED_KEYS.items():
         if getattr(opts, key) is not None:
             print(f"note: option {key} is ignored ({reason})", file=sys.stderr)
@@ -400,4 +564,20 @@ def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
         for action in parser._actions
         if action.dest not in ("help", "DataConfig", "ModelConfig")
     }
+    opts.stored_config = stored
+    opts.resume_changes = {}
+    if stored is not None and is_resume(opts):
+        changes = resume_changes(opts, stored)
+        refused = {k: v for k, v in changes.items() if k not in STEERING_KEYS}
+        if refused and not opts.allowConfigChange:
+            listed = "; ".join(f"{k} stored {_show(a)}, typed {_show(b)}" for k, (a, b) in refused.items())
+            fail(
+                f"loadModel: a resume continues the same run, but this command changes what it trains: "
+                f"{listed} (fine-tune instead with --loadOptim 0 --loadEpoch 0, or pass --allowConfigChange 1)"
+            )
+        opts.resume_changes = changes
+    try:
+        opts.run_dir = plan_run_dir(opts)
+    except OptionError as error:
+        fail(str(error))
     return opts

@@ -1,0 +1,370 @@
+"""Training, validation, -test and --browse: everything main.py does with a dataset.
+
+``run(opts)`` reads top to bottom: model, codec, data, optimizer, checkpoint, then the epoch loop
+(``engine.train_one_epoch`` and ``engine.predict``). main.py parses the options and calls it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import math
+import random
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+
+from datasets import Augmentation, KeypointDataset, build_datasets, make_codec
+from engine import NonFiniteLossError, Precision, predict, score_predictions, train_one_epoch
+from losses import make_loss
+from metrics import coco, mpii
+from models import build_model
+from models.complexity import profile_model
+from utils.checkpoint import (
+    CheckpointError,
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from utils.distributed import DistributedContext, barrier, setup_distributed
+from utils.drawing import browse_samples, draw_pose, save_grid, to_uint8_image
+from utils.logging import RunRecorder
+from utils.options import COMMAND_KEYS, DATASET_JOINTS, STEERING_KEYS, fail, is_resume
+
+
+def run(opts: argparse.Namespace) -> int:
+    """Train (or resume, fine-tune), evaluate with -test, or write --browse samples."""
+    context = setup_distributed(opts.gpuid)
+    # the same seed on every rank gives identical initial weights; augmentation and data order
+    # have their own (seed, epoch, index) generators, so ranks still see different samples
+    seed_everything(opts.seed)
+    say = print if context.is_main else (lambda *a, **k: None)
+
+    # sizes are (width, height); COCO's 256x192 crops use aspectRatio 0.75
+    input_size = (round(opts.inputRes * opts.aspectRatio), opts.inputRes)
+    heatmap_size = (round(opts.outputRes * opts.aspectRatio), opts.outputRes)
+    model = build_model(opts.model, **vars(opts))
+    profile = profile_model(model, input_size[::-1])
+    check_output_shape(profile.output_shapes, opts, heatmap_size)
+    say(
+        f"model {opts.model}: {profile.parameters / 1e6:.2f} M parameters, {profile.gflops:.2f} GFLOPs per image"
+    )
+    if opts.amp == "fp16" and context.device.type == "cpu":
+        say("note: --amp fp16 on the CPU is slow and gains nothing; bf16 is the CPU's mixed precision")
+    precision = Precision(opts.amp, torch.float64 if opts.usedouble else torch.float32)
+    model = model.to(context.device, dtype=precision.dtype)
+
+    codec = make_codec(opts.target_type, input_size, heatmap_size, opts.hmGauss, opts.coordConvention)
+    loss_fn = make_loss(opts.target_type)
+    augmentation = Augmentation(
+        opts.maxScale, opts.maxRotate, opts.rotateProb, opts.maxTranslate, opts.flipProb, opts.colorJitter
+    )
+    train_set, val_set = build_datasets(
+        opts.dataset, codec, input_size, augmentation, opts.seed,
+        with_train=not opts.test, data_dir=opts.dataDir,
+        train_annotation=opts.trainAnnotation, val_annotation=opts.valAnnotation, image_dir=opts.imageDir,
+        head_boxes_mat=opts.headBoxesMat, bbox_file=opts.bboxFile, det_score_threshold=opts.detScoreThreshold,
+        half_body_prob=opts.halfBodyProb,
+        synthetic_sizes=(opts.syntheticTrain, opts.syntheticVal), synthetic_image_size=opts.imageRes,
+    )  # fmt: skip
+    train_loader, val_loader = make_loaders(train_set, val_set, opts, context)
+
+    optimizer = getattr(torch.optim, opts.optimizer_type)(
+        model.parameters(), lr=opts.LR, **opts.optimizer_kwargs
+    )
+    scheduler = make_scheduler(optimizer, opts)
+    scaler = torch.amp.GradScaler("cuda") if opts.amp == "fp16" and context.device.type == "cuda" else None
+    start_epoch, best = 1, -math.inf
+    if opts.loadModel:
+        start_epoch, best = restore(opts, model, optimizer, scheduler, say)
+
+    run_dir = make_run_dir(opts, context)
+    if opts.resume_changes and context.is_main:
+        changed = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in opts.resume_changes.items())
+        RunRecorder(run_dir).log_line(f"resumed from {opts.loadModel} with {changed}")
+    if opts.browse:
+        if context.is_main:
+            train_set.set_epoch(start_epoch)
+            paths = browse_samples(train_set, codec, opts.browse, run_dir / "browse")
+            say(f"wrote {len(paths)} augmented training samples to {run_dir / 'browse'}")
+        return 0
+    recorder = RunRecorder(run_dir, enabled=context.is_main)
+    main_metric = val_set.main_metric
+    net = DistributedDataParallel(model) if context.is_distributed else model
+    flip = val_set.joint_spec.flip_permutation() if opts.flipTest else None
+    predict_val = functools.partial(
+        predict, net, val_loader, codec, context,
+        loss_fn=loss_fn, precision=precision, progress_mode=opts.progress, flip_permutation=flip,
+    )  # fmt: skip
+
+    def validate(output_dir: Path | None = None) -> dict[str, float]:
+        """Generic metrics plus the dataset's official ones (files only from rank 0)."""
+        results = predict_val()
+        return score_predictions(results) | val_set.evaluate(results, output_dir if context.is_main else None)
+
+    if opts.test:
+        metrics = validate(run_dir)
+        recorder.log_metrics(start_epoch - 1, "test", metrics)
+        say(format_metrics(metrics))
+        say(f"run directory: {run_dir}")
+        return 0
+
+    say(f"run directory: {run_dir}")
+    metrics: dict[str, float] = {}
+    for epoch in range(start_epoch, opts.nEpochs + 1):
+        started = time.monotonic()
+        if isinstance(train_loader.sampler, DistributedSampler):
+            train_loader.sampler.set_epoch(epoch)
+        train_set.set_epoch(epoch)
+        try:
+            train_metrics = train_one_epoch(
+                net, loss_fn, train_loader, optimizer, codec, context, epoch,
+                accumulation=opts.mini_batch_count, precision=precision, scaler=scaler, progress_mode=opts.progress,
+            )  # fmt: skip
+        except NonFiniteLossError as error:
+            last = run_dir / "last.pth"
+            kept = (
+                f"the last good checkpoint is kept: {last}" if last.is_file() else "no checkpoint was written"
+            )
+            raise NonFiniteLossError(f"{error}; {kept}") from None
+        scheduler.step()
+        recorder.log_metrics(epoch, "train", train_metrics)
+        line = f"epoch {epoch}/{opts.nEpochs} train loss {train_metrics['loss']:.6f} PCK {train_metrics['PCK']:.2f}"
+        if epoch % opts.valInterval == 0 or epoch == opts.nEpochs:
+            metrics = validate()
+            recorder.log_metrics(epoch, "val", metrics)
+            loss = f" loss {metrics['loss']:.6f}" if "loss" in metrics else ""
+            line += f" | val{loss} {main_metric} {metrics[main_metric]:.2f}"
+            if metrics[main_metric] > best:
+                best = metrics[main_metric]
+                save(run_dir / "best.pth", epoch, best, model, optimizer, scheduler, opts, context)
+        line += f" | lr {optimizer.param_groups[0]['lr']:.3g} | {time.monotonic() - started:.0f}s"
+        recorder.log_line(line)
+        say(line)
+        save(run_dir / "last.pth", epoch, best, model, optimizer, scheduler, opts, context)
+        if epoch % opts.saveInterval == 0:
+            save(run_dir / f"model_{epoch}.pth", epoch, best, model, optimizer, scheduler, opts, context)
+
+    if context.is_main:
+        picture = draw_predictions(
+            model, val_set, codec, context.device, precision, run_dir / "predictions.png"
+        )
+        say(f"run directory: {run_dir}")
+        say(f"checkpoint: {run_dir / 'last.pth'} (best {main_metric} {best:.2f}: {run_dir / 'best.pth'})")
+        if metrics:
+            say(format_metrics(metrics))
+        say(f"predicted skeletons: {picture}")
+    return 0
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def check_output_shape(
+    shapes: list[tuple[int, ...]], opts: argparse.Namespace, heatmap_size: tuple[int, int]
+) -> None:
+    """The model's last stage must match what the codec encodes, else training is meaningless."""
+    expected = (
+        (1, opts.nJoints, heatmap_size[1], heatmap_size[0])
+        if opts.target_type == "heatmap"
+        else (1, opts.nJoints, 2)
+    )
+    if tuple(shapes[-1]) != expected:
+        fail(
+            f"outputRes: model {opts.model} outputs {tuple(shapes[-1])[1:]} for inputRes {opts.inputRes} "
+            f"but the targets are {expected[1:]}; set outputRes to the model's output height"
+        )
+
+
+def make_loaders(
+    train_set: KeypointDataset | None,
+    val_set: KeypointDataset,
+    opts: argparse.Namespace,
+    context: DistributedContext,
+) -> tuple[DataLoader | None, DataLoader]:
+    pin = context.device.type == "cuda" and not opts.dont_pin_memory
+    common = {"batch_size": opts.data_loader_size, "num_workers": opts.nThreads, "pin_memory": pin}
+    if opts.nThreads > 0:
+        common["worker_init_fn"] = _quiet_worker
+    # each rank scores a disjoint strided share of the validation set, without padding duplicates
+    val_loader = DataLoader(val_set, sampler=range(context.rank, len(val_set), context.world_size), **common)
+    if train_set is None:
+        return None, val_loader
+    # DistributedSampler with one replica is a seeded shuffle; its (seed, epoch) order replays on resume
+    sampler = DistributedSampler(
+        train_set, num_replicas=context.world_size, rank=context.rank, shuffle=opts.shuffle, seed=opts.seed
+    )
+    return DataLoader(train_set, sampler=sampler, drop_last=False, **common), val_loader
+
+
+def _quiet_worker(_: int) -> None:
+    cv2.setNumThreads(0)  # workers are already one process per core; OpenCV threads would oversubscribe
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, opts: argparse.Namespace
+) -> torch.optim.lr_scheduler.LRScheduler:
+    if opts.lrSchedule == "multistep":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=opts.milestones, gamma=opts.dropMag)
+    step = opts.dropLR if opts.dropLR > 0 else 10**9  # dropLR 0: never drop
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step, gamma=opts.dropMag)
+
+
+def describe(config: dict) -> str:
+    """'PyraNet, 16 joints, 256x256' (model, joints, input height x width) from a run's options."""
+    height = config.get("inputRes")
+    width = round(height * config.get("aspectRatio", 1.0)) if height else "?"
+    joints = config.get("nJoints") or DATASET_JOINTS.get(config.get("dataset"), "?")
+    return f"{config.get('model')}, {joints} joints, {height}x{width}"
+
+
+def first_mismatch(error: RuntimeError) -> str:
+    """The first missing, unexpected or mis-shaped tensor in load_state_dict's (long) message."""
+    for line in str(error).splitlines()[1:]:
+        line = line.strip()
+        if line.startswith("size mismatch"):
+            return line.rstrip(".")
+        if ":" in line:
+            kind, keys = line.split(":", 1)
+            return f"{kind.strip().lower()} {keys.split(',')[0].strip()}"
+    return str(error).splitlines()[0]
+
+
+def restore(opts, model, optimizer, scheduler, say) -> tuple[int, float]:
+    """Load --loadModel; --loadOptim, --loadEpoch and --dropPreLoaded choose what is kept."""
+    try:
+        state = load_checkpoint(opts.loadModel)
+    except CheckpointError as error:
+        fail(f"loadModel: {error}")
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as error:
+        stored = state.get("config") or {}
+        differing = [
+            f"{k} {stored[k]} vs {v}"
+            for k, v in opts.config.items()
+            if k in stored and stored[k] != v and k not in COMMAND_KEYS + STEERING_KEYS
+        ]
+        fail(
+            f"loadModel: the weights do not fit: checkpoint: {describe(stored)}; config: {describe(opts.config)}"
+            f"{'; options: ' + ', '.join(differing) if differing else ''}; first difference: {first_mismatch(error)}"
+        )
+    if opts.loadOptim and "optimizer" in state:
+        optimizer.load_state_dict(state["optimizer"])
+        # keep the schedule's progress but this run's dropLR / dropMag / lrMilestones
+        progress = {
+            k: v for k, v in state["scheduler"].items() if k not in ("step_size", "gamma", "milestones")
+        }
+        scheduler.load_state_dict({**scheduler.state_dict(), **progress})
+    if opts.dropPreLoaded:
+        for group in optimizer.param_groups:
+            group["lr"] *= opts.dropMagPreLoaded
+    if opts.loadEpoch:
+        if "rng" in state:
+            restore_rng_state(state["rng"])
+        verb = "evaluating" if opts.test else "resumed"
+        say(f"{verb} {opts.loadModel} after epoch {state['epoch']}")
+        return int(state["epoch"]) + 1, float(state.get("best", -math.inf))
+    say(f"loaded weights from {opts.loadModel}; counting epochs from 1")
+    return 1, -math.inf
+
+
+def save(
+    path: Path, epoch: int, best: float, model, optimizer, scheduler, opts, context: DistributedContext
+) -> None:
+    if context.is_main:
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "epoch": epoch,
+            "best": best,
+            "rng": capture_rng_state(),
+            # the data order is a function of (seed, epoch), so these two replay it exactly
+            "data_order": {"seed": opts.seed, "next_epoch": epoch + 1},
+            "config": opts.config,
+        }
+        save_checkpoint(state, path)
+    barrier(context)
+
+
+def make_run_dir(opts: argparse.Namespace, context: DistributedContext) -> Path:
+    """Create the run directory ``parse_options`` planned. A resume continues in its own run and
+    leaves its config.defconf as it was (log.txt notes what changed); every other command gets a
+    new directory whose config.defconf names the checkpoint it started from (``loadModel``)."""
+    run_dir = opts.run_dir
+    if context.is_main and not (is_resume(opts) and run_dir.is_dir()):
+        run_dir.mkdir(parents=True, exist_ok=False)
+        with open(run_dir / "config.defconf", "w") as stream:
+            for key, value in opts.config.items():
+                if value is None or value is False:
+                    continue
+                text = (
+                    f"[{', '.join(value)}]"
+                    if isinstance(value, list)
+                    else ("true" if value is True else value)
+                )
+                stream.write(f"{key}: {text}\n")
+    return run_dir
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    """The official MPII PCKh table when present, then the other numbers."""
+    lines = []
+    if "PCKh" in metrics:
+        columns = {name: metrics[f"PCKh_{name}"] for name in mpii.PART_JOINTS}
+        columns |= {"Mean": metrics["PCKh"], "Mean@0.1": metrics["PCKh_Mean@0.1"]}
+        lines += ["PCKh (official MPII table):", mpii.format_table(columns)]
+    if "AP" in metrics:
+        lines += [
+            "COCO keypoints (official COCOeval):",
+            coco.format_table({k: metrics[k] for k in coco.STAT_NAMES}),
+        ]
+    shown = {*coco.STAT_NAMES} if "AP" in metrics else set()
+    lines += [
+        f"{key}: {value:.4g}"
+        for key, value in metrics.items()
+        if not key.startswith("PCKh") and key not in shown
+    ]
+    return "\n".join(lines)
+
+
+@torch.no_grad()
+def draw_predictions(
+    model, dataset: KeypointDataset, codec, device, precision: Precision, path: Path, count: int = 8
+) -> Path:
+    """Predicted skeletons on the first validation crops (left-side joints have white centres)."""
+    model.eval()
+    samples = [dataset[i] for i in range(min(count, len(dataset)))]
+    images = torch.stack([s["image"] for s in samples]).to(device, dtype=precision.dtype)
+    joints, _ = codec.decode(model(images)[-1].float().cpu().numpy())
+    spec = dataset.joint_spec
+    drawn = [
+        draw_pose(
+            to_uint8_image(s["image"].numpy()),
+            pose,
+            np.ones(len(pose)),
+            spec.skeleton,
+            (0, 255, 0),
+            spec.left_joints,
+        )
+        for s, pose in zip(samples, joints, strict=True)
+    ]
+    return save_grid(drawn, path)
+
+
+def one_line(error: Exception) -> str:
+    """The error's own message; a DataLoader worker wraps it in a traceback whose last line it is."""
+    text = str(error).strip()
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1].split(": ", 1)[-1]
+    return text
