@@ -4,6 +4,7 @@ outputs (a list of stages) and the codec chosen from its target type."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -70,14 +71,30 @@ def train_one_epoch(
     precision: Precision = Precision(),
     scaler: torch.amp.GradScaler | None = None,
     progress_mode: str = "auto",
-) -> dict[str, float]:
-    """Train one epoch; returns the mean loss and running PCK over the epoch (averaged over ranks)."""
+    on_step: Callable[[int, float, float, float], None] | None = None,
+    resume_from: EpochState | None = None,
+    pause: Callable[[EpochState], bool] | None = None,
+) -> EpochState:
+    """Train one epoch; returns its state, whose ``metrics()`` are the mean loss and running PCK
+    over the epoch (averaged over ranks).
+
+    ``on_step(step, loss, pck, lr)``, when given, is called on this rank after every optimizer
+    step: the batch index in the epoch (1-based), the mean loss of the batches that step applied
+    (more than one with ``accumulation``), the epoch's running PCK so far and the step's LR.
+
+    ``resume_from``: the state of an epoch interrupted after ``resume_from.step`` batches, whose
+    loader already skips those batches. ``pause(state)`` is asked after every optimizer step; when
+    it returns True on any rank, every rank stops there and the state returned is not ``complete``.
+    """
     model.train()
     device = context.device
-    progress = EpochProgress(f"train {epoch}", len(loader), progress_mode if context.is_main else "none")
-    total_loss, total_pck, steps = 0.0, 0.0, 0
+    state = resume_from or EpochState(epoch)
+    total = state.step + len(loader)
+    progress = EpochProgress(f"train {epoch}", total, progress_mode if context.is_main else "none")
+    progress.count = state.step
+    window_loss, window = 0.0, 0  # the batches of the optimizer step being accumulated
     optimizer.zero_grad(set_to_none=True)
-    for step, batch in enumerate(loader, start=1):
+    for step, batch in enumerate(loader, start=state.step + 1):
         image, target, weight = _to_device(batch, device, precision.dtype)
         with precision.autocast(device):
             outputs = model(image)
@@ -86,22 +103,50 @@ def train_one_epoch(
             raise NonFiniteLossError(f"loss became non-finite at epoch {epoch}, step {step}; stopping")
         scaled = loss / accumulation
         (scaler.scale(scaled) if scaler is not None else scaled).backward()
-        if step % accumulation == 0 or step == len(loader):
+        stepped = step % accumulation == 0 or step == total
+        if stepped:
             if scaler is not None:
                 scaler.step(optimizer)
                 scaler.update()
             else:
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        total_loss += loss.item()
-        total_pck += _batch_pck(codec, outputs[-1], batch)
-        steps += 1
-        progress.update(loss=total_loss / steps, PCK=total_pck / steps)
+        value = loss.item()
+        state.loss_sum += value
+        state.pck_sum += _batch_pck(codec, outputs[-1], batch)
+        state.step = step
+        window_loss, window = window_loss + value, window + 1
+        progress.update(loss=state.loss_sum / step, PCK=state.pck_sum / step)
+        if stepped:
+            if on_step is not None:
+                on_step(step, window_loss / window, state.pck_sum / step, optimizer.param_groups[0]["lr"])
+            window_loss, window = 0.0, 0
+            wants_pause = pause is not None and pause(state) and step < total
+            if pause is not None and not all_ranks(not wants_pause, context):
+                progress.finish()
+                return state  # every rank stops after the same optimizer step
     progress.finish()
-    return {
-        "loss": reduce_mean(total_loss / max(steps, 1), context),
-        "PCK": reduce_mean(total_pck / max(steps, 1), context),
-    }
+    state.complete = True
+    return state
+
+
+@dataclass
+class EpochState:
+    """How far an epoch has got: batches done and the running sums of loss and PCK over them.
+    Saved in a mid-epoch checkpoint, so a resumed epoch reports what an uninterrupted one would."""
+
+    epoch: int
+    step: int = 0
+    loss_sum: float = 0.0
+    pck_sum: float = 0.0
+    complete: bool = False
+
+    def metrics(self, context: DistributedContext) -> dict[str, float]:
+        steps = max(self.step, 1)
+        return {
+            "loss": reduce_mean(self.loss_sum / steps, context),
+            "PCK": reduce_mean(self.pck_sum / steps, context),
+        }
 
 
 def unflip_output(

@@ -19,7 +19,16 @@ from utils.options import parse_options
 
 def main(argv: list[str] | None = None) -> int:
     opts = parse_options(argv)
-    import train  # torch, the models and the datasets load here, once the options are known
+    # each mode's module imports torch, the models and the datasets, once the options are known
+    if opts.export:
+        import export
+
+        return export.run(opts)
+    if opts.predict:
+        import predict
+
+        return predict.run(opts)
+    import train
 
     return train.run(opts)
 
@@ -38,12 +47,12 @@ def cli() -> int:
     except Exception as error:
         from datasets.base import DataError
         from engine import NonFiniteLossError
-        from utils.checkpoint import CheckpointError
+        from utils.checkpoint import CheckpointError, CheckpointWriteError
 
         if isinstance(error, (DataError, CheckpointError)):
             print(f"main.py: error: {one_line(error)}", file=sys.stderr)
             return 2
-        if isinstance(error, NonFiniteLossError):
+        if isinstance(error, (NonFiniteLossError, CheckpointWriteError)):
             print(f"main.py: error: {error}", file=sys.stderr)
             return 1
         raise

@@ -9,7 +9,10 @@ from __future__ import annotations
 import argparse
 import functools
 import math
+import os
 import random
+import signal
+import sys
 import time
 from pathlib import Path
 
@@ -20,22 +23,23 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from datasets import Augmentation, KeypointDataset, build_datasets, make_codec
-from engine import NonFiniteLossError, Precision, predict, score_predictions, train_one_epoch
+from engine import EpochState, NonFiniteLossError, Precision, predict, score_predictions, train_one_epoch
+from inference import frame_sizes, joint_spec_of, load_weights
 from losses import make_loss
 from metrics import coco, mpii
 from models import build_model
 from models.complexity import profile_model
 from utils.checkpoint import (
-    CheckpointError,
+    CheckpointWriteError,
     capture_rng_state,
-    load_checkpoint,
     restore_rng_state,
     save_checkpoint,
 )
 from utils.distributed import DistributedContext, barrier, setup_distributed
 from utils.drawing import browse_samples, draw_pose, save_grid, to_uint8_image
 from utils.logging import RunRecorder
-from utils.options import COMMAND_KEYS, DATASET_JOINTS, STEERING_KEYS, fail, is_resume
+from utils.options import config_file_keys, fail, is_resume
+from utils.watch import TrainingWatcher
 
 
 def run(opts: argparse.Namespace) -> int:
@@ -46,9 +50,7 @@ def run(opts: argparse.Namespace) -> int:
     seed_everything(opts.seed)
     say = print if context.is_main else (lambda *a, **k: None)
 
-    # sizes are (width, height); COCO's 256x192 crops use aspectRatio 0.75
-    input_size = (round(opts.inputRes * opts.aspectRatio), opts.inputRes)
-    heatmap_size = (round(opts.outputRes * opts.aspectRatio), opts.outputRes)
+    input_size, heatmap_size = frame_sizes(opts)  # (width, height)
     model = build_model(opts.model, **vars(opts))
     profile = profile_model(model, input_size[::-1])
     check_output_shape(profile.output_shapes, opts, heatmap_size)
@@ -70,7 +72,7 @@ def run(opts: argparse.Namespace) -> int:
         with_train=not opts.test, data_dir=opts.dataDir,
         train_annotation=opts.trainAnnotation, val_annotation=opts.valAnnotation, image_dir=opts.imageDir,
         head_boxes_mat=opts.headBoxesMat, bbox_file=opts.bboxFile, det_score_threshold=opts.detScoreThreshold,
-        half_body_prob=opts.halfBodyProb,
+        half_body_prob=opts.halfBodyProb, joint_spec=joint_spec_of(opts),
         synthetic_sizes=(opts.syntheticTrain, opts.syntheticVal), synthetic_image_size=opts.imageRes,
     )  # fmt: skip
     train_loader, val_loader = make_loaders(train_set, val_set, opts, context)
@@ -80,9 +82,9 @@ def run(opts: argparse.Namespace) -> int:
     )
     scheduler = make_scheduler(optimizer, opts)
     scaler = torch.amp.GradScaler("cuda") if opts.amp == "fp16" and context.device.type == "cuda" else None
-    start_epoch, best = 1, -math.inf
+    start_epoch, best, partial = 1, -math.inf, None
     if opts.loadModel:
-        start_epoch, best = restore(opts, model, optimizer, scheduler, say)
+        start_epoch, best, partial = restore(opts, model, optimizer, scheduler, say)
 
     run_dir = make_run_dir(opts, context)
     if opts.resume_changes and context.is_main:
@@ -103,9 +105,12 @@ def run(opts: argparse.Namespace) -> int:
         loss_fn=loss_fn, precision=precision, progress_mode=opts.progress, flip_permutation=flip,
     )  # fmt: skip
 
-    def validate(output_dir: Path | None = None) -> dict[str, float]:
-        """Generic metrics plus the dataset's official ones (files only from rank 0)."""
+    def validate(output_dir: Path | None = None, epoch: int | None = None) -> dict[str, float]:
+        """Generic metrics plus the dataset's official ones (files only from rank 0); with
+        ``epoch``, TensorBoard's skeleton grid drawn from these same predictions."""
         results = predict_val()
+        if epoch is not None:
+            watcher.log_predictions(epoch, val_set, results)
         return score_predictions(results) | val_set.evaluate(results, output_dir if context.is_main else None)
 
     if opts.test:
@@ -116,18 +121,45 @@ def run(opts: argparse.Namespace) -> int:
         return 0
 
     say(f"run directory: {run_dir}")
+    watcher = TrainingWatcher(
+        run_dir, enabled=context.is_main, tensorboard=opts.tensorboard,
+        steps_per_epoch=len(train_loader), main_metric=main_metric, start_epoch=start_epoch,
+        start_step=partial.step if partial else 0,
+    )  # fmt: skip
     metrics: dict[str, float] = {}
+    stop = StopRequest()
+    last_save = time.monotonic()
+
+    def pause(state: EpochState) -> bool:
+        """At an optimizer step: stop on a signal; write a mid-epoch checkpoint when due."""
+        nonlocal last_save
+        due = opts.saveEveryMinutes > 0 and time.monotonic() - last_save >= 60 * opts.saveEveryMinutes
+        if due and not stop.signal:
+            save(
+                run_dir / "last.pth", state.epoch - 1, best, model, optimizer, scheduler, opts, context, state
+            )
+            last_save = time.monotonic()
+        return stop.signal is not None
+
     for epoch in range(start_epoch, opts.nEpochs + 1):
         started = time.monotonic()
-        if isinstance(train_loader.sampler, DistributedSampler):
-            train_loader.sampler.set_epoch(epoch)
+        train_loader.sampler.set_epoch(epoch)
+        train_loader.sampler.skip = partial.step * opts.data_loader_size if partial else 0
         train_set.set_epoch(epoch)
         try:
-            train_metrics = train_one_epoch(
+            state = train_one_epoch(
                 net, loss_fn, train_loader, optimizer, codec, context, epoch,
                 accumulation=opts.mini_batch_count, precision=precision, scaler=scaler, progress_mode=opts.progress,
+                on_step=watcher.step_logger(epoch), resume_from=partial, pause=pause,
             )  # fmt: skip
+            partial = None
+            if not state.complete:
+                save(run_dir / "last.pth", epoch - 1, best, model, optimizer, scheduler, opts, context, state)
+                watcher.close()
+                return stop.exit(run_dir / "last.pth", f"epoch {epoch}, batch {state.step}", say)
+            train_metrics = state.metrics(context)
         except NonFiniteLossError as error:
+            watcher.close()
             last = run_dir / "last.pth"
             kept = (
                 f"the last good checkpoint is kept: {last}" if last.is_file() else "no checkpoint was written"
@@ -135,10 +167,13 @@ def run(opts: argparse.Namespace) -> int:
             raise NonFiniteLossError(f"{error}; {kept}") from None
         scheduler.step()
         recorder.log_metrics(epoch, "train", train_metrics)
+        watcher.log_epoch(epoch, "train", train_metrics)
         line = f"epoch {epoch}/{opts.nEpochs} train loss {train_metrics['loss']:.6f} PCK {train_metrics['PCK']:.2f}"
         if epoch % opts.valInterval == 0 or epoch == opts.nEpochs:
-            metrics = validate()
+            metrics = validate(epoch=epoch)
             recorder.log_metrics(epoch, "val", metrics)
+            watcher.log_epoch(epoch, "val", metrics)
+            watcher.write_curves()
             loss = f" loss {metrics['loss']:.6f}" if "loss" in metrics else ""
             line += f" | val{loss} {main_metric} {metrics[main_metric]:.2f}"
             if metrics[main_metric] > best:
@@ -148,8 +183,14 @@ def run(opts: argparse.Namespace) -> int:
         recorder.log_line(line)
         say(line)
         save(run_dir / "last.pth", epoch, best, model, optimizer, scheduler, opts, context)
+        last_save = time.monotonic()
         if epoch % opts.saveInterval == 0:
             save(run_dir / f"model_{epoch}.pth", epoch, best, model, optimizer, scheduler, opts, context)
+        if stop.signal is not None and epoch < opts.nEpochs:
+            watcher.close()
+            return stop.exit(run_dir / "last.pth", f"the end of epoch {epoch}", say)
+    watcher.close()
+    stop.restore()
 
     if context.is_main:
         picture = draw_predictions(
@@ -200,13 +241,59 @@ def make_loaders(
     if train_set is None:
         return None, val_loader
     # DistributedSampler with one replica is a seeded shuffle; its (seed, epoch) order replays on resume
-    sampler = DistributedSampler(
+    sampler = ResumableSampler(
         train_set, num_replicas=context.world_size, rank=context.rank, shuffle=opts.shuffle, seed=opts.seed
     )
     return DataLoader(train_set, sampler=sampler, drop_last=False, **common), val_loader
 
 
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler that can skip the first ``skip`` indices of its next pass: the batches an
+    interrupted epoch already trained on (the order is a function of (seed, epoch), so the rest
+    of the epoch is exactly what the uninterrupted run saw)."""
+
+    skip = 0
+
+    def __iter__(self):
+        skip, self.skip = self.skip, 0
+        return iter(list(super().__iter__())[skip:])
+
+    def __len__(self) -> int:
+        return super().__len__() - self.skip
+
+
+class StopRequest:
+    """SIGINT / SIGTERM ask training to stop after the current optimizer step, with a resumable
+    checkpoint; a second SIGINT stops at once (checkpoints are written atomically, so the newest
+    complete one stays usable)."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self.previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        for sig in self.previous:
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, _frame) -> None:
+        if self.signal is not None and signum == signal.SIGINT:
+            print("\nsecond interrupt: stopping now; the newest complete checkpoint is kept", file=sys.stderr)
+            os._exit(130)
+        self.signal = signum
+        print(f"\n{signal.Signals(signum).name}: stopping after this training step", file=sys.stderr)
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def exit(self, checkpoint: Path, where: str, say) -> int:
+        """Say where training stopped and how to resume; the shell's status for the signal."""
+        self.restore()
+        say(f"interrupted at {where}; resume with: python main.py --loadModel {checkpoint}")
+        return 128 + int(self.signal)
+
+
 def _quiet_worker(_: int) -> None:
+    # Ctrl-C reaches the whole process group; the main process decides how to stop
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     cv2.setNumThreads(0)  # workers are already one process per core; OpenCV threads would oversubscribe
 
 
@@ -219,45 +306,9 @@ def make_scheduler(
     return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step, gamma=opts.dropMag)
 
 
-def describe(config: dict) -> str:
-    """'PyraNet, 16 joints, 256x256' (model, joints, input height x width) from a run's options."""
-    height = config.get("inputRes")
-    width = round(height * config.get("aspectRatio", 1.0)) if height else "?"
-    joints = config.get("nJoints") or DATASET_JOINTS.get(config.get("dataset"), "?")
-    return f"{config.get('model')}, {joints} joints, {height}x{width}"
-
-
-def first_mismatch(error: RuntimeError) -> str:
-    """The first missing, unexpected or mis-shaped tensor in load_state_dict's (long) message."""
-    for line in str(error).splitlines()[1:]:
-        line = line.strip()
-        if line.startswith("size mismatch"):
-            return line.rstrip(".")
-        if ":" in line:
-            kind, keys = line.split(":", 1)
-            return f"{kind.strip().lower()} {keys.split(',')[0].strip()}"
-    return str(error).splitlines()[0]
-
-
-def restore(opts, model, optimizer, scheduler, say) -> tuple[int, float]:
+def restore(opts, model, optimizer, scheduler, say) -> tuple[int, float, EpochState | None]:
     """Load --loadModel; --loadOptim, --loadEpoch and --dropPreLoaded choose what is kept."""
-    try:
-        state = load_checkpoint(opts.loadModel)
-    except CheckpointError as error:
-        fail(f"loadModel: {error}")
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as error:
-        stored = state.get("config") or {}
-        differing = [
-            f"{k} {stored[k]} vs {v}"
-            for k, v in opts.config.items()
-            if k in stored and stored[k] != v and k not in COMMAND_KEYS + STEERING_KEYS
-        ]
-        fail(
-            f"loadModel: the weights do not fit: checkpoint: {describe(stored)}; config: {describe(opts.config)}"
-            f"{'; options: ' + ', '.join(differing) if differing else ''}; first difference: {first_mismatch(error)}"
-        )
+    state = load_weights(model, opts)
     if opts.loadOptim and "optimizer" in state:
         optimizer.load_state_dict(state["optimizer"])
         # keep the schedule's progress but this run's dropLR / dropMag / lrMilestones
@@ -271,16 +322,34 @@ def restore(opts, model, optimizer, scheduler, say) -> tuple[int, float]:
     if opts.loadEpoch:
         if "rng" in state:
             restore_rng_state(state["rng"])
+        best = float(state.get("best", -math.inf))
+        middle = state.get("mid_epoch")
+        if middle and not opts.test:
+            partial = EpochState(
+                int(middle["epoch"]), int(middle["step"]), middle["loss_sum"], middle["pck_sum"]
+            )
+            say(f"resumed {opts.loadModel} in epoch {partial.epoch} after batch {partial.step}")
+            return partial.epoch, best, partial
         verb = "evaluating" if opts.test else "resumed"
         say(f"{verb} {opts.loadModel} after epoch {state['epoch']}")
-        return int(state["epoch"]) + 1, float(state.get("best", -math.inf))
+        return int(state["epoch"]) + 1, best, None
     say(f"loaded weights from {opts.loadModel}; counting epochs from 1")
-    return 1, -math.inf
+    return 1, -math.inf, None
 
 
 def save(
-    path: Path, epoch: int, best: float, model, optimizer, scheduler, opts, context: DistributedContext
+    path: Path,
+    epoch: int,
+    best: float,
+    model,
+    optimizer,
+    scheduler,
+    opts,
+    context: DistributedContext,
+    partial: EpochState | None = None,
 ) -> None:
+    """Checkpoint after ``epoch`` completed epochs; with ``partial``, also the batches done of the
+    next epoch (a mid-epoch checkpoint, resumed at the next batch)."""
     if context.is_main:
         state = {
             "model": model.state_dict(),
@@ -293,7 +362,20 @@ def save(
             "data_order": {"seed": opts.seed, "next_epoch": epoch + 1},
             "config": opts.config,
         }
-        save_checkpoint(state, path)
+        if partial is not None:
+            state["mid_epoch"] = {
+                "epoch": partial.epoch,
+                "step": partial.step,
+                "loss_sum": partial.loss_sum,
+                "pck_sum": partial.pck_sum,
+            }
+        try:
+            save_checkpoint(state, path)
+        except OSError as error:
+            reason = error.strerror or str(error)
+            raise CheckpointWriteError(
+                f"cannot write checkpoint {path}: {reason}; the previous checkpoint there is intact"
+            ) from None
     barrier(context)
 
 
@@ -302,16 +384,21 @@ def make_run_dir(opts: argparse.Namespace, context: DistributedContext) -> Path:
     leaves its config.defconf as it was (log.txt notes what changed); every other command gets a
     new directory whose config.defconf names the checkpoint it started from (``loadModel``)."""
     run_dir = opts.run_dir
+    if context.is_main and is_resume(opts) and run_dir.is_dir():
+        for stale in run_dir.glob(".*.pth.*.tmp"):  # a checkpoint write cut off by kill -9
+            stale.unlink(missing_ok=True)
     if context.is_main and not (is_resume(opts) and run_dir.is_dir()):
         run_dir.mkdir(parents=True, exist_ok=False)
+        settable = config_file_keys()
         with open(run_dir / "config.defconf", "w") as stream:
             for key, value in opts.config.items():
-                if value is None or value is False:
+                if value is None or key not in settable:
                     continue
+                # false is written too: several flags (flipTest, tensorboard, shuffle) default to on
                 text = (
                     f"[{', '.join(value)}]"
                     if isinstance(value, list)
-                    else ("true" if value is True else value)
+                    else ("true" if value is True else "false" if value is False else value)
                 )
                 stream.write(f"{key}: {text}\n")
     return run_dir

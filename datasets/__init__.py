@@ -1,13 +1,25 @@
 """Datasets: each gives person records plus joint names, flip pairs and skeleton; the shared
-``KeypointDataset`` turns a record into {image, target, target_weight, meta}."""
+``KeypointDataset`` turns a record into {image, target, target_weight, meta}.
+
+Every dataset registers itself (``@register_dataset`` in datasets/registry.py); importing this
+package imports each dataset module, so ``build_datasets`` finds them all by name.
+"""
 
 from __future__ import annotations
 
 from datasets.base import Augmentation, DataError, KeypointDataset
-from datasets.coco import COCODataset
 from datasets.codecs import Codec, HeatmapCodec, RegressionCodec, make_codec
-from datasets.mpii import MPIIDataset
+from datasets.registry import DataRequest, get_dataset_entry, joint_spec_for, list_datasets, register_dataset
+from datasets.skeletons import JointSpec
+
+# The dataset modules, each registering itself; their order is the order names are listed in.
+# isort: off
 from datasets.synthetic import SyntheticPeople
+from datasets.mpii import MPIIDataset
+from datasets.coco import COCODataset
+from datasets.custom import CustomDataset
+
+# isort: on
 
 
 def build_datasets(
@@ -28,50 +40,44 @@ def build_datasets(
     half_body_prob: float = 0.0,
     synthetic_sizes: tuple[int, int] = (3000, 500),
     synthetic_image_size: int = 160,
+    joint_spec: JointSpec | None = None,
 ) -> tuple[KeypointDataset | None, KeypointDataset]:
     """(training set with ``augmentation`` or None without ``with_train``, validation set).
 
-    ``head_boxes_mat`` (a gt_valid.mat) and ``bbox_file`` (person detections) apply to the
-    validation split only; ``half_body_prob`` to COCO training."""
-    if name == "synthetic":
-        val = SyntheticPeople("val", synthetic_sizes[1], codec, input_size, synthetic_image_size, None, seed)
-        make_train = lambda: SyntheticPeople(  # noqa: E731
-            "train", synthetic_sizes[0], codec, input_size, synthetic_image_size, augmentation, seed
-        )
-    elif name == "MPII":
-        common = {"codec": codec, "input_size": input_size, "seed": seed, "image_dir": image_dir}
-        val = MPIIDataset(
-            data_dir, "valid", annotation_file=val_annotation, head_boxes_mat=head_boxes_mat, **common
-        )
-        make_train = lambda: MPIIDataset(  # noqa: E731
-            data_dir, "train", augmentation=augmentation, annotation_file=train_annotation, **common
-        )
-    elif name == "COCO":
-        common = {"codec": codec, "input_size": input_size, "seed": seed, "image_dir": image_dir}
-        val = COCODataset(
-            data_dir, "val2017", annotation_file=val_annotation, bbox_file=bbox_file,
-            det_score_threshold=det_score_threshold, **common,
-        )  # fmt: skip
-        make_train = lambda: COCODataset(  # noqa: E731
-            data_dir, "train2017", augmentation=augmentation, annotation_file=train_annotation,
-            half_body_prob=half_body_prob, **common,
-        )  # fmt: skip
-    else:
-        raise DataError(f"dataset {name!r} has no reader")
+    ``name`` is looked up in the dataset registry. ``head_boxes_mat`` (a gt_valid.mat) and
+    ``bbox_file`` (person detections) apply to the validation split only; ``half_body_prob`` to
+    COCO-format training; ``joint_spec`` is the custom dataset's joint set (``inference.joint_spec_of``)."""
+    try:
+        entry = get_dataset_entry(name)
+    except KeyError as error:
+        raise DataError(str(error)) from None
+    request = DataRequest(
+        codec, tuple(input_size), augmentation, seed, data_dir, train_annotation, val_annotation,
+        image_dir, head_boxes_mat, bbox_file, det_score_threshold, half_body_prob,
+        tuple(synthetic_sizes), synthetic_image_size, joint_spec,
+    )  # fmt: skip
+    val = entry.build(request, train=False)
     # -test needs no training split, which users often do not have on the evaluation machine
-    return (make_train() if with_train else None), val
+    return (entry.build(request, train=True) if with_train else None), val
 
 
 __all__ = [
     "Augmentation",
     "COCODataset",
     "Codec",
+    "CustomDataset",
     "DataError",
+    "DataRequest",
     "HeatmapCodec",
+    "JointSpec",
     "KeypointDataset",
     "MPIIDataset",
     "RegressionCodec",
     "SyntheticPeople",
     "build_datasets",
+    "get_dataset_entry",
+    "joint_spec_for",
+    "list_datasets",
     "make_codec",
+    "register_dataset",
 ]

@@ -1,5 +1,9 @@
 """COCO person keypoints, top-down: one record per person box, scored with OKS AP (pycocotools).
 
+The reader takes any joint set: :class:`COCODataset` is the COCO-format reader with COCO's 17
+joints and sigmas, and the ``custom`` dataset (datasets/custom.py) is the same reader with the
+joints, flip pairs and OKS sigmas of a spec file.
+
 Boxes come from the ground truth (training, and evaluation with GT boxes) or from a person
 detector's results file (the usual evaluation). Each box is widened or heightened to the crop's
 aspect ratio and enlarged 1.25x, as in Simple Baselines / HRNet; the record's ``scale`` is the
@@ -18,6 +22,8 @@ fixture folder holding ``test_coco.json`` beside its images).
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +31,8 @@ import numpy as np
 
 from datasets.base import Augmentation, DataError, KeypointDataset, read_image
 from datasets.codecs import Codec
-from datasets.skeletons import COCO_JOINTS
+from datasets.registry import DataRequest, register_dataset
+from datasets.skeletons import COCO_JOINTS, JointSpec
 
 NUM_JOINTS = COCO_JOINTS.num_joints
 PERSON_CATEGORY = 1
@@ -33,10 +40,16 @@ BOX_PADDING = 1.25  # context around the person box (Simple Baselines / HRNet)
 LAYOUT_HINT = "see README, section Datasets, COCO"
 
 # Half-body augmentation (HRNet): joints 0-10 are the upper body, 11-16 the lower body.
-UPPER_BODY = tuple(range(11))
-LOWER_BODY = tuple(range(11, NUM_JOINTS))
-HALF_BODY_MIN_JOINTS = 8  # a person needs more labelled joints than this to be cut in half
+UPPER_BODY = COCO_JOINTS.upper_body
+LOWER_BODY = COCO_JOINTS.lower_body
+HALF_BODY_MIN_JOINTS = 8  # a COCO person needs more labelled joints than this to be cut in half
 HALF_BODY_PADDING = 1.5
+
+
+def half_body_min_joints(num_joints: int) -> int:
+    """Labelled joints a person must exceed for a half-body crop: HRNet's 8 of 17, in proportion
+    for other joint counts (6 of 12, 3 of 7)."""
+    return round(HALF_BODY_MIN_JOINTS * num_joints / NUM_JOINTS)
 
 
 def box_to_center_scale(
@@ -75,32 +88,57 @@ def _stored_size(info: dict[str, Any]) -> tuple[int, int] | None:
     return None
 
 
+def keypoint_category(coco: Any, num_joints: int, source: Path | str) -> int:
+    """The id of the file's keypoint category (COCO: person, 1), checked against the joint count.
+
+    Categories that list ``keypoints`` are keypoint categories; one is supported. A file without
+    any such list is read as category 1 (person). Raises DataError naming ``source``.
+    """
+    with_keypoints = [c for c in coco.dataset.get("categories", []) if isinstance(c.get("keypoints"), list)]
+    if not with_keypoints:
+        return PERSON_CATEGORY
+    if len(with_keypoints) > 1:
+        ids = ", ".join(str(c.get("id")) for c in with_keypoints)
+        raise DataError(f"{source}: categories {ids} all list keypoints; one keypoint category is supported")
+    category = with_keypoints[0]
+    if len(category["keypoints"]) != num_joints:
+        raise DataError(
+            f"{source}: category {category.get('id')} ({category.get('name', '?')}) lists "
+            f"{len(category['keypoints'])} keypoints but the joint set has {num_joints}"
+        )
+    return int(category.get("id", PERSON_CATEGORY))
+
+
 def load_gt_records(
-    coco: Any, image_dir: Path, aspect_ratio: float, skip_empty: bool
+    coco: Any,
+    image_dir: Path,
+    aspect_ratio: float,
+    skip_empty: bool,
+    num_joints: int = NUM_JOINTS,
+    category_id: int = PERSON_CATEGORY,
 ) -> list[dict[str, Any]]:
     """One record per usable ground-truth person box, images in id order.
 
-    Skipped: crowd regions, non-person categories, boxes with no area left after clipping to the
-    image, and (with ``skip_empty``) persons with no labelled keypoint.
+    Skipped: crowd regions, other categories than ``category_id``, boxes with no area left after
+    clipping to the image, and (with ``skip_empty``) persons with no labelled keypoint.
     """
     records = []
     for image_id in sorted(coco.imgs):
         info = coco.imgs[image_id]
         for ann in coco.imgToAnns.get(image_id, []):
-            if ann.get("iscrowd", 0) or ann.get("category_id", PERSON_CATEGORY) != PERSON_CATEGORY:
+            if ann.get("iscrowd", 0) or ann.get("category_id", category_id) != category_id:
                 continue
             if ann.get("area", 1.0) <= 0:
                 continue
             box = _clean_gt_box(ann["bbox"], int(info["width"]), int(info["height"]))
             if box is None:
                 continue
-            keypoints = np.asarray(ann.get("keypoints", [0] * 3 * NUM_JOINTS), dtype=np.float64).reshape(
-                -1, 3
-            )
-            if keypoints.shape[0] != NUM_JOINTS:
+            flat = np.asarray(ann.get("keypoints", [0] * 3 * num_joints), dtype=np.float64)
+            if flat.size != 3 * num_joints:
                 raise DataError(
-                    f"annotation {ann.get('id')} has {keypoints.shape[0]} keypoints, expected {NUM_JOINTS}"
+                    f"annotation {ann.get('id')} has {flat.size / 3:g} keypoints, expected {num_joints}"
                 )
+            keypoints = flat.reshape(num_joints, 3)
             visible = keypoints[:, 2] > 0
             if skip_empty and not visible.any():
                 continue
@@ -123,7 +161,13 @@ def load_gt_records(
 
 
 def load_detection_records(
-    path: Path, coco: Any, image_dir: Path, aspect_ratio: float, score_threshold: float
+    path: Path,
+    coco: Any,
+    image_dir: Path,
+    aspect_ratio: float,
+    score_threshold: float,
+    num_joints: int = NUM_JOINTS,
+    category_id: int = PERSON_CATEGORY,
 ) -> list[dict[str, Any]]:
     """One record per detected person box with ``score >= score_threshold``, in file order.
 
@@ -141,7 +185,7 @@ def load_detection_records(
         raise DataError(f"{path}: expected a JSON list of {{image_id, category_id, bbox, score}} detections")
     records = []
     for det in detections:
-        if det.get("category_id", PERSON_CATEGORY) != PERSON_CATEGORY:
+        if det.get("category_id", category_id) != category_id:
             continue
         score = float(det["score"])
         if score < score_threshold or det["image_id"] not in coco.imgs:
@@ -152,8 +196,8 @@ def load_detection_records(
         center, box_height = box_to_center_scale(box, aspect_ratio)
         records.append(
             {
-                "joints": np.zeros((NUM_JOINTS, 2), dtype=np.float32),
-                "visible": np.zeros(NUM_JOINTS, dtype=np.float32),
+                "joints": np.zeros((num_joints, 2), dtype=np.float32),
+                "visible": np.zeros(num_joints, dtype=np.float32),
                 "center": center.astype(np.float32),
                 "scale": float(box_height),
                 "image_id": int(det["image_id"]),
@@ -167,17 +211,22 @@ def load_detection_records(
 
 
 def half_body_box(
-    joints: np.ndarray, visible: np.ndarray, upper_first: bool, aspect_ratio: float
+    joints: np.ndarray,
+    visible: np.ndarray,
+    upper_first: bool,
+    aspect_ratio: float,
+    upper_body: Sequence[int] = UPPER_BODY,
+    lower_body: Sequence[int] = LOWER_BODY,
 ) -> tuple[np.ndarray, float] | None:
     """(center (2,), box height px) around the upper or lower body's labelled joints, or None.
 
     ``upper_first`` picks the upper body when it has more than two labelled joints; otherwise
     the lower body is used if it has more than two, else the upper body. None when fewer than
-    two joints remain or they span no area.
+    two joints remain or they span no area. The halves default to COCO's.
     """
     labelled = np.asarray(visible) > 0
-    upper = [j for j in UPPER_BODY if labelled[j]]
-    lower = [j for j in LOWER_BODY if labelled[j]]
+    upper = [j for j in upper_body if labelled[j]]
+    lower = [j for j in lower_body if labelled[j]]
     chosen = upper if upper_first and len(upper) > 2 else (lower if len(lower) > 2 else upper)
     if len(chosen) < 2:
         return None
@@ -191,7 +240,7 @@ def half_body_box(
 
 
 class COCODataset(KeypointDataset):
-    """COCO top-down person crops (17 keypoints).
+    """COCO top-down person crops (17 keypoints), or any joint set given as ``joint_spec``.
 
     Args:
         data_dir: dataset root (see the module docstring).
@@ -202,15 +251,20 @@ class COCODataset(KeypointDataset):
         bbox_file: detection results JSON; when given, records are its person boxes with
             ``score >= det_score_threshold`` instead of the ground-truth boxes.
         half_body_prob: probability of HRNet's half-body crop for persons with more than 8
-            labelled keypoints.
+            labelled keypoints (in proportion for other joint counts, see
+            :func:`half_body_min_joints`); nothing for a joint set without an upper/lower split.
         skip_empty: drop ground-truth persons without labelled keypoints, for training and for
             evaluation with ground-truth boxes alike, as HRNet does. COCOeval ignores those
             persons, but predictions made for them would still enter matching and count toward
             the 20 detections per image, so GT-box AP would not be comparable with HRNet's.
+        joint_spec: the joints in annotation order, flip pairs, OKS sigmas and half-body split
+            (default COCO's).
     """
 
     joint_spec = COCO_JOINTS
     main_metric = "AP"
+    label = "COCO"  # names the dataset in error messages
+    layout_hint = LAYOUT_HINT
 
     def __init__(
         self,
@@ -226,9 +280,14 @@ class COCODataset(KeypointDataset):
         det_score_threshold: float = 0.0,
         half_body_prob: float = 0.0,
         skip_empty: bool = True,
+        joint_spec: JointSpec | None = None,
     ) -> None:
         from metrics.coco import load_gt
 
+        if joint_spec is not None:
+            self.joint_spec = joint_spec
+        if len(self.joint_spec.sigmas) != self.joint_spec.num_joints:
+            raise ValueError(f"joint set {self.joint_spec.name!r} needs one OKS sigma per joint for COCO AP")
         data_dir = Path(data_dir)
         self.split = split
         if annotation_file is None:
@@ -236,7 +295,9 @@ class COCODataset(KeypointDataset):
         else:
             self.annotation_file = data_dir / Path(annotation_file)
         if not self.annotation_file.is_file():
-            raise DataError(f"COCO annotations not found: expected {self.annotation_file} ({LAYOUT_HINT})")
+            raise DataError(
+                f"{self.label} annotations not found: expected {self.annotation_file} ({self.layout_hint})"
+            )
         if image_dir is not None:
             self.image_dir = data_dir / Path(image_dir)
         elif annotation_file is None or (data_dir / "images" / split).is_dir():
@@ -245,30 +306,46 @@ class COCODataset(KeypointDataset):
             self.image_dir = self.annotation_file.parent
         if not self.image_dir.is_dir():
             raise DataError(
-                f"COCO images not found: expected a folder {self.image_dir} of .jpg files ({LAYOUT_HINT})"
+                f"{self.label} images not found: expected a folder {self.image_dir} of .jpg files "
+                f"({self.layout_hint})"
             )
 
         try:
             self._coco = load_gt(self.annotation_file)  # quiet: pycocotools' prints are swallowed
         except ValueError as exc:
             raise DataError(str(exc)) from None
+        num_joints = self.joint_spec.num_joints
+        self.category_id = keypoint_category(self._coco, num_joints, self.annotation_file)
         self.aspect_ratio = input_size[0] / input_size[1]
         self.half_body_prob = float(half_body_prob)
+        self.half_body_min_joints = half_body_min_joints(num_joints)
+        if self.half_body_prob > 0 and not self.joint_spec.has_half_body:
+            print(
+                f"note: halfBodyProb {self.half_body_prob:g} has no effect: joint set "
+                f"'{self.joint_spec.name}' has no upper/lower body split (give \"upper_body\" in its "
+                f"spec, or use COCO joint names from both halves)",
+                file=sys.stderr,
+            )
         self.bbox_file = None if bbox_file is None else data_dir / Path(bbox_file)
         if self.bbox_file is None:
-            records = load_gt_records(self._coco, self.image_dir, self.aspect_ratio, skip_empty)
+            records = load_gt_records(
+                self._coco, self.image_dir, self.aspect_ratio, skip_empty, num_joints, self.category_id
+            )
         else:
             if not self.bbox_file.is_file():
                 raise DataError(
-                    f"COCO person detections not found: expected {self.bbox_file} "
+                    f"{self.label} person detections not found: expected {self.bbox_file} "
                     f"(a JSON list of image_id, category_id, bbox, score)"
                 )
             records = load_detection_records(
-                self.bbox_file, self._coco, self.image_dir, self.aspect_ratio, det_score_threshold
-            )
+                self.bbox_file, self._coco, self.image_dir, self.aspect_ratio, det_score_threshold,
+                num_joints, self.category_id,
+            )  # fmt: skip
         if records and not Path(records[0]["path"]).is_file():
             # fail at construction, not in a worker halfway through the first epoch
-            raise DataError(f"COCO image not found: {records[0]['path']} (images belong in {self.image_dir})")
+            raise DataError(
+                f"{self.label} image not found: {records[0]['path']} (images belong in {self.image_dir})"
+            )
         super().__init__(records, codec, input_size, augmentation, seed)
 
     @property
@@ -282,17 +359,22 @@ class COCODataset(KeypointDataset):
 
     def evaluate(self, results: dict[str, np.ndarray], output_dir: Path | None = None) -> dict[str, float]:
         """COCO keypoint AP/AR: poses rescored by box score x mean confident keypoint score,
-        OKS-NMS per image, then COCOeval; ``results.json`` is written into ``output_dir``."""
+        OKS-NMS per image, then COCOeval, both with the joint set's OKS sigmas; ``results.json``
+        is written into ``output_dir``."""
         from metrics.coco import evaluate_keypoints, postprocess_results
 
-        keypoints = np.concatenate([results["preds"], results["scores"][..., None]], axis=-1)  # (N, 17, 3)
+        keypoints = np.concatenate([results["preds"], results["scores"][..., None]], axis=-1)  # (N, K, 3)
         # OKS-NMS compares poses at the scale of their crop boxes, as the reference code does
         crop_areas = results["scale"].astype(np.float64) ** 2 * self.aspect_ratio
-        detections = postprocess_results(results["image_id"], keypoints, results["box_score"], crop_areas)
+        sigmas = np.asarray(self.joint_spec.sigmas, dtype=np.float64)
+        detections = postprocess_results(
+            results["image_id"], keypoints, results["box_score"], crop_areas,
+            sigmas=sigmas, category_id=self.category_id,
+        )  # fmt: skip
         if output_dir is not None:
             with open(Path(output_dir) / "results.json", "w", encoding="utf-8") as stream:
                 json.dump(detections, stream)
-        return evaluate_keypoints(self.coco, detections)
+        return evaluate_keypoints(self.coco, detections, sigmas=sigmas)
 
     def __getstate__(self) -> dict[str, Any]:
         # DataLoader workers need only the records; the full train2017 index is large to copy.
@@ -317,7 +399,7 @@ class COCODataset(KeypointDataset):
         """The base augmentation, applied around a half-body box instead of the person box with
         probability ``half_body_prob`` (when the person has enough labelled joints)."""
         center, box_height, rotation, flip, gain = super().sample_transform(index)
-        if self.half_body_prob <= 0:
+        if self.half_body_prob <= 0 or not self.joint_spec.has_half_body:
             return center, box_height, rotation, flip, gain
         record = self.records[index]
         visible = np.asarray(record["visible"])
@@ -325,9 +407,12 @@ class COCODataset(KeypointDataset):
         rng = np.random.default_rng([self.seed, self.epoch, index, 1])
         # HRNet picks the upper body when a standard normal draw is below 0.5: probability 0.69
         apply, upper_first = rng.random() < self.half_body_prob, rng.normal() < 0.5
-        if not apply or (visible > 0).sum() <= HALF_BODY_MIN_JOINTS:
+        if not apply or (visible > 0).sum() <= self.half_body_min_joints:
             return center, box_height, rotation, flip, gain
-        box = half_body_box(record["joints"], visible, upper_first, self.aspect_ratio)
+        spec = self.joint_spec
+        box = half_body_box(
+            record["joints"], visible, upper_first, self.aspect_ratio, spec.upper_body, spec.lower_body
+        )
         if box is None:
             return center, box_height, rotation, flip, gain
         half_center, half_height = box
@@ -336,3 +421,26 @@ class COCODataset(KeypointDataset):
         ratio = half_height / float(record["scale"])
         shift = center - np.asarray(record["center"], dtype=np.float64)
         return half_center + shift * ratio, box_height * ratio, rotation, flip, gain
+
+
+def coco_format_arguments(request: DataRequest, train: bool) -> dict[str, Any]:
+    """:class:`COCODataset` keyword arguments for a split: training gets the augmentation and
+    half-body crops, validation the detection boxes."""
+    common: dict[str, Any] = {
+        "data_dir": request.data_dir, "codec": request.codec, "input_size": request.input_size,
+        "seed": request.seed, "image_dir": request.image_dir,
+    }  # fmt: skip
+    if train:
+        return common | {
+            "split": "train2017", "augmentation": request.augmentation,
+            "annotation_file": request.train_annotation, "half_body_prob": request.half_body_prob,
+        }  # fmt: skip
+    return common | {
+        "split": "val2017", "annotation_file": request.val_annotation, "bbox_file": request.bbox_file,
+        "det_score_threshold": request.det_score_threshold,
+    }  # fmt: skip
+
+
+@register_dataset("COCO", joint_spec=COCO_JOINTS)
+def build_coco(request: DataRequest, train: bool) -> COCODataset:
+    return COCODataset(**coco_format_arguments(request, train))

@@ -37,6 +37,7 @@ import numpy as np
 
 from datasets.base import Augmentation, DataError, KeypointDataset, read_image
 from datasets.codecs import Codec
+from datasets.registry import DataRequest, register_dataset
 from datasets.skeletons import MPII_JOINTS
 from metrics.mpii import save_pred_mat
 
@@ -281,3 +282,17 @@ class MPIIDataset(KeypointDataset):
         missing = np.stack([r["visible"] for r in self.records]) == 0
         head_sizes = np.array([r["head_size"] for r in self.records], dtype=np.float64)
         return joints, missing, head_sizes
+
+
+@register_dataset("MPII", joint_spec=MPII_JOINTS)
+def build_mpii(request: DataRequest, train: bool) -> MPIIDataset:
+    common = {"codec": request.codec, "input_size": request.input_size, "seed": request.seed}
+    if train:
+        return MPIIDataset(
+            request.data_dir, "train", augmentation=request.augmentation,
+            annotation_file=request.train_annotation, image_dir=request.image_dir, **common,
+        )  # fmt: skip
+    return MPIIDataset(
+        request.data_dir, "valid", annotation_file=request.val_annotation,
+        head_boxes_mat=request.head_boxes_mat, image_dir=request.image_dir, **common,
+    )  # fmt: skip

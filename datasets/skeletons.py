@@ -12,10 +12,28 @@ class JointSpec:
     names: tuple[str, ...]
     flip_pairs: tuple[tuple[int, int], ...]  # (left, right) index pairs swapped by a mirror image
     skeleton: tuple[tuple[int, int], ...]  # limbs to draw, 0-based joint indices
+    # per-joint OKS standard deviations for COCO keypoint AP; empty: the set has no OKS metric
+    sigmas: tuple[float, ...] = ()
+    # joints of the upper body for half-body crops, the rest being the lower body; empty: no
+    # half-body crops (see datasets.custom for how a spec file's split is found)
+    upper_body: tuple[int, ...] = ()
+    name: str = ""
 
     @property
     def num_joints(self) -> int:
         return len(self.names)
+
+    @property
+    def lower_body(self) -> tuple[int, ...]:
+        """The joints outside ``upper_body`` (empty when there is no split)."""
+        if not self.upper_body:
+            return ()
+        return tuple(i for i in range(self.num_joints) if i not in self.upper_body)
+
+    @property
+    def has_half_body(self) -> bool:
+        """Whether half-body crops are possible: both halves have joints."""
+        return bool(self.upper_body) and bool(self.lower_body)
 
     def flip_permutation(self) -> np.ndarray:
         """Index array that swaps every left/right pair: joints[perm] relabels a mirrored pose."""
@@ -70,6 +88,7 @@ MPII_JOINTS = JointSpec(
         (13, 14),
         (14, 15),
     ),  # fmt: skip
+    name="MPII",
 )
 
 COCO_JOINTS = JointSpec(
@@ -114,4 +133,27 @@ COCO_JOINTS = JointSpec(
         (3, 5),
         (4, 6),
     ),  # fmt: skip
+    # pycocotools' values (metrics.coco.COCO_SIGMAS; a test keeps them equal)
+    sigmas=(
+        0.026,
+        0.025,
+        0.025,
+        0.035,
+        0.035,
+        0.079,
+        0.079,
+        0.072,
+        0.072,
+        0.062,
+        0.062,
+        0.107,
+        0.107,
+        0.087,
+        0.087,
+        0.089,
+        0.089,
+    ),  # fmt: skip
+    # HRNet's half-body split: face, shoulders, elbows, wrists (0-10) above; hips, knees, ankles below
+    upper_body=tuple(range(11)),
+    name="COCO",
 )

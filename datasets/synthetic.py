@@ -22,6 +22,7 @@ import numpy as np
 
 from datasets.base import Augmentation, KeypointDataset
 from datasets.codecs import Codec
+from datasets.registry import DataRequest, register_dataset
 from datasets.skeletons import MPII_JOINTS
 
 SPLIT_IDS = {"train": 0, "val": 1}
@@ -195,3 +196,17 @@ class SyntheticPeople(KeypointDataset):
 
     def load_image(self, record: dict[str, Any]) -> np.ndarray:
         return render_person(record, self.image_size)
+
+
+@register_dataset("synthetic", joint_spec=MPII_JOINTS, needs_data_dir=False)
+def build_synthetic(request: DataRequest, train: bool) -> SyntheticPeople:
+    """Rendered on the fly: ``synthetic_sizes`` = (training, validation) persons."""
+    if train:
+        return SyntheticPeople(
+            "train", request.synthetic_sizes[0], request.codec, request.input_size,
+            request.synthetic_image_size, request.augmentation, request.seed,
+        )  # fmt: skip
+    return SyntheticPeople(
+        "val", request.synthetic_sizes[1], request.codec, request.input_size,
+        request.synthetic_image_size, None, request.seed,
+    )  # fmt: skip

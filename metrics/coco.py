@@ -8,6 +8,11 @@ Usage as a script::
 
     python -m metrics.coco GT.json RESULTS.json          # text table
     python -m metrics.coco GT.json RESULTS.json --json   # one JSON object with the ten numbers
+    python -m metrics.coco GT.json RESULTS.json --jointSpec SPEC.json   # another joint set's sigmas
+    python -m metrics.coco GT.json RESULTS.json --sigmas 0.026,0.025,...  # the same, typed
+
+Another joint set than COCO's 17 (``--dataset custom``) is scored with its own OKS sigmas
+(pycocotools' ``params.kpt_oks_sigmas``); COCO's are never applied to another number of joints.
 """
 
 from __future__ import annotations
@@ -318,7 +323,8 @@ def load_results(path: str | Path) -> list[dict[str, Any]]:
     return results
 
 
-def _check_results(results: list[Any], coco_gt: Any, source: str) -> None:
+def _check_results(results: list[Any], coco_gt: Any, source: str) -> int:
+    """Check the result list against the ground truth; returns the keypoints per pose."""
     if not results:
         raise ValueError(f"{source}: no keypoint results to evaluate (empty list)")
     num_kpts = None
@@ -344,6 +350,7 @@ def _check_results(results: list[Any], coco_gt: Any, source: str) -> None:
             raise ValueError(
                 f"{source}: result {i} has image_id {r['image_id']} which is not in the ground truth"
             )
+    return num_kpts if num_kpts is not None else len(results[0]["keypoints"]) // 3
 
 
 def evaluate_keypoints(
@@ -360,7 +367,8 @@ def evaluate_keypoints(
         results: results JSON path or a list of result dicts (see :func:`make_results`). The list
             is deep-copied because pycocotools adds fields to it.
         verbose: let pycocotools print its progress and summary.
-        sigmas: (K,) OKS sigmas; None keeps pycocotools' COCO defaults.
+        sigmas: (K,) OKS sigmas of the joint set; None keeps pycocotools' COCO defaults, which
+            fit only COCO's 17 keypoints (other counts must give theirs).
 
     Returns:
         ``{name: value}`` for ``STAT_NAMES`` (AP, AP50, AP75, APm, APl, AR, AR50, AR75, ARm, ARl),
@@ -375,7 +383,14 @@ def evaluate_keypoints(
     else:
         source = "results"
         dets = copy.deepcopy(list(results))
-    _check_results(dets, coco_gt, source)
+    num_kpts = _check_results(dets, coco_gt, source)
+    if sigmas is None and num_kpts != NUM_KEYPOINTS:
+        raise ValueError(
+            f"{source}: poses have {num_kpts} keypoints; COCO's OKS sigmas are for {NUM_KEYPOINTS}, "
+            f"so give the joint set's sigmas (--jointSpec or --sigmas)"
+        )
+    if sigmas is not None:
+        sigmas = _check_sigmas(sigmas, num_kpts)
     with _quiet(verbose):
         coco_dt = coco_gt.loadRes(dets)
         ev = COCOeval(coco_gt, coco_dt, "keypoints")
@@ -398,6 +413,22 @@ def format_table(stats: dict[str, float]) -> str:
     return "\n".join([header, rule, row])
 
 
+def _cli_sigmas(joint_spec: str | None, sigmas: str | None) -> np.ndarray | None:
+    """The OKS sigmas the command line gives (a spec file or a list), None for COCO's."""
+    if joint_spec and sigmas:
+        raise ValueError("give --jointSpec or --sigmas, not both")
+    if joint_spec:
+        from datasets.custom import load_joint_spec  # imported only here: it loads the datasets
+
+        return np.asarray(load_joint_spec(joint_spec).sigmas, dtype=np.float64)
+    if sigmas:
+        try:
+            return np.array([float(v) for v in sigmas.split(",") if v.strip()], dtype=np.float64)
+        except ValueError:
+            raise ValueError(f"--sigmas: {sigmas!r} is not a comma-separated list of numbers") from None
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m metrics.coco", description="COCO keypoint AP/AR of a results JSON (pycocotools)."
@@ -408,9 +439,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--json", action="store_true", help="print the ten numbers as one JSON object")
     parser.add_argument("--verbose", action="store_true", help="show pycocotools' own output")
+    parser.add_argument(
+        "--jointSpec", default=None, help="joint spec JSON (--dataset custom): score with its OKS sigmas"
+    )
+    parser.add_argument("--sigmas", default=None, help="comma-separated OKS sigmas, one per keypoint")
     args = parser.parse_args(argv)
     try:
-        stats = evaluate_keypoints(args.gt, args.results, verbose=args.verbose)
+        sigmas = _cli_sigmas(args.jointSpec, args.sigmas)
+        stats = evaluate_keypoints(args.gt, args.results, verbose=args.verbose, sigmas=sigmas)
     except (OSError, ValueError) as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2

@@ -81,9 +81,13 @@ class RefinementStage(nn.Module):
         side = self.box_side(centres).clamp(min=MIN_BOX_FRACTION * max(height, width))  # (N,)
         half = (side / 2).view(batch, 1, 1)
         boxes = torch.cat([centres - half, centres + half], dim=-1)  # (N, K, 4) x1, y1, x2, y2
+        # roi_align's (N*K, 5) form, image index first: what it makes of a list of per-image boxes,
+        # built without a loop over the batch, so an ONNX export keeps the batch size dynamic
+        index = torch.arange(batch, dtype=boxes.dtype, device=boxes.device).view(batch, 1, 1)
+        rois = torch.cat([index.expand(-1, boxes.shape[1], 1), boxes], dim=-1).reshape(-1, 5)
         crops = roi_align(
             image,
-            list(boxes.unbind(0)),
+            rois,
             output_size=(size, size),
             spatial_scale=1.0,
             sampling_ratio=2,

@@ -27,9 +27,19 @@ class HourglassStem(nn.Module):
         return self.res3(self.res2(F.max_pool2d(x, 2)))  # (N, C, H/4, W/4)
 
 
+INPUT_NORMS = ("imagenet", "unit")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
 class StackedHourglass(nn.Module):
     """``n_stack`` hourglasses, each predicting heatmaps that are supervised (intermediate
-    supervision) and fed back into the next stack through 1x1 convolutions."""
+    supervision) and fed back into the next stack through 1x1 convolutions.
+
+    ``input_norm``: the pixel scale the weights expect. The data pipeline always hands over
+    ImageNet-normalised RGB; "unit" turns that back into RGB in [0, 1] first, for weights trained
+    that way (Newell et al.'s PyTorch port feeds image / 255).
+    """
 
     def __init__(
         self,
@@ -39,8 +49,15 @@ class StackedHourglass(nn.Module):
         n_modules: int,
         n_reductions: int,
         block: BlockFactory = Residual,
+        input_norm: str = "imagenet",
     ) -> None:
         super().__init__()
+        if input_norm not in INPUT_NORMS:
+            raise ValueError(f"input_norm must be one of {', '.join(INPUT_NORMS)}, got {input_norm!r}")
+        self.input_norm = input_norm
+        # not persistent: a constant of the input format, not a learnt weight
+        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.stem = HourglassStem(n_channels, block)
         self.hourglasses = nn.ModuleList(
             [Hourglass(n_reductions, n_channels, n_modules, block) for _ in range(n_stack)]
@@ -60,6 +77,8 @@ class StackedHourglass(nn.Module):
         self.merge_heatmaps = nn.ModuleList([nn.Conv2d(n_joints, n_channels, 1) for _ in range(n_stack - 1)])
 
     def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
+        if self.input_norm == "unit":
+            image = image * self.pixel_std + self.pixel_mean  # (N, 3, H, W) RGB in [0, 1]
         x = self.stem(image)  # (N, C, H/4, W/4)
         outputs = []
         for stack, (hourglass, features, head) in enumerate(
@@ -75,8 +94,13 @@ class StackedHourglass(nn.Module):
 
 @register_model("StackedHourGlass", target="heatmap")
 def stacked_hourglass(
-    n_joints: int = 16, n_channels: int = 256, n_stack: int = 8, n_modules: int = 1, n_reductions: int = 4
+    n_joints: int = 16,
+    n_channels: int = 256,
+    n_stack: int = 8,
+    n_modules: int = 1,
+    n_reductions: int = 4,
+    input_norm: str = "imagenet",
 ) -> StackedHourglass:
     """Paper configuration by default: 8 stacks, 256 features, 1 residual per step, 4 reductions
     (64x64 -> 4x4 inside each hourglass for a 256x256 input)."""
-    return StackedHourglass(n_joints, n_channels, n_stack, n_modules, n_reductions)
+    return StackedHourglass(n_joints, n_channels, n_stack, n_modules, n_reductions, input_norm=input_norm)

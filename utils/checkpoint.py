@@ -20,6 +20,10 @@ class CheckpointError(RuntimeError):
     """A checkpoint that is missing, truncated or not one of ours; the message names the file."""
 
 
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (disk full, no permission); the previous one is intact."""
+
+
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     """Write ``state`` to a temporary file in the same directory, fsync it, then rename it over
     ``path``: a crash at any moment leaves either the old file or the complete new one."""

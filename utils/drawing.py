@@ -40,14 +40,20 @@ def draw_pose(
     return canvas
 
 
-def save_grid(images: list[np.ndarray], path: str | Path, columns: int = 4) -> Path:
-    """Tile equally sized RGB images into one PNG."""
+def tile_images(images: list[np.ndarray], columns: int = 4) -> np.ndarray:
+    """Tile equally sized (H, W, 3) uint8 RGB images into one, row by row (black where none)."""
     height, width = images[0].shape[:2]
     rows = (len(images) + columns - 1) // columns
     grid = np.zeros((rows * height, columns * width, 3), dtype=np.uint8)
     for i, image in enumerate(images):
         r, c = divmod(i, columns)
         grid[r * height : (r + 1) * height, c * width : (c + 1) * width] = image
+    return grid
+
+
+def save_grid(images: list[np.ndarray], path: str | Path, columns: int = 4) -> Path:
+    """Tile equally sized RGB images into one PNG."""
+    grid = tile_images(images, columns)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(path), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))

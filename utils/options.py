@@ -26,7 +26,9 @@ DEFAULT_DATA_CONFIG = REPO_ROOT / "conf" / "datasets" / "synthetic.defconf"
 DEFAULT_MODEL_CONFIG = REPO_ROOT / "conf" / "models" / "StackedHourGlass-demo.defconf"
 
 DATASET_JOINTS = {"synthetic": 16, "MPII": 16, "COCO": 17}
-DATASETS = tuple(DATASET_JOINTS)
+# the dataset registry's names, written out for --help (a test keeps them equal); custom's joints
+# come from --jointSpec
+DATASETS = (*DATASET_JOINTS, "custom")
 # the registry's names, written out so --help needs no torch import (a test keeps them equal)
 MODEL_NAMES = "ChainedPredictions, DeepPose, PoseAttention, PyraNet, StackedHourGlass"
 TARGET_TYPE_SPELLINGS = {"heatmap": "heatmap", "direct": "regression", "regression": "regression"}
@@ -36,7 +38,6 @@ PROGRESS_MODES = ("auto", "bar", "lines", "none")
 
 
 RETIRED_KEYS = {
-    "visdom": "visdom logging was never available",
     "worldCoors": "MPII head sizes now come from the annotations",
     "headSize": "MPII head sizes now come from the annotations",
 }
@@ -109,7 +110,7 @@ def build_parser() -> configargparse.ArgParser:
     data = parser.add_argument_group("data")
     data.add_argument("-DataConfig", is_config_file=True, help="dataset config file (key: value lines)")
     data.add_argument("--dataset", default="synthetic", help=f"one of {', '.join(DATASETS)}")
-    data.add_argument("--dataDir", default="", help="dataset root directory (MPII, COCO)")
+    data.add_argument("--dataDir", default="", help="dataset root directory (MPII, COCO, custom)")
     data.add_argument("--trainAnnotation", default=None, help="training annotation file (default: by layout)")
     data.add_argument("--valAnnotation", default=None, help="validation annotation file (default: by layout)")
     data.add_argument("--imageDir", default=None, help="image folder (default: by layout)")
@@ -119,6 +120,12 @@ def build_parser() -> configargparse.ArgParser:
     data.add_argument("--halfBodyProb", type=float, default=0.0, help="COCO: probability of a half-body crop")
     data.add_argument("--TargetType", default=None, help="heatmap or direct; default: the model's own")
     data.add_argument("--nJoints", type=int, default=None, help="joints per person; default: the dataset's")
+    data.add_argument(
+        "--jointSpec",
+        default=None,
+        help="custom: joint spec JSON file (name, joints, flip_pairs, skeleton, sigmas); runs record "
+        "its content, so a checkpoint needs no file",
+    )
     data.add_argument("--imageRes", type=int, default=160, help="synthetic: side of the rendered images")
     data.add_argument("--inputRes", type=int, default=128, help="network input height in pixels")
     data.add_argument("--outputRes", type=int, default=32, help="heatmap height in pixels")
@@ -160,6 +167,12 @@ def build_parser() -> configargparse.ArgParser:
         "--model",
         default="StackedHourGlass",
         help=f"one of {MODEL_NAMES} (case-insensitive)",
+    )
+    model.add_argument(
+        "--inputNorm",
+        default="imagenet",
+        help="StackedHourGlass: pixel scale the weights expect, imagenet or unit (RGB in [0, 1], "
+        "Newell et al.'s PyTorch port)",
     )
     model.add_argument(
         "--coordConvention",
@@ -222,6 +235,12 @@ def build_parser() -> configargparse.ArgParser:
     checkpoint.add_argument("--dropMagPreLoaded", type=float, default=0.1, help="that LR multiplier")
     checkpoint.add_argument("--saveInterval", type=int, default=1, help="keep model_{epoch}.pth every N")
     checkpoint.add_argument(
+        "--saveEveryMinutes",
+        type=float,
+        default=0.0,
+        help="also write a resumable mid-epoch last.pth every N minutes (0: only at epoch ends)",
+    )
+    checkpoint.add_argument(
         "--allowConfigChange",
         type=_flag,
         default=False,
@@ -230,6 +249,25 @@ def build_parser() -> configargparse.ArgParser:
 
     runtime = parser.add_argument_group("runtime")
     runtime.add_argument("-test", action="store_true", help="evaluate --loadModel only")
+    runtime.add_argument(
+        "-predict",
+        default="",
+        metavar="PATH",
+        help="run --loadModel on an image, a folder of images or a video",
+    )
+    runtime.add_argument(
+        "-export", default="", metavar="FILE.onnx", help="export --loadModel to ONNX and exit"
+    )
+    runtime.add_argument("--onnx", default="", help="-predict: run this exported ONNX model (onnxruntime)")
+    runtime.add_argument(
+        "--detector", default="", help="-predict: torchvision person detector, e.g. fasterrcnn_resnet50_fpn"
+    )
+    runtime.add_argument("--detectorWeights", default="", help="-predict: local weights file of --detector")
+    runtime.add_argument(
+        "--tensorboard", type=_flag, default=True, help="write TensorBoard events to <run>/tb"
+    )
+    # the original project's live-plot switch: 1 turns --tensorboard on, 0 leaves it (apply_visdom)
+    runtime.add_argument("--visdom", type=_flag, default=None, help=argparse.SUPPRESS)
     runtime.add_argument("-DEBUG", action="store_true", help="batch 1, no shuffle, no workers")
     runtime.add_argument("--gpuid", type=int, default=0, help="CUDA device index (ignored without CUDA)")
     runtime.add_argument("--progress", default="auto", help=f"one of {', '.join(PROGRESS_MODES)}")
@@ -313,6 +351,8 @@ def validate(opts: argparse.Namespace) -> None:
     import torch.optim
 
     from datasets.codecs import CONVENTIONS
+    from datasets.custom import SpecError, spec_to_json
+    from datasets.registry import UnknownDatasetError, get_dataset_entry, joint_spec_for
     from models.registry import UnknownModelError, get_entry
 
     try:
@@ -321,25 +361,43 @@ def validate(opts: argparse.Namespace) -> None:
         raise OptionError(f"model: {error}") from None
     opts.model = entry.name
 
-    datasets = {name.lower(): name for name in DATASETS}
-    if str(opts.dataset).lower() not in datasets:
-        close = difflib.get_close_matches(str(opts.dataset), DATASETS, n=1, cutoff=0.4)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise OptionError(
-            f"dataset: unknown dataset {opts.dataset!r}: choose one of {', '.join(DATASETS)}{hint}"
-        )
-    opts.dataset = datasets[str(opts.dataset).lower()]
-    if opts.dataset != "synthetic" and not (opts.dataDir and Path(opts.dataDir).is_dir()):
+    try:
+        dataset = get_dataset_entry(opts.dataset)
+    except UnknownDatasetError as error:
+        raise OptionError(f"dataset: {error}") from None
+    opts.dataset = dataset.name
+    if opts.inputNorm not in ("imagenet", "unit"):
+        raise OptionError(f"inputNorm: {opts.inputNorm!r} is not one of imagenet, unit")
+    reads_data = not (opts.predict or opts.export)
+    if reads_data and dataset.needs_data_dir and not (opts.dataDir and Path(opts.dataDir).is_dir()):
         raise OptionError(
             f"dataDir: {opts.dataDir!r} is not a directory (expected the {opts.dataset} dataset root there; "
             f"see README, section Datasets)"
         )
-    dataset_joints = DATASET_JOINTS[opts.dataset]
+    opts.jointSpec = opts.jointSpec or None
+    if dataset.joint_spec is not None and opts.jointSpec:
+        raise OptionError(
+            f"jointSpec: only --dataset custom reads a joint spec; {opts.dataset} has its own joints "
+            f"(--jointSpec '' drops one taken from a checkpoint)"
+        )
+    try:
+        opts.joint_spec = joint_spec_for(opts.dataset, opts.jointSpec)
+    except SpecError as error:
+        raise OptionError(str(error)) from None
+    if dataset.joint_spec is None:
+        # the run records the spec's content, not its path: a checkpoint needs no spec file
+        opts.jointSpec = spec_to_json(opts.joint_spec)
+    dataset_joints = opts.joint_spec.num_joints
     if opts.nJoints is None:
         opts.nJoints = dataset_joints
     elif opts.nJoints != dataset_joints:
+        spec, hint = "", ""
+        if dataset.joint_spec is None:
+            spec = f" (spec '{opts.joint_spec.name}')"
+            hint = "; the spec sets it (conf/datasets/custom.defconf leaves it unset)"
         raise OptionError(
-            f"nJoints: {opts.nJoints} disagrees with dataset {opts.dataset}, which has {dataset_joints} joints"
+            f"nJoints: {opts.nJoints} disagrees with dataset {opts.dataset}{spec}, which has "
+            f"{dataset_joints} joints{hint}"
         )
 
     if opts.TargetType is not None:
@@ -423,26 +481,31 @@ def validate(opts: argparse.Namespace) -> None:
         raise OptionError("browse: shows augmented training samples; it cannot be combined with -test")
     if opts.test and not opts.loadModel:
         raise OptionError("-test: needs --loadModel PATH, the checkpoint to evaluate")
+    modes = [flag for flag, on in (("-test", opts.test), ("--browse", opts.browse), ("-predict", opts.predict),
+                                   ("-export", opts.export)) if on]  # fmt: skip
+    if len(modes) > 1:
+        raise OptionError(f"{modes[1]}: cannot be combined with {modes[0]}; run them one at a time")
+    for flag, value in (("-predict", opts.predict), ("-export", opts.export)):
+        if value and not opts.loadModel:
+            raise OptionError(f"{flag}: needs --loadModel PATH, the checkpoint to use")
+    if opts.predict and not Path(opts.predict).exists():
+        raise OptionError(f"-predict: no image, folder or video at {opts.predict}")
+    if opts.onnx and not Path(opts.onnx).is_file():
+        raise OptionError(f"onnx: no ONNX model file at {opts.onnx}")
     if opts.loadModel and not Path(opts.loadModel).is_file():
         raise OptionError(f"loadModel: no checkpoint file at {opts.loadModel}")
 
 
 # Keys a checkpoint's stored config does not pass on: they say what this command does with it.
 COMMAND_KEYS = (
-    "expID",
-    "loadModel",
-    "loadOptim",
-    "loadEpoch",
-    "dropPreLoaded",
-    "dropMagPreLoaded",
-    "test",
-    "browse",
-)
+    "expID", "loadModel", "loadOptim", "loadEpoch", "dropPreLoaded", "dropMagPreLoaded", "test", "browse",
+    "predict", "export", "onnx", "detector", "detectorWeights",
+)  # fmt: skip
 # Keys a resumed run may change: they steer training or the machine, not what is trained on.
 STEERING_KEYS = (
     "nEpochs", "dropLR", "dropMag", "lrMilestones", "lrSchedule", "valInterval", "saveInterval",
     "nThreads", "progress", "gpuid", "dont_pin_memory", "amp", "flipTest", "expDir", "dataDir",
-    "imageDir", "allowConfigChange",
+    "imageDir", "allowConfigChange", "saveEveryMinutes", "tensorboard", "visdom",
 )  # fmt: skip
 
 
@@ -485,7 +548,8 @@ def resume_changes(opts: argparse.Namespace, stored: dict[str, Any]) -> dict[str
 
 def is_resume(opts: argparse.Namespace) -> bool:
     """A true resume continues the same run: weights, optimizer and epoch all restored."""
-    return bool(opts.loadModel) and opts.loadOptim and opts.loadEpoch and not opts.test and not opts.browse
+    evaluates = opts.test or opts.browse or opts.predict or opts.export
+    return bool(opts.loadModel) and opts.loadOptim and opts.loadEpoch and not evaluates
 
 
 def plan_run_dir(opts: argparse.Namespace) -> Path:
@@ -508,13 +572,75 @@ def plan_run_dir(opts: argparse.Namespace) -> Path:
                 f"write there; choose a new name, e.g. --expID {free}"
             )
         return path
-    kind = "-test" if opts.test else "-browse" if opts.browse else "-finetune" if opts.loadModel else ""
+    kinds = (("test", "-test"), ("browse", "-browse"), ("predict", "-predict"), ("loadModel", "-finetune"))
+    kind = next((suffix for key, suffix in kinds if getattr(opts, key)), "")
     base = f"{opts.model}-{opts.dataset}{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
     return next(
         root / name
         for name in (base, *(f"{base}-{n}" for n in range(2, 10**6)))
         if not (root / name).exists()
     )
+
+
+def apply_visdom(parser: configargparse.ArgParser, opts: argparse.Namespace) -> None:
+    """Map the original project's ``visdom`` key onto ``--tensorboard``, with a notice.
+
+    ``visdom: 1`` asked for live plots, so it turns TensorBoard on, unless ``tensorboard`` is
+    itself given (command line or config file), which wins. ``visdom: 0`` changes nothing:
+    TensorBoard stays as ``--tensorboard`` says (on by default), because the original configs
+    all carry ``visdom: 0`` and would otherwise turn it off everywhere."""
+    if opts.visdom is None:
+        return
+    typed = parser._typed or []
+    explicit = _config_file_of(parser, "tensorboard", typed) is not None or any(
+        item.lstrip("-").split("=", 1)[0] == "tensorboard" for item in typed if item.startswith("-")
+    )
+    if not opts.visdom:
+        note = "visdom: 0 leaves TensorBoard as --tensorboard sets it: " + (
+            "on (--tensorboard 0 turns it off)" if opts.tensorboard else "off"
+        )
+        print(f"note: option visdom is ignored ({note})", file=sys.stderr)
+    elif explicit and not opts.tensorboard:
+        print(
+            "note: option visdom is replaced by --tensorboard, which is given as 0 and wins", file=sys.stderr
+        )
+    else:
+        opts.tensorboard = True
+        print(
+            "note: option visdom is replaced by --tensorboard; visdom: 1 turns TensorBoard on "
+            "(events in <run>/tb: tensorboard --logdir <expDir>)",
+            file=sys.stderr,
+        )
+
+
+def config_of(parser: configargparse.ArgParser, opts: argparse.Namespace) -> dict[str, Any]:
+    """The parser's own keys (not the values validate() derives): what config.defconf and a
+    checkpoint's ``config`` hold."""
+    return {
+        action.dest: getattr(opts, action.dest)
+        for action in parser._actions
+        if action.dest not in ("help", "DataConfig", "ModelConfig")
+    }
+
+
+def config_file_keys() -> set[str]:
+    """Options a config file can set: configargparse reads only ``--`` options from files, so
+    single-dash command flags (-test, -usedouble, ...) stay on the command line."""
+    return {
+        action.dest
+        for action in build_parser()._actions
+        if any(option.startswith("--") for option in action.option_strings)
+    }
+
+
+def config_from_files(argv: list[str]) -> dict[str, Any]:
+    """Options from config files and keys alone, unvalidated (a checkpoint's config written by a
+    tool, e.g. models.import_weights; it is validated when the checkpoint is used)."""
+    parser = build_parser()
+    opts, unknown = parser.parse_known_args(argv)
+    if unknown:
+        fail(_unknown_key_message(parser, unknown, argv))
+    return config_of(parser, opts)
 
 
 def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
@@ -552,18 +678,14 @@ def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
     for key, reason in RETIRED_KEYS.items():
         if getattr(opts, key) is not None:
             print(f"note: option {key} is ignored ({reason})", file=sys.stderr)
+    apply_visdom(parser, opts)
     if opts.DEBUG:
         opts.data_loader_size, opts.shuffle, opts.nThreads = 1, False, 0
     try:
         validate(opts)
     except OptionError as error:
         fail(str(error))
-    # the parser's own keys (not the values validate() derives), for config.defconf and checkpoints
-    opts.config = {
-        action.dest: getattr(opts, action.dest)
-        for action in parser._actions
-        if action.dest not in ("help", "DataConfig", "ModelConfig")
-    }
+    opts.config = config_of(parser, opts)
     opts.stored_config = stored
     opts.resume_changes = {}
     if stored is not None and is_resume(opts):

@@ -1,0 +1,180 @@
+"""Export a trained model to ONNX: ``python main.py -export model.onnx --loadModel CKPT``.
+
+The ONNX model maps ``image`` (N, 3, H, W) float32, an input crop normalised as the datasets do
+(RGB in 0-1, minus the ImageNet mean, over its std), to the network's last stage: ``heatmaps``
+(N, K, h, w) for a heatmap model, ``coordinates`` (N, K, 2) normalised to the crop for a regressor.
+The batch dimension is dynamic; the crop size is fixed to the checkpoint's. Beside it,
+``<name>.json`` holds what a deployer needs to feed it and decode its output: input size,
+normalisation, joints, flip pairs, skeleton and the codec's decoding rule.
+
+Exporter: the TorchScript-based one (``dynamo=False``), at opset 17. On torch 2.14.1 both
+exporters export all five models with a dynamic batch (after DeepPose builds roi_align's boxes
+without a Python loop over the batch) and match PyTorch to about 1e-6. The TorchScript one is
+chosen because it needs no extra package (the dynamo exporter needs ``onnxscript`` and
+``onnx_ir``) and is 4 to 8 times faster (a tiny PyraNet: about 8 s against about 40 s on 2 cores).
+It warns that it is deprecated; torch is pinned in requirements.txt. Its tracer also warns that
+spatial sizes become constants, which is right: an export is for the checkpoint's input size.
+Opset 17: roi_align with ``aligned=True`` (DeepPose's refinement crops) needs at least 16, and 17
+is widely supported by runtimes (ONNX Runtime >= 1.11, TensorRT >= 8.5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from datasets.base import IMAGENET_MEAN, IMAGENET_STD
+from datasets.codecs import HeatmapCodec
+from inference import TrainedModel, load_trained
+from utils.options import fail
+
+OPSET = 17
+INPUT_NAME = "image"
+OUTPUT_NAMES = {"heatmap": "heatmaps", "regression": "coordinates"}
+BOX_PADDING = 1.25  # datasets.coco.BOX_PADDING, written here so the JSON does not depend on the import
+
+
+class LastStage(nn.Module):
+    """The model's last stage output only (every model returns a list of stage outputs)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.model(image)[-1]
+
+
+def decoding_of(trained: TrainedModel) -> dict[str, Any]:
+    """How to turn the ONNX output into joints in input-crop pixels (pixel centres at integers)."""
+    codec = trained.codec
+    width, height = trained.input_size
+    if isinstance(codec, HeatmapCodec):
+        convention = codec.convention
+        heatmap_width, heatmap_height = codec.heatmap_size
+        return {
+            "convention": convention.name,
+            "crop_center": convention.crop_center,
+            "anchor": convention.anchor,
+            "flip_shift": convention.flip_shift,
+            "heatmap_size": [heatmap_width, heatmap_height],
+            "stride": [width / heatmap_width, height / heatmap_height],
+            "sigma": codec.sigma,
+            "rule": (
+                "For each joint take the argmax (u, v) of its heatmap; its value is the joint's score. "
+                "Move u by 0.25 toward the higher of its left and right neighbours, and v by 0.25 toward "
+                "the higher of the rows above and below (no step at the map's border or on a tie). "
+                f"Then input px = (u + anchor) * stride - anchor per axis (anchor {convention.anchor})."
+            ),
+            "crop": (
+                f"A person box [x, y, w, h] keeps its centre, grows in one dimension to the input aspect "
+                f"ratio (width / height = {width / height:g}), then both sides grow {BOX_PADDING}x; the "
+                f"box height maps to the input height. The box centre lands at ((W - 1) / 2 + "
+                f"crop_center, (H - 1) / 2 + crop_center) in the input crop (crop_center "
+                f"{convention.crop_center}). Map joints back to the image with the inverse of that affine."
+            ),
+            "flip_test": (
+                "Optional: run the horizontally mirrored input too; mirror its heatmaps back (reverse "
+                "the width axis, swap the channels of each flip pair), move them flip_shift columns "
+                "right keeping the first column, and average with the direct output before decoding."
+            ),
+        }
+    return {
+        "rule": (
+            "The output (N, K, 2) is (x, y) normalised to the crop, which spans [-0.5, 0.5]: input px = "
+            f"(v + 0.5) * size - 0.5 per axis, size = (width, height) = ({width}, {height}). A regressor "
+            "gives no confidence: every score is 1."
+        ),
+        "crop": (
+            f"A person box [x, y, w, h] keeps its centre, grows in one dimension to the input aspect "
+            f"ratio (width / height = {width / height:g}), then both sides grow {BOX_PADDING}x; the box "
+            "height maps to the input height and its centre lands at ((W - 1) / 2, (H - 1) / 2)."
+        ),
+        "flip_test": (
+            "Optional: run the horizontally mirrored input too; negate x of its output, swap the rows "
+            "of each flip pair, and average with the direct output before decoding."
+        ),
+    }
+
+
+def describe_export(trained: TrainedModel, opts: argparse.Namespace, onnx_path: Path) -> dict[str, Any]:
+    width, height = trained.input_size
+    target_type = trained.codec.target_type
+    joints = trained.joint_spec
+    if target_type == "heatmap":
+        heatmap_width, heatmap_height = trained.codec.heatmap_size
+        output_shape = ["batch", joints.num_joints, heatmap_height, heatmap_width]
+    else:
+        output_shape = ["batch", joints.num_joints, 2]
+    return {
+        "model": opts.model,
+        "checkpoint": str(Path(opts.loadModel).resolve()),
+        "onnx": onnx_path.name,
+        "opset": OPSET,
+        "target_type": target_type,
+        "input": {
+            "name": INPUT_NAME,
+            "shape": ["batch", 3, height, width],
+            "dtype": "float32",
+            "size": [width, height],  # (width, height)
+            "channel_order": "RGB",
+            "mean": [round(float(v), 6) for v in IMAGENET_MEAN],
+            "std": [round(float(v), 6) for v in IMAGENET_STD],
+            "normalisation": "(pixel / 255 - mean) / std per channel, RGB order, NCHW layout",
+        },
+        "output": {"name": OUTPUT_NAMES[target_type], "shape": output_shape, "dtype": "float32"},
+        "joints": {
+            "names": list(joints.names),
+            "flip_pairs": [list(pair) for pair in joints.flip_pairs],
+            "skeleton": [list(limb) for limb in joints.skeleton],
+        },
+        "decoding": decoding_of(trained),
+    }
+
+
+def run(opts: argparse.Namespace) -> int:
+    onnx_path = Path(opts.export)
+    if not onnx_path.parent.is_dir():
+        fail(f"-export: directory {onnx_path.parent} does not exist (create it, or name another path)")
+    json_path = onnx_path.with_suffix(".json")
+    if json_path == onnx_path:
+        fail(f"-export: {onnx_path} would be overwritten by its own description; name it FILE.onnx")
+
+    trained = load_trained(opts, "cpu")
+    width, height = trained.input_size
+    wrapper = LastStage(trained.model).eval()
+    example = torch.zeros(2, 3, height, width)  # batch 2, so no size-1 axis gets special-cased
+    output_name = OUTPUT_NAMES[trained.codec.target_type]
+    with warnings.catch_warnings():
+        # the deprecation notice of the TorchScript exporter, and the tracer's notes that spatial
+        # sizes become constants (they are: the crop size is part of the export)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message="To copy construct from a tensor")  # the same, in PyraNet
+        with torch.no_grad():
+            torch.onnx.export(
+                wrapper,
+                (example,),
+                str(onnx_path),
+                dynamo=False,
+                opset_version=OPSET,
+                input_names=[INPUT_NAME],
+                output_names=[output_name],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, output_name: {0: "batch"}},
+            )
+    import onnx
+
+    onnx.checker.check_model(str(onnx_path), full_check=True)  # a well-formed graph, shapes inferred
+    with open(json_path, "w", encoding="utf-8") as stream:
+        json.dump(describe_export(trained, opts, onnx_path), stream, indent=2)
+        stream.write("\n")
+    print(
+        f"exported {opts.model} to {onnx_path} (opset {OPSET}, dynamic batch); deployment notes: {json_path}"
+    )
+    return 0

@@ -1,0 +1,102 @@
+"""A trained model ready to use: rebuilt from a checkpoint's stored options, weights loaded.
+
+``parse_options`` already starts from the checkpoint's config when ``--loadModel`` is given, so
+the options describe the network the weights belong to; ``load_trained`` builds that network,
+its codec and its joint set. -test, -predict and -export all start here.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from datasets.codecs import Codec, make_codec
+from datasets.registry import get_dataset_entry, joint_spec_for, list_datasets
+from datasets.skeletons import JointSpec
+from models import build_model
+from utils.checkpoint import CheckpointError, load_checkpoint
+from utils.options import COMMAND_KEYS, DATASET_JOINTS, STEERING_KEYS, fail
+
+# the registered datasets' own joint sets; custom's comes from its spec, so ask joint_spec_of(opts)
+JOINT_SPECS = {
+    name: spec for name in list_datasets() if (spec := get_dataset_entry(name).joint_spec) is not None
+}
+
+
+def frame_sizes(opts: argparse.Namespace) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(input (w, h), heatmap (w, h)); COCO's 256x192 crops use aspectRatio 0.75."""
+    input_size = (round(opts.inputRes * opts.aspectRatio), opts.inputRes)
+    heatmap_size = (round(opts.outputRes * opts.aspectRatio), opts.outputRes)
+    return input_size, heatmap_size
+
+
+def joint_spec_of(opts: argparse.Namespace) -> JointSpec:
+    """The run's joint set: its dataset's, or for custom the spec ``jointSpec`` holds (the JSON a
+    run records, so a checkpoint's options are enough)."""
+    return joint_spec_for(opts.dataset, getattr(opts, "jointSpec", None))
+
+
+def describe(config: dict[str, Any]) -> str:
+    """'PyraNet, 16 joints, 256x256' (model, joints, input height x width) from a run's options."""
+    height = config.get("inputRes")
+    width = round(height * config.get("aspectRatio", 1.0)) if height else "?"
+    joints = config.get("nJoints") or DATASET_JOINTS.get(config.get("dataset"), "?")
+    return f"{config.get('model')}, {joints} joints, {height}x{width}"
+
+
+def first_mismatch(error: RuntimeError) -> str:
+    """The first missing, unexpected or mis-shaped tensor in load_state_dict's (long) message."""
+    for line in str(error).splitlines()[1:]:
+        line = line.strip()
+        if line.startswith("size mismatch"):
+            return line.rstrip(".")
+        if ":" in line:
+            kind, keys = line.split(":", 1)
+            return f"{kind.strip().lower()} {keys.split(',')[0].strip()}"
+    return str(error).splitlines()[0]
+
+
+def load_weights(model: nn.Module, opts: argparse.Namespace) -> dict[str, Any]:
+    """Load ``--loadModel`` into ``model``; one line naming what differs if the weights do not fit.
+    Returns the whole checkpoint (optimizer, epoch, ... for a resume)."""
+    try:
+        state = load_checkpoint(opts.loadModel)
+    except CheckpointError as error:
+        fail(f"loadModel: {error}")
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as error:
+        stored = state.get("config") or {}
+        differing = [
+            f"{k} {stored[k]} vs {v}"
+            for k, v in opts.config.items()
+            if k in stored and stored[k] != v and k not in COMMAND_KEYS + STEERING_KEYS
+        ]
+        fail(
+            f"loadModel: the weights do not fit: checkpoint: {describe(stored)}; config: {describe(opts.config)}"
+            f"{'; options: ' + ', '.join(differing) if differing else ''}; first difference: {first_mismatch(error)}"
+        )
+    return state
+
+
+@dataclass
+class TrainedModel:
+    model: nn.Module  # eval mode, on ``device``, weights loaded
+    codec: Codec
+    input_size: tuple[int, int]  # (width, height)
+    joint_spec: JointSpec
+    device: torch.device
+
+
+def load_trained(opts: argparse.Namespace, device: torch.device | str = "cpu") -> TrainedModel:
+    """The network ``--loadModel`` holds, in eval mode on ``device``, with its codec and joints."""
+    input_size, heatmap_size = frame_sizes(opts)
+    model = build_model(opts.model, **vars(opts))
+    load_weights(model, opts)
+    codec = make_codec(opts.target_type, input_size, heatmap_size, opts.hmGauss, opts.coordConvention)
+    device = torch.device(device)
+    return TrainedModel(model.to(device).eval(), codec, input_size, joint_spec_of(opts), device)

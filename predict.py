@@ -1,0 +1,318 @@
+"""-predict: run a trained model on your own images, folders of images or videos.
+
+    python main.py -predict photo.jpg --loadModel best.pth
+    python main.py -predict photos/ --loadModel best.pth --bboxFile boxes.json
+    python main.py -predict clip.mp4 --loadModel best.pth --detector fasterrcnn_resnet50_fpn
+
+Frames are read upright, as a viewer shows them (a phone photo's EXIF orientation applied), and
+everything is reported in that frame: boxes from ``--bboxFile`` or the detector, keypoints and the
+drawn PNGs. Each person box becomes one crop exactly as in validation (padded 1.25x to the input
+aspect ratio, placed by the checkpoint's coordinate convention), crops are batched across frames,
+and poses are decoded back to frame pixels. Results go to a new run directory: ``keypoints.json``
+(COCO's results layout plus the file name), one drawn PNG per image and one drawn MP4 per video.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from datasets.base import IMAGENET_MEAN, IMAGENET_STD, DataError, read_image
+from datasets.coco import box_to_center_scale
+from engine import unflip_output
+from inference import TrainedModel, load_trained
+from utils.distributed import choose_device
+from utils.drawing import draw_pose
+from utils.logging import EpochProgress
+from utils.options import fail
+from utils.transforms import apply_affine, crop_affine, invert_affine, warp_image
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+DEFAULT_DETECTOR_THRESHOLD = 0.5
+PERSON_LABEL = 1  # COCO's person class in torchvision's detectors
+
+
+@dataclass
+class Frame:
+    """One image or video frame and the persons found in it (filled in after the forward pass)."""
+
+    name: str  # path relative to the -predict argument (the file name for a single file)
+    index: int | None  # frame number in a video, None for an image
+    pixels: np.ndarray  # (H, W, 3) uint8 RGB, upright
+    boxes: list[tuple[list[float], float]] = field(default_factory=list)  # ([x, y, w, h], score)
+    poses: list[np.ndarray] = field(default_factory=list)  # (K, 3): x, y, confidence
+
+
+def find_images(root: Path) -> list[Path]:
+    """``root`` itself, or every image file below the folder ``root`` (others ignored), sorted."""
+    if root.is_file():
+        return [root]
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def is_video(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() not in IMAGE_SUFFIXES
+
+
+def read_frames(root: Path, skipped: list[str]) -> Iterator[Frame]:
+    """Every readable frame under ``root``; unreadable files are noted in ``skipped`` and passed over."""
+    if is_video(root):
+        capture = cv2.VideoCapture(str(root))
+        if not capture.isOpened():
+            fail(f"-predict: {root} is neither an image nor a video OpenCV can open")
+        index = 0
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            yield Frame(root.name, index, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+            index += 1
+        capture.release()
+        return
+    for path in find_images(root):
+        name = path.name if root.is_file() else str(path.relative_to(root))
+        try:
+            yield Frame(name, None, read_image(path, upright=True))
+        except DataError as error:
+            skipped.append(f"{path}: {error}")
+
+
+class BoxSource:
+    """Person boxes for a frame: from a results-style JSON file, a torchvision detector, or the
+    whole frame as one person."""
+
+    def __init__(self, opts: argparse.Namespace, device: torch.device) -> None:
+        self.by_name: dict[tuple[str, int | None], list[tuple[list[float], float]]] | None = None
+        self.by_id: dict[int, list[tuple[list[float], float]]] = {}
+        self.detector = None
+        self.threshold = opts.detScoreThreshold if opts.detScoreThreshold > 0 else DEFAULT_DETECTOR_THRESHOLD
+        self.device = device
+        if opts.bboxFile:
+            self._read_box_file(Path(opts.bboxFile))
+        elif opts.detector:
+            self.detector = load_detector(opts.detector, opts.detectorWeights, device)
+
+    def _read_box_file(self, path: Path) -> None:
+        if not path.is_file():
+            fail(f"bboxFile: no file at {path}")
+        try:
+            entries = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            fail(f"bboxFile: {path} is not readable JSON ({error})")
+        if not isinstance(entries, list):
+            fail(f"bboxFile: {path} must hold a JSON list of {{file_name or image_id, bbox, score}}")
+        self.by_name = {}
+        for number, entry in enumerate(entries):
+            try:
+                box = [float(v) for v in entry["bbox"]]
+                score = float(entry.get("score", 1.0))
+                assert len(box) == 4 and box[2] > 0 and box[3] > 0
+            except (KeyError, TypeError, ValueError, AssertionError):
+                fail(f"bboxFile: {path} entry {number} needs a bbox [x, y, w, h] with w, h > 0")
+            if entry.get("category_id", PERSON_LABEL) != PERSON_LABEL:
+                continue
+            if "file_name" in entry:
+                key = (str(entry["file_name"]), entry.get("frame"))
+                self.by_name.setdefault(key, []).append((box, score))
+            elif "image_id" in entry:
+                self.by_id.setdefault(int(entry["image_id"]), []).append((box, score))
+            else:
+                fail(f"bboxFile: {path} entry {number} names neither file_name nor image_id")
+
+    def __call__(self, frame: Frame) -> list[tuple[list[float], float]]:
+        height, width = frame.pixels.shape[:2]
+        if self.by_name is not None:
+            found = self.by_name.get((frame.name, frame.index)) or self.by_name.get(
+                (Path(frame.name).name, frame.index), []
+            )
+            stem = Path(frame.name).stem
+            if not found and stem.isdigit():  # COCO-style files are named by their image id
+                found = self.by_id.get(int(stem), [])
+            return found
+        if self.detector is not None:
+            return self._detect(frame.pixels)
+        return [([0.0, 0.0, float(width), float(height)], 1.0)]
+
+    @torch.no_grad()
+    def _detect(self, pixels: np.ndarray) -> list[tuple[list[float], float]]:
+        image = torch.from_numpy(pixels).permute(2, 0, 1).float().div(255).to(self.device)
+        found = self.detector([image])[0]
+        boxes = []
+        for (x1, y1, x2, y2), label, score in zip(
+            found["boxes"].tolist(), found["labels"].tolist(), found["scores"].tolist(), strict=True
+        ):
+            if label == PERSON_LABEL and score >= self.threshold:
+                boxes.append(([x1, y1, x2 - x1, y2 - y1], score))
+        return boxes
+
+
+def load_detector(name: str, weights_file: str, device: torch.device) -> torch.nn.Module:
+    """A torchvision detector with local weights: ``--detectorWeights`` or torch's cache; nothing
+    is downloaded, and without weights it says so in one line."""
+    import torchvision
+
+    try:
+        builder = torchvision.models.get_model_builder(name)
+        default = torchvision.models.get_model_weights(name).DEFAULT
+    except (ValueError, KeyError):
+        fail(f"detector: {name!r} is not a torchvision detection model (e.g. fasterrcnn_resnet50_fpn)")
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(default.url).name
+    path = Path(weights_file) if weights_file else cached
+    if not path.is_file():
+        fail(
+            f"detector: no local weights for {name} at {path}; download {default.url} there "
+            f"or pass --detectorWeights FILE (nothing is downloaded)"
+        )
+    model = builder(weights=None, weights_backbone=None, num_classes=len(default.meta["categories"]))
+    try:
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except Exception as error:  # a file of other weights, or not a state dict at all
+        fail(f"detectorWeights: {path} does not hold {name} weights ({str(error).splitlines()[0]})")
+    return model.eval().to(device)
+
+
+class PoseRunner:
+    """Crops -> network (PyTorch or ONNX Runtime) -> poses in frame pixels, flip test included."""
+
+    def __init__(self, trained: TrainedModel, flip_test: bool, onnx_path: str = "") -> None:
+        self.trained, self.flip_test = trained, flip_test
+        self.session = None
+        if onnx_path:
+            import onnxruntime
+
+            self.session = onnxruntime.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+
+    def crop(self, pixels: np.ndarray, box: list[float]) -> tuple[np.ndarray, np.ndarray]:
+        """(normalised (3, h, w) float32 crop, (2, 3) crop -> frame matrix) for one person box."""
+        width, height = self.trained.input_size
+        center, box_height = box_to_center_scale(np.asarray(box), width / height)
+        convention = self.trained.codec.convention
+        matrix = crop_affine(center, box_height, self.trained.input_size, 0.0, False, convention.crop_center)
+        crop = warp_image(pixels, matrix, self.trained.input_size)
+        image = (crop.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+        return image.transpose(2, 0, 1), invert_affine(matrix)
+
+    def _forward(self, batch: np.ndarray) -> torch.Tensor:
+        if self.session is not None:
+            name = self.session.get_inputs()[0].name
+            return torch.from_numpy(self.session.run(None, {name: batch})[0])
+        with torch.no_grad():
+            image = torch.from_numpy(batch).to(self.trained.device)
+            return self.trained.model(image)[-1].float().cpu()
+
+    def __call__(self, crops: np.ndarray, inverses: np.ndarray) -> np.ndarray:
+        """crops (N, 3, h, w), inverses (N, 2, 3) -> poses (N, K, 3) in frame pixels."""
+        output = self._forward(np.ascontiguousarray(crops, dtype=np.float32))
+        codec = self.trained.codec
+        if self.flip_test:
+            mirrored = self._forward(np.ascontiguousarray(crops[..., ::-1], dtype=np.float32))
+            permutation = self.trained.joint_spec.flip_permutation()
+            back = unflip_output(mirrored, permutation, codec.target_type, codec.convention.flip_shift)
+            output = (output + back) / 2
+        joints, scores = codec.decode(output.numpy())  # (N, K, 2) input px, (N, K)
+        return np.concatenate([apply_affine(joints, inverses), scores[..., None]], axis=-1)
+
+
+def write_outputs(frames: list[Frame], run_dir: Path, skeleton, left_joints, videos: dict) -> list[dict]:
+    """Draw each finished frame (PNG per image, appended to the MP4 of a video) and return its
+    results entries."""
+    entries = []
+    for frame in frames:
+        drawn = frame.pixels
+        for (box, box_score), pose in zip(frame.boxes, frame.poses, strict=True):
+            drawn = draw_pose(drawn, pose[:, :2], np.ones(len(pose)), skeleton, (0, 255, 0), left_joints)
+            entry = {
+                "image": frame.name,
+                "bbox": [round(v, 2) for v in box],
+                "score": round(float(box_score * pose[:, 2].mean()), 5),
+                "keypoints": [round(float(v), 3) for v in pose.reshape(-1)],
+            }
+            if frame.index is not None:
+                entry["frame"] = frame.index
+            entries.append(entry)
+        bgr = cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR)
+        if frame.index is None:
+            target = run_dir / Path(frame.name).with_suffix(".png")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(target), bgr)
+        else:
+            if frame.name not in videos:
+                height, width = bgr.shape[:2]
+                target = run_dir / Path(frame.name).with_suffix(".mp4").name
+                videos[frame.name] = cv2.VideoWriter(
+                    str(target), cv2.VideoWriter_fourcc(*"mp4v"), 25.0, (width, height)
+                )
+            videos[frame.name].write(bgr)
+    return entries
+
+
+def run(opts: argparse.Namespace) -> int:
+    device = choose_device(opts.gpuid)
+    trained = load_trained(opts, device)
+    if opts.onnx:
+        print(f"running {opts.onnx} with onnxruntime (the checkpoint supplies the decoding)")
+    runner = PoseRunner(trained, opts.flipTest, opts.onnx)
+    boxes = BoxSource(opts, device)
+    run_dir: Path = opts.run_dir
+    run_dir.mkdir(parents=True, exist_ok=False)
+    spec = trained.joint_spec
+    root = Path(opts.predict)
+    total = 1 if is_video(root) else len(find_images(root))
+    if is_video(root):
+        capture = cv2.VideoCapture(str(root))
+        total = max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 1)
+        capture.release()
+    progress = EpochProgress("predict", total, opts.progress)
+    skipped: list[str] = []
+    entries: list[dict[str, Any]] = []
+    videos: dict[str, Any] = {}
+    pending: list[Frame] = []
+    crops: list[np.ndarray] = []
+    inverses: list[np.ndarray] = []
+    started, frames_done = time.monotonic(), 0
+
+    def flush() -> None:
+        if crops:
+            poses = runner(np.stack(crops), np.stack(inverses))
+            cursor = 0
+            for frame in pending:
+                frame.poses = list(poses[cursor : cursor + len(frame.boxes)])
+                cursor += len(frame.boxes)
+        entries.extend(write_outputs(pending, run_dir, spec.skeleton, spec.left_joints, videos))
+        pending.clear(), crops.clear(), inverses.clear()
+
+    for frame in read_frames(root, skipped):
+        frame.boxes = boxes(frame)
+        for box, _ in frame.boxes:
+            crop, inverse = runner.crop(frame.pixels, box)
+            crops.append(crop)
+            inverses.append(inverse)
+        pending.append(frame)
+        frames_done += 1
+        progress.update()
+        if len(crops) >= opts.data_loader_size:
+            flush()
+    flush()
+    progress.finish()
+    for writer in videos.values():
+        writer.release()
+    elapsed = time.monotonic() - started
+    with open(run_dir / "keypoints.json", "w", encoding="utf-8") as stream:
+        json.dump(entries, stream)
+    for line in skipped:
+        print(f"skipped {line}")
+    print(
+        f"{len(entries)} poses in {frames_done} frames, {frames_done / max(elapsed, 1e-9):.1f} images/s "
+        f"({'flip test, ' if opts.flipTest else ''}{device.type}); {len(skipped)} unreadable files skipped"
+    )
+    print(f"run directory: {run_dir} (keypoints.json and the drawn frames)")
+    return 0

@@ -1,0 +1,162 @@
+"""-export writes an ONNX model of the last stage with a dynamic batch, equal to PyTorch's output,
+and beside it a JSON whose decoding rule, applied by hand, gives the codec's joints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+
+import main as entry
+from conftest import REPO_ROOT
+from datasets.skeletons import MPII_JOINTS
+from inference import load_trained
+from models import build_model, list_models
+from utils.checkpoint import save_checkpoint
+from utils.options import parse_options
+
+# Each model at a size that exports in a few seconds on one core (32x32 input, 8x8 heatmaps).
+SMALL = {
+    "StackedHourGlass": ["--nChannels", "16", "--nStack", "2", "--nReductions", "2"],
+    "PoseAttention": ["--nChannels", "16", "--nStack", "2", "--nReductions", "2", "--LRNSize", "3"],
+    "PyraNet": ["--nChannels", "16", "--nStack", "2", "--nReductions", "2", "--baseWidth", "4"],
+    "DeepPose": ["--baseName", "resnet18", "--nCascade", "1", "--cropSize", "16"],
+    "ChainedPredictions": ["--modelName", "resnet18"],
+}
+CASES = [(name, "project") for name in sorted(SMALL)] + [("StackedHourGlass", "hrnet")]
+SIZES = ["--inputRes", "32", "--outputRes", "8", "--aspectRatio", "0.75"]  # a 24x32 (w x h) crop
+
+
+def make_checkpoint(folder: Path, name: str, convention: str) -> tuple[Path, torch.nn.Module]:
+    """An untrained model's checkpoint (random batch-norm statistics, so an export in training
+    mode would show), and the model itself in eval mode."""
+    conf = REPO_ROOT / "conf" / "models" / f"{name}.defconf"
+    opts = parse_options(
+        [
+            "-ModelConfig",
+            str(conf),
+            *SIZES,
+            *SMALL[name],
+            "--coordConvention",
+            convention,
+            "--expDir",
+            str(folder),
+        ]
+    )
+    torch.manual_seed(0)
+    model = build_model(opts.model, **vars(opts))
+    generator = torch.Generator().manual_seed(1)
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.running_mean.copy_(torch.randn(module.running_mean.shape, generator=generator) * 0.1)
+            module.running_var.copy_(torch.rand(module.running_var.shape, generator=generator) + 0.5)
+    path = save_checkpoint({"model": model.state_dict(), "config": opts.config}, folder / f"{name}.pth")
+    return path, model.eval()
+
+
+def decode_by_the_json(output: np.ndarray, notes: dict) -> np.ndarray:
+    """Joints in input px following the JSON's decoding fields only, as a deployer would."""
+    decoding = notes["decoding"]
+    if notes["target_type"] == "regression":
+        return (output.astype(np.float64) + 0.5) * np.array(notes["input"]["size"]) - 0.5
+    n, k, height, width = output.shape
+    flat = output.reshape(n, k, -1)
+    peak = flat.argmax(axis=2)
+    u, v = peak % width, peak // width
+    maps = output.astype(np.float64)
+    rows = np.arange(n)[:, None], np.arange(k)[None, :]
+
+    def step(lower: np.ndarray, higher: np.ndarray, at: np.ndarray, size: int) -> np.ndarray:
+        inside = (at > 0) & (at < size - 1)
+        return np.where(inside, 0.25 * np.sign(higher - lower), 0.0)
+
+    du = step(
+        maps[(*rows, v, np.clip(u - 1, 0, width - 1))],
+        maps[(*rows, v, np.clip(u + 1, 0, width - 1))],
+        u,
+        width,
+    )
+    dv = step(
+        maps[(*rows, np.clip(v - 1, 0, height - 1), u)],
+        maps[(*rows, np.clip(v + 1, 0, height - 1), u)],
+        v,
+        height,
+    )
+    heatmap_px = np.stack([u + du, v + dv], axis=-1)
+    anchor, stride = decoding["anchor"], np.array(decoding["stride"])
+    return (heatmap_px + anchor) * stride - anchor
+
+
+@pytest.mark.parametrize(("name", "convention"), CASES)
+def test_export_matches_pytorch_and_describes_the_decoding(
+    name: str, convention: str, tmp_path: Path
+) -> None:
+    checkpoint, model = make_checkpoint(tmp_path, name, convention)
+    onnx_path = tmp_path / "exported" / "pose.onnx"
+    onnx_path.parent.mkdir()
+    onnx_path.write_bytes(b"an older export")  # overwritten
+    assert entry.main(["-export", str(onnx_path), "--loadModel", str(checkpoint)]) == 0
+
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    (image_input,) = session.get_inputs()
+    assert image_input.name == "image" and image_input.shape[1:] == [3, 32, 24]
+    assert isinstance(image_input.shape[0], str)  # a dynamic batch
+    assert len(session.get_outputs()) == 1
+    generator = torch.Generator().manual_seed(2)
+    difference = 0.0
+    for batch in (2, 3):
+        image = torch.randn(batch, 3, 32, 24, generator=generator)
+        with torch.no_grad():
+            expected = model(image)[-1].numpy()
+        (output,) = session.run(None, {"image": image.numpy()})
+        assert output.shape == expected.shape
+        difference = max(difference, float(np.abs(output - expected).max()))
+    print(f"{name} ({convention}): max |onnx - torch| = {difference:.2e}")
+    assert difference < 1e-4
+
+    notes = json.loads(onnx_path.with_suffix(".json").read_text())
+    assert notes["model"] == name and notes["checkpoint"] == str(checkpoint.resolve())
+    assert notes["onnx"] == "pose.onnx" and notes["input"]["name"] == "image"
+    assert notes["input"]["size"] == [24, 32] and notes["input"]["channel_order"] == "RGB"
+    assert notes["input"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
+    assert notes["input"]["std"] == pytest.approx([0.229, 0.224, 0.225])
+    assert notes["joints"]["names"] == list(MPII_JOINTS.names)
+    assert notes["joints"]["flip_pairs"] == [list(p) for p in MPII_JOINTS.flip_pairs]
+    assert notes["joints"]["skeleton"] == [list(p) for p in MPII_JOINTS.skeleton]
+    decoding = notes["decoding"]
+    assert {"rule", "crop", "flip_test"} <= set(decoding)
+    if notes["target_type"] == "heatmap":
+        assert notes["output"]["shape"] == ["batch", 16, 8, 6]
+        assert decoding["convention"] == convention and decoding["heatmap_size"] == [6, 8]
+        assert decoding["stride"] == [4.0, 4.0] and decoding["sigma"] == 1.0
+        assert (decoding["anchor"], decoding["crop_center"], decoding["flip_shift"]) == (
+            (0.5, 0.0, 0) if convention == "project" else (0.0, 0.5, 1)
+        )
+    else:
+        assert name == "DeepPose" and notes["output"]["shape"] == ["batch", 16, 2]
+
+    # the rule as written in the JSON gives the joints the project's own decoding gives
+    trained = load_trained(parse_options(["--loadModel", str(checkpoint)]))
+    joints, _ = trained.codec.decode(output)
+    np.testing.assert_allclose(decode_by_the_json(output, notes), joints, atol=1e-9)
+
+
+def test_every_registered_model_is_exported() -> None:
+    assert set(list_models()) == set(SMALL)
+
+
+def test_a_missing_directory_is_named_in_one_line(tmp_path: Path, capsys) -> None:
+    checkpoint, _ = make_checkpoint(tmp_path, "StackedHourGlass", "project")
+    target = tmp_path / "missing" / "pose.onnx"
+    with pytest.raises(SystemExit) as exit_info:
+        entry.main(["-export", str(target), "--loadModel", str(checkpoint)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"main.py: error: -export: directory {target.parent} does not exist (create it, or name another path)"
+    ]
+    assert not target.parent.exists()
