@@ -52,6 +52,11 @@ def cli() -> int:
         if isinstance(error, (DataError, CheckpointError)):
             print(f"main.py: error: {one_line(error)}", file=sys.stderr)
             return 2
+        loading = sys.modules.get("datasets.loading")  # a DataLoader worker died or hung: name its sample
+        failure = loading.loader_failure(error) if loading else None
+        if failure:
+            print(f"main.py: error: {failure}", file=sys.stderr)
+            return 2
         if isinstance(error, (NonFiniteLossError, CheckpointWriteError)):
             print(f"main.py: error: {error}", file=sys.stderr)
             return 1

@@ -23,6 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from datasets import Augmentation, KeypointDataset, build_datasets, make_codec
+from datasets.loading import BadSampleReport, GuardedDataLoader
 from engine import EpochState, NonFiniteLossError, Precision, predict, score_predictions, train_one_epoch
 from inference import frame_sizes, joint_spec_of, load_weights
 from losses import make_loss
@@ -35,7 +36,7 @@ from utils.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from utils.distributed import DistributedContext, barrier, setup_distributed
+from utils.distributed import DistributedContext, all_ranks, barrier, gather_arrays, setup_distributed
 from utils.drawing import browse_samples, draw_pose, save_grid, to_uint8_image
 from utils.logging import RunRecorder
 from utils.options import config_file_keys, fail, is_resume
@@ -74,6 +75,8 @@ def run(opts: argparse.Namespace) -> int:
         head_boxes_mat=opts.headBoxesMat, bbox_file=opts.bboxFile, det_score_threshold=opts.detScoreThreshold,
         half_body_prob=opts.halfBodyProb, joint_spec=joint_spec_of(opts),
         synthetic_sizes=(opts.syntheticTrain, opts.syntheticVal), synthetic_image_size=opts.imageRes,
+        skip_bad_samples=opts.skipBadSamples, max_bad_fraction=opts.maxBadFraction,
+        allow_outside_paths=opts.allowOutsidePaths,
     )  # fmt: skip
     train_loader, val_loader = make_loaders(train_set, val_set, opts, context)
 
@@ -134,6 +137,8 @@ def run(opts: argparse.Namespace) -> int:
         """At an optimizer step: stop on a signal; write a mid-epoch checkpoint when due."""
         nonlocal last_save
         due = opts.saveEveryMinutes > 0 and time.monotonic() - last_save >= 60 * opts.saveEveryMinutes
+        if opts.saveEveryMinutes > 0:
+            due = not all_ranks(not due, context)  # every rank takes part in the save, or none
         if due and not stop.signal:
             save(
                 run_dir / "last.pth", state.epoch - 1, best, model, optimizer, scheduler, opts, context, state
@@ -234,17 +239,21 @@ def make_loaders(
 ) -> tuple[DataLoader | None, DataLoader]:
     pin = context.device.type == "cuda" and not opts.dont_pin_memory
     common = {"batch_size": opts.data_loader_size, "num_workers": opts.nThreads, "pin_memory": pin}
+    # bad samples go to <run>/bad_samples.txt; a dead worker's error names its sample (datasets/loading.py)
+    common["report"] = BadSampleReport(opts.run_dir, [train_set, val_set], context.is_main, context.device)
     if opts.nThreads > 0:
         common["worker_init_fn"] = _quiet_worker
     # each rank scores a disjoint strided share of the validation set, without padding duplicates
-    val_loader = DataLoader(val_set, sampler=range(context.rank, len(val_set), context.world_size), **common)
+    val_loader = GuardedDataLoader(
+        val_set, sampler=range(context.rank, len(val_set), context.world_size), **common
+    )
     if train_set is None:
         return None, val_loader
     # DistributedSampler with one replica is a seeded shuffle; its (seed, epoch) order replays on resume
     sampler = ResumableSampler(
         train_set, num_replicas=context.world_size, rank=context.rank, shuffle=opts.shuffle, seed=opts.seed
     )
-    return DataLoader(train_set, sampler=sampler, drop_last=False, **common), val_loader
+    return GuardedDataLoader(train_set, sampler=sampler, drop_last=False, **common), val_loader
 
 
 class ResumableSampler(DistributedSampler):
@@ -325,8 +334,10 @@ def restore(opts, model, optimizer, scheduler, say) -> tuple[int, float, EpochSt
         best = float(state.get("best", -math.inf))
         middle = state.get("mid_epoch")
         if middle and not opts.test:
+            # the running sums are per rank: each rank continues its own share of the epoch
+            rank = int(os.environ.get("RANK", "0"))
             partial = EpochState(
-                int(middle["epoch"]), int(middle["step"]), middle["loss_sum"], middle["pck_sum"]
+                int(middle["epoch"]), int(middle["step"]), middle["loss_sum"][rank], middle["pck_sum"][rank]
             )
             say(f"resumed {opts.loadModel} in epoch {partial.epoch} after batch {partial.step}")
             return partial.epoch, best, partial
@@ -350,6 +361,8 @@ def save(
 ) -> None:
     """Checkpoint after ``epoch`` completed epochs; with ``partial``, also the batches done of the
     next epoch (a mid-epoch checkpoint, resumed at the next batch)."""
+    if partial is not None:  # every rank's running sums (a collective: all ranks call save)
+        sums = gather_arrays({"sums": np.array([[partial.loss_sum, partial.pck_sum]])}, context)["sums"]
     if context.is_main:
         state = {
             "model": model.state_dict(),
@@ -366,8 +379,8 @@ def save(
             state["mid_epoch"] = {
                 "epoch": partial.epoch,
                 "step": partial.step,
-                "loss_sum": partial.loss_sum,
-                "pck_sum": partial.pck_sum,
+                "loss_sum": [float(v) for v in sums[:, 0]],  # one per rank, in rank order
+                "pck_sum": [float(v) for v in sums[:, 1]],
             }
         try:
             save_checkpoint(state, path)

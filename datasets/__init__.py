@@ -11,6 +11,7 @@ from datasets.base import Augmentation, DataError, KeypointDataset
 from datasets.codecs import Codec, HeatmapCodec, RegressionCodec, make_codec
 from datasets.registry import DataRequest, get_dataset_entry, joint_spec_for, list_datasets, register_dataset
 from datasets.skeletons import JointSpec
+from datasets.validation import BadDataPolicy
 
 # The dataset modules, each registering itself; their order is the order names are listed in.
 # isort: off
@@ -41,12 +42,17 @@ def build_datasets(
     synthetic_sizes: tuple[int, int] = (3000, 500),
     synthetic_image_size: int = 160,
     joint_spec: JointSpec | None = None,
+    skip_bad_samples: bool = False,
+    max_bad_fraction: float = 0.01,
+    allow_outside_paths: bool = False,
 ) -> tuple[KeypointDataset | None, KeypointDataset]:
     """(training set with ``augmentation`` or None without ``with_train``, validation set).
 
     ``name`` is looked up in the dataset registry. ``head_boxes_mat`` (a gt_valid.mat) and
     ``bbox_file`` (person detections) apply to the validation split only; ``half_body_prob`` to
-    COCO-format training; ``joint_spec`` is the custom dataset's joint set (``inference.joint_spec_of``)."""
+    COCO-format training; ``joint_spec`` is the custom dataset's joint set (``inference.joint_spec_of``).
+    ``skip_bad_samples``, ``max_bad_fraction`` and ``allow_outside_paths`` say what to do with bad
+    records and images (:class:`datasets.validation.BadDataPolicy`)."""
     try:
         entry = get_dataset_entry(name)
     except KeyError as error:
@@ -55,6 +61,7 @@ def build_datasets(
         codec, tuple(input_size), augmentation, seed, data_dir, train_annotation, val_annotation,
         image_dir, head_boxes_mat, bbox_file, det_score_threshold, half_body_prob,
         tuple(synthetic_sizes), synthetic_image_size, joint_spec,
+        BadDataPolicy(bool(skip_bad_samples), float(max_bad_fraction), bool(allow_outside_paths)),
     )  # fmt: skip
     val = entry.build(request, train=False)
     # -test needs no training split, which users often do not have on the evaluation machine
@@ -63,6 +70,7 @@ def build_datasets(
 
 __all__ = [
     "Augmentation",
+    "BadDataPolicy",
     "COCODataset",
     "Codec",
     "CustomDataset",

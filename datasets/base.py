@@ -7,6 +7,7 @@ is shared, so the same crop, augmentation and target code serves all of them.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from torch.utils.data import Dataset
 
 from datasets.codecs import Codec
 from datasets.skeletons import JointSpec
+from datasets.validation import SKIP_HINT, BadDataPolicy
 from utils.transforms import apply_affine, crop_affine, invert_affine, warp_image
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -43,20 +45,48 @@ class Augmentation:
 
 
 class DataError(RuntimeError):
-    """A missing or unreadable data file; the message names the path and the expected layout."""
+    """A missing, unreadable or corrupt data file or record; one line naming the path (and the
+    record) and what is wrong or expected."""
+
+
+def check_record_in_image(record: dict[str, Any], shape: tuple[int, ...]) -> None:
+    """DataError if the record's labelled joints or centre lie far outside its decoded image."""
+    from datasets.validation import BadRecord, check_inside
+
+    height, width = shape[:2]
+    labelled = np.flatnonzero(np.asarray(record["visible"]) > 0)
+    try:
+        check_inside(np.asarray(record["joints"])[labelled], width, height, [f"joint {j}" for j in labelled])
+        check_inside(np.asarray(record["center"]), width, height, ["box centre"])
+    except BadRecord as error:
+        raise DataError(str(error)) from None
 
 
 def read_image(path: str | Path, upright: bool = False) -> np.ndarray:
-    """(H, W, 3) uint8 RGB; raises DataError naming the path if it is missing or unreadable.
+    """(H, W, 3) uint8 RGB; raises DataError naming the path if it is missing, empty, not an
+    image, or a JPEG or PNG cut short (see :func:`datasets.validation.check_image_bytes`).
 
     By default the bitmap is returned as stored, ignoring any EXIF orientation tag: dataset
     annotations (and COCO's width/height) refer to the stored pixels, as in HRNet. ``upright``
     applies the tag instead, giving the image as a viewer shows it (a user's own photos).
     """
+    from datasets.validation import check_image_bytes, describe_start
+
+    try:
+        with open(path, "rb") as stream:
+            data = stream.read()
+    except FileNotFoundError:
+        raise DataError(f"cannot read image {path}: no such file") from None
+    except OSError as error:
+        raise DataError(f"cannot read image {path}: {error.strerror or error}") from None
+    check_image_bytes(data, path)
     flags = cv2.IMREAD_COLOR if upright else cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
-    image = cv2.imread(str(path), flags)
-    if image is None:
-        raise DataError(f"cannot read image {path}")
+    try:
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
+    except cv2.error:
+        image = None
+    if image is None or image.ndim != 3 or image.shape[0] == 0 or image.shape[1] == 0:
+        raise DataError(f"cannot read image {path}: not decodable ({describe_start(data)})")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
@@ -70,6 +100,9 @@ class KeypointDataset(Dataset, ABC):
     """
 
     joint_spec: JointSpec
+    # whether a record's labelled joints and centre must lie near its decoded image (real data;
+    # the synthetic people may leave their image)
+    checks_image_bounds = False
 
     def __init__(
         self,
@@ -78,6 +111,10 @@ class KeypointDataset(Dataset, ABC):
         input_size: tuple[int, int],
         augmentation: Augmentation | None = None,
         seed: int = 0,
+        *,
+        policy: BadDataPolicy | None = None,
+        dropped: Sequence[str] = (),
+        source: str | Path = "",
     ) -> None:
         self.records = records
         self.codec = codec
@@ -86,6 +123,21 @@ class KeypointDataset(Dataset, ABC):
         self.seed = seed
         self.epoch = 0
         self._flip_perm = self.joint_spec.flip_permutation()
+        # Bad data (datasets/validation.py): the annotation file's bad records, already dropped,
+        # and with policy.skip a flag per record whose image turned out bad, in shared memory so
+        # DataLoader workers' findings reach the main process (datasets/loading.py reports them).
+        self.policy = policy or BadDataPolicy()
+        self.source = str(source) or type(self).__name__
+        self.dropped = list(dropped)
+        total = len(self.dropped) + len(records)
+        if self.policy.too_many(len(self.dropped), total):
+            raise DataError(self._too_many_message(len(self.dropped), total, self.dropped[0]))
+        if self.dropped and not records:
+            raise DataError(f"{self.source}: every record is bad; the first: {self.dropped[0]}")
+        self.bad_flags = (
+            torch.zeros(len(records), dtype=torch.uint8).share_memory_() if self.policy.skip else None
+        )
+        self.in_flight: torch.Tensor | None = None  # (workers, 2): [index, loading?] per worker
 
     def __len__(self) -> int:
         return len(self.records)
@@ -130,13 +182,83 @@ class KeypointDataset(Dataset, ABC):
         gain = rng.uniform(1 - aug.color_jitter, 1 + aug.color_jitter, size=3).astype(np.float32)
         return center + shift, box_height * scale_factor, rotation if rotate else 0.0, flip, gain
 
+    def describe(self, index: int) -> str:
+        """The annotation file and the record of sample ``index``, for messages."""
+        return f"{self.source}: record {index}"
+
+    def _too_many_message(self, bad: int, total: int, example: str) -> str:
+        return (
+            f"too many bad samples: {bad} of {total} records of {self.source} are bad ({bad / total:.1%}), "
+            f"more than --maxBadFraction {self.policy.max_fraction:g}; e.g. {example}"
+        )
+
     def __getitem__(self, index: int) -> dict[str, Any]:
+        """The sample, or with ``policy.skip`` the next good one if its image is bad. A bad image
+        is a DataError naming the annotation file, the record and the problem; any other error
+        carries a note naming the sample."""
+        slot = None
+        if self.in_flight is not None:  # which sample each DataLoader worker is on, for a crash
+            info = torch.utils.data.get_worker_info()
+            slot = 0 if info is None else info.id % len(self.in_flight)
+            self.in_flight[slot, 0], self.in_flight[slot, 1] = index, 1
+        try:
+            return self._sample_or_next(index)
+        finally:
+            if slot is not None:
+                self.in_flight[slot, 1] = 0
+
+    def _sample_or_next(self, index: int) -> dict[str, Any]:
+        sample, problem = self.try_sample(index)
+        if sample is not None:
+            return sample
+        if not self.policy.skip:
+            raise DataError(f"{problem} ({SKIP_HINT})")
+        self.mark_bad(index, problem)
+        # the next good index, so a batch keeps its size and the choice depends on the data alone
+        for step in range(1, len(self)):
+            candidate = (index + step) % len(self)
+            if self.bad_flags[candidate]:
+                continue
+            sample, problem = self.try_sample(candidate)
+            if sample is not None:
+                return sample
+            self.mark_bad(candidate, problem)
+        raise DataError(f"{self.source}: no good sample left; the last bad one: {problem}")
+
+    def try_sample(self, index: int) -> tuple[dict[str, Any] | None, str]:
+        """(sample, "") or, if its data are bad (DataError), (None, the problem on one line naming
+        the annotation file and record). Other errors propagate with a note naming the sample."""
+        try:
+            return self.make_sample(index), ""
+        except DataError as error:
+            return None, f"{self.describe(index)}: {error}"
+        except Exception as error:
+            error.add_note(f"while loading sample {index}: {self.describe(index)}")
+            raise
+
+    def mark_bad(self, index: int, problem: str) -> None:
+        """Flag sample ``index`` as bad (seen by every worker and the main process); DataError
+        when that makes more than ``policy.max_fraction`` of the data bad."""
+        self.bad_flags[index] = 1
+        bad, total = len(self.dropped) + int(self.bad_flags.sum()), len(self.dropped) + len(self.records)
+        if self.policy.too_many(bad, total):
+            raise DataError(self._too_many_message(bad, total, problem))
+
+    def bad_indices(self) -> list[int]:
+        """Samples whose image was found bad so far (by any worker of this process)."""
+        return [] if self.bad_flags is None else torch.nonzero(self.bad_flags).flatten().tolist()
+
+    def make_sample(self, index: int) -> dict[str, Any]:
+        """Sample ``index`` as it is, raising DataError if its image is bad."""
         record = self.records[index]
         center, box_height, rotation, flip, gain = self.sample_transform(index)
         matrix = crop_affine(
             center, box_height, self.input_size, rotation, flip, self.codec.convention.crop_center
         )
-        crop = warp_image(self.load_image(record), matrix, self.input_size)  # (h, w, 3) uint8
+        picture = self.load_image(record)
+        if self.checks_image_bounds:
+            check_record_in_image(record, picture.shape)
+        crop = warp_image(picture, matrix, self.input_size)  # (h, w, 3) uint8
 
         joints = apply_affine(record["joints"], matrix)  # (K, 2) input px
         visible = np.asarray(record["visible"], dtype=np.float32)

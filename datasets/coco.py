@@ -33,6 +33,17 @@ from datasets.base import Augmentation, DataError, KeypointDataset, read_image
 from datasets.codecs import Codec
 from datasets.registry import DataRequest, register_dataset
 from datasets.skeletons import COCO_JOINTS, JointSpec
+from datasets.validation import (
+    BadDataPolicy,
+    BadRecord,
+    RecordChecker,
+    check_inside,
+    check_visibility,
+    finite,
+    image_path,
+    numbers,
+    show,
+)
 
 NUM_JOINTS = COCO_JOINTS.num_joints
 PERSON_CATEGORY = 1
@@ -77,15 +88,51 @@ def _clean_gt_box(box: list[float], width: int, height: int) -> np.ndarray | Non
     return np.array([x1, y1, x2 - x1, y2 - y1])
 
 
-def _image_path(image_dir: Path, info: dict[str, Any]) -> str:
-    return str(image_dir / info.get("file_name", f"{info['id']:012d}.jpg"))
+def _image_path(image_dir: Path, info: dict[str, Any], allow_outside: bool = False) -> str:
+    """The image's path; BadRecord for a file name that is absolute or leaves ``image_dir``."""
+    return str(image_path(image_dir, info.get("file_name", f"{info['id']:012d}.jpg"), allow_outside))
 
 
 def _stored_size(info: dict[str, Any]) -> tuple[int, int] | None:
-    """(height, width) the annotation file gives for an image, if it gives both."""
+    """(height, width) the annotation file gives for an image, if it gives both; BadRecord if
+    they are not whole numbers > 0."""
     if "height" in info and "width" in info:
-        return int(info["height"]), int(info["width"])
+        height, width = finite(
+            numbers([info["height"], info["width"]], 2, "image height, width"), "image size"
+        )
+        if min(height, width) < 1 or height != int(height) or width != int(width):
+            raise BadRecord(f"image size {height:g}x{width:g} (h x w) is not two whole numbers >= 1")
+        return int(height), int(width)
     return None
+
+
+def _image_info(image_dir: Path, info: dict[str, Any], policy: BadDataPolicy) -> tuple[str, Any, str]:
+    """(path or "", stored size or None, problem or "") of an ``images`` entry."""
+    try:
+        return _image_path(image_dir, info, policy.allow_outside_paths), _stored_size(info), ""
+    except BadRecord as problem:
+        return "", None, str(problem)
+
+
+def check_structure(dataset: dict[str, Any], path: Path | str) -> None:
+    """DataError unless every image is an object with a whole-number id (the readers sort and
+    format them) and every annotation is an object: problems that are not one record's."""
+    for key in ("images", "annotations"):
+        for position, entry in enumerate(dataset.get(key, [])):
+            if not isinstance(entry, dict):
+                raise DataError(f"{path}: {key}[{position}] is {show(entry)}, not an object")
+    for position, info in enumerate(dataset.get("images", [])):
+        if not isinstance(info.get("id"), int) or isinstance(info.get("id"), bool):
+            raise DataError(f"{path}: images[{position}] has id {show(info.get('id'))}, not a whole number")
+
+
+def _int_or(value: Any, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+def _where(ann: dict[str, Any], info: dict[str, Any]) -> str:
+    name = info.get("file_name", info.get("id"))
+    return f"annotation {show(ann.get('id'))} (image {name if isinstance(name, str) else show(name)})"
 
 
 def keypoint_category(coco: Any, num_joints: int, source: Path | str) -> int:
@@ -106,7 +153,12 @@ def keypoint_category(coco: Any, num_joints: int, source: Path | str) -> int:
             f"{source}: category {category.get('id')} ({category.get('name', '?')}) lists "
             f"{len(category['keypoints'])} keypoints but the joint set has {num_joints}"
         )
-    return int(category.get("id", PERSON_CATEGORY))
+    category_id = category.get("id", PERSON_CATEGORY)
+    if not isinstance(category_id, int) or isinstance(category_id, bool):
+        raise DataError(
+            f"{source}: category {show(category_id)} lists keypoints but its id is not a whole number"
+        )
+    return category_id
 
 
 def load_gt_records(
@@ -116,48 +168,84 @@ def load_gt_records(
     skip_empty: bool,
     num_joints: int = NUM_JOINTS,
     category_id: int = PERSON_CATEGORY,
+    checker: RecordChecker | None = None,
 ) -> list[dict[str, Any]]:
     """One record per usable ground-truth person box, images in id order.
 
-    Skipped: crowd regions, other categories than ``category_id``, boxes with no area left after
-    clipping to the image, and (with ``skip_empty``) persons with no labelled keypoint.
+    Skipped: crowd regions, other categories than ``category_id``, annotations of area 0, boxes
+    with no area left after clipping to the image, and (with ``skip_empty``) persons with no
+    labelled keypoint. Bad records (keypoints of the wrong count, NaN or inf, visibility not
+    0/1/2, labelled keypoints far outside the image, boxes with width or height <= 0, a bad
+    image size or path) go to ``checker`` (default: a DataError naming the first).
     """
+    own = checker is None
+    checker = checker or RecordChecker("annotations", BadDataPolicy())
     records = []
     for image_id in sorted(coco.imgs):
         info = coco.imgs[image_id]
+        path, size, image_problem = _image_info(image_dir, info, checker.policy)
         for ann in coco.imgToAnns.get(image_id, []):
             if ann.get("iscrowd", 0) or ann.get("category_id", category_id) != category_id:
                 continue
-            if ann.get("area", 1.0) <= 0:
+            try:
+                record = _gt_record(ann, path, size, image_problem, aspect_ratio, num_joints, skip_empty)
+            except BadRecord as problem:
+                checker.bad(_where(ann, info), str(problem))
                 continue
-            box = _clean_gt_box(ann["bbox"], int(info["width"]), int(info["height"]))
-            if box is None:
+            if record is None:
                 continue
-            flat = np.asarray(ann.get("keypoints", [0] * 3 * num_joints), dtype=np.float64)
-            if flat.size != 3 * num_joints:
-                raise DataError(
-                    f"annotation {ann.get('id')} has {flat.size / 3:g} keypoints, expected {num_joints}"
-                )
-            keypoints = flat.reshape(num_joints, 3)
-            visible = keypoints[:, 2] > 0
-            if skip_empty and not visible.any():
-                continue
-            center, box_height = box_to_center_scale(box, aspect_ratio)
-            records.append(
-                {
-                    "joints": np.where(visible[:, None], keypoints[:, :2], 0.0).astype(np.float32),
-                    "visible": visible.astype(np.float32),
-                    "center": center.astype(np.float32),
-                    "scale": float(box_height),
-                    "image_id": int(image_id),
-                    "area": float(ann.get("area", box[2] * box[3])),
-                    "box_score": 1.0,
-                    "annotation_id": int(ann.get("id", -1)),
-                    "path": _image_path(image_dir, info),
-                    "image_size": _stored_size(info),
-                }
-            )
+            records.append(record | {"image_id": int(image_id)})
+    if own:
+        checker.finish()
     return records
+
+
+def _gt_record(
+    ann: dict[str, Any], path: str, size: tuple[int, int] | None, image_problem: str, aspect_ratio: float,
+    num_joints: int, skip_empty: bool,
+) -> dict[str, Any] | None:  # fmt: skip
+    """The record of one person annotation; None to skip it (HRNet's rules, ``skip_empty``);
+    BadRecord if bad."""
+    flat = numbers(
+        ann.get("keypoints", [0] * 3 * num_joints), 3 * num_joints, f"keypoints ({num_joints} x [x, y, v])"
+    )
+    keypoints = finite(flat, "keypoints").reshape(num_joints, 3)
+    check_visibility(keypoints[:, 2], "keypoint visibility")
+    visible = keypoints[:, 2] > 0
+    if skip_empty and not visible.any():
+        return None
+    if image_problem:
+        raise BadRecord(image_problem)
+    if size is None:
+        raise BadRecord("its image has no width and height")
+    height, width = size
+    labelled = np.flatnonzero(visible)
+    check_inside(keypoints[labelled, :2], width, height, [f"keypoint {j}" for j in labelled])
+    area = finite(numbers(ann.get("area", 1.0), 1, "area"), "area")[0]
+    if area < 0:
+        raise BadRecord(f"area {area:g} is negative")
+    box = finite(numbers(ann.get("bbox"), 4, "bbox [x, y, w, h]"), "bbox")
+    if box[2] <= 0 or box[3] <= 0:
+        raise BadRecord(f"bbox {show(ann.get('bbox'))} has width or height <= 0")
+    if area == 0:
+        return None
+    box = _clean_gt_box(box, width, height)
+    if box is None:
+        return None
+    center, box_height = box_to_center_scale(box, aspect_ratio)
+    if not (np.isfinite(center).all() and np.isfinite(box_height)):
+        raise BadRecord(f"bbox {show(ann.get('bbox'))} is too large to crop")
+    return {
+        "joints": np.where(visible[:, None], keypoints[:, :2], 0.0).astype(np.float32),
+        "visible": visible.astype(np.float32),
+        "center": center.astype(np.float32),
+        "scale": float(box_height),
+        "area": float(ann.get("area", box[2] * box[3])),
+        "box_score": 1.0,
+        "annotation_id": _int_or(ann.get("id"), -1),
+        "path": path,
+        "image_size": size,
+    }
 
 
 def load_detection_records(
@@ -168,12 +256,15 @@ def load_detection_records(
     score_threshold: float,
     num_joints: int = NUM_JOINTS,
     category_id: int = PERSON_CATEGORY,
+    checker: RecordChecker | None = None,
 ) -> list[dict[str, Any]]:
     """One record per detected person box with ``score >= score_threshold``, in file order.
 
     Boxes of images missing from the annotation file are dropped: they could be neither loaded
-    (no file name) nor scored (COCOeval rejects unknown image ids). Joints are all zeros and
-    unlabelled; ``box_score`` is the detector score and ``area`` the box area.
+    (no file name) nor scored (COCOeval rejects unknown image ids); so are boxes with width or
+    height <= 0. Joints are all zeros and unlabelled; ``box_score`` is the detector score and
+    ``area`` the box area. A detection without a finite score and box, or whose image has a bad
+    size or path, goes to ``checker`` (default: a DataError naming the first).
     """
     from metrics.coco import read_json
 
@@ -183,30 +274,48 @@ def load_detection_records(
         raise DataError(str(exc)) from None
     if not isinstance(detections, list):
         raise DataError(f"{path}: expected a JSON list of {{image_id, category_id, bbox, score}} detections")
+    own = checker is None
+    checker = checker or RecordChecker(path, BadDataPolicy())
     records = []
-    for det in detections:
-        if det.get("category_id", category_id) != category_id:
+    for row, det in enumerate(detections):
+        try:
+            if not isinstance(det, dict):
+                raise BadRecord(f"is {show(det)}, not an object with image_id, category_id, bbox, score")
+            if det.get("category_id", category_id) != category_id:
+                continue
+            score = float(finite(numbers(det.get("score"), 1, "score"), "score")[0])
+            image_id = det.get("image_id")
+            if score < score_threshold or not isinstance(image_id, int) or image_id not in coco.imgs:
+                continue
+            box = finite(numbers(det.get("bbox"), 4, "bbox [x, y, w, h]"), "bbox")
+            if box[2] <= 0 or box[3] <= 0:
+                continue
+            info = coco.imgs[image_id]
+            image, size, image_problem = _image_info(image_dir, info, checker.policy)
+            if image_problem:
+                raise BadRecord(image_problem)
+            center, box_height = box_to_center_scale(box, aspect_ratio)
+            if not (np.isfinite(center).all() and np.isfinite(box_height)):
+                raise BadRecord(f"bbox {show(det.get('bbox'))} is too large to crop")
+        except BadRecord as problem:
+            checker.bad(f"detection {row}", str(problem))
             continue
-        score = float(det["score"])
-        if score < score_threshold or det["image_id"] not in coco.imgs:
-            continue
-        box = np.asarray(det["bbox"], dtype=np.float64)
-        if box[2] <= 0 or box[3] <= 0:
-            continue
-        center, box_height = box_to_center_scale(box, aspect_ratio)
         records.append(
             {
                 "joints": np.zeros((num_joints, 2), dtype=np.float32),
                 "visible": np.zeros(num_joints, dtype=np.float32),
                 "center": center.astype(np.float32),
                 "scale": float(box_height),
-                "image_id": int(det["image_id"]),
+                "image_id": int(image_id),
                 "area": float(box[2] * box[3]),
                 "box_score": score,
-                "path": _image_path(image_dir, coco.imgs[det["image_id"]]),
-                "image_size": _stored_size(coco.imgs[det["image_id"]]),
+                "detection": row,
+                "path": image,
+                "image_size": size,
             }
         )
+    if own:
+        checker.finish()
     return records
 
 
@@ -259,10 +368,12 @@ class COCODataset(KeypointDataset):
             the 20 detections per image, so GT-box AP would not be comparable with HRNet's.
         joint_spec: the joints in annotation order, flip pairs, OKS sigmas and half-body split
             (default COCO's).
+        policy: what to do with bad records and images (default: a DataError naming the first).
     """
 
     joint_spec = COCO_JOINTS
     main_metric = "AP"
+    checks_image_bounds = True
     label = "COCO"  # names the dataset in error messages
     layout_hint = LAYOUT_HINT
 
@@ -281,6 +392,7 @@ class COCODataset(KeypointDataset):
         half_body_prob: float = 0.0,
         skip_empty: bool = True,
         joint_spec: JointSpec | None = None,
+        policy: BadDataPolicy | None = None,
     ) -> None:
         from metrics.coco import load_gt
 
@@ -310,12 +422,23 @@ class COCODataset(KeypointDataset):
                 f"({self.layout_hint})"
             )
 
+        num_joints = self.joint_spec.num_joints
         try:
             self._coco = load_gt(self.annotation_file)  # quiet: pycocotools' prints are swallowed
+            check_structure(self._coco.dataset, self.annotation_file)
+            self.category_id = keypoint_category(self._coco, num_joints, self.annotation_file)
         except ValueError as exc:
             raise DataError(str(exc)) from None
-        num_joints = self.joint_spec.num_joints
-        self.category_id = keypoint_category(self._coco, num_joints, self.annotation_file)
+        except RecursionError:
+            raise DataError(f"{self.annotation_file}: not valid JSON (nested too deeply)") from None
+        except OSError as exc:
+            raise DataError(f"{self.annotation_file}: cannot read ({exc.strerror or exc})") from None
+        except (KeyError, TypeError, AttributeError) as exc:
+            # pycocotools indexes images, annotations and categories by their ids
+            raise DataError(
+                f"{self.annotation_file}: not a COCO keypoint file: an image, annotation or category "
+                f"lacks a key or has the wrong type ({type(exc).__name__}: {show(exc.args[0] if exc.args else '')})"
+            ) from None
         self.aspect_ratio = input_size[0] / input_size[1]
         self.half_body_prob = float(half_body_prob)
         self.half_body_min_joints = half_body_min_joints(num_joints)
@@ -327,26 +450,48 @@ class COCODataset(KeypointDataset):
                 file=sys.stderr,
             )
         self.bbox_file = None if bbox_file is None else data_dir / Path(bbox_file)
+        policy = policy or BadDataPolicy()
         if self.bbox_file is None:
+            checker = RecordChecker(self.annotation_file, policy)
             records = load_gt_records(
-                self._coco, self.image_dir, self.aspect_ratio, skip_empty, num_joints, self.category_id
-            )
+                self._coco, self.image_dir, self.aspect_ratio, skip_empty, num_joints, self.category_id,
+                checker,
+            )  # fmt: skip
         else:
             if not self.bbox_file.is_file():
                 raise DataError(
                     f"{self.label} person detections not found: expected {self.bbox_file} "
                     f"(a JSON list of image_id, category_id, bbox, score)"
                 )
+            checker = RecordChecker(self.bbox_file, policy)
             records = load_detection_records(
                 self.bbox_file, self._coco, self.image_dir, self.aspect_ratio, det_score_threshold,
-                num_joints, self.category_id,
+                num_joints, self.category_id, checker,
             )  # fmt: skip
-        if records and not Path(records[0]["path"]).is_file():
-            # fail at construction, not in a worker halfway through the first epoch
+        dropped = checker.finish()
+        # fail at construction, not in a worker halfway through the first epoch
+        probe = records[:20] if policy.skip else records[:1]
+        if probe and not any(Path(r["path"]).is_file() for r in probe):
             raise DataError(
                 f"{self.label} image not found: {records[0]['path']} (images belong in {self.image_dir})"
             )
-        super().__init__(records, codec, input_size, augmentation, seed)
+        super().__init__(
+            records,
+            codec,
+            input_size,
+            augmentation,
+            seed,
+            policy=policy,
+            dropped=dropped,
+            source=checker.source,
+        )
+
+    def describe(self, index: int) -> str:
+        record = self.records[index]
+        image = Path(record["path"]).name
+        if "detection" in record:
+            return f"{self.source}: detection {record['detection']} (image {image})"
+        return f"{self.source}: annotation {record['annotation_id']} (image {image})"
 
     @property
     def coco(self) -> Any:
@@ -428,7 +573,7 @@ def coco_format_arguments(request: DataRequest, train: bool) -> dict[str, Any]:
     half-body crops, validation the detection boxes."""
     common: dict[str, Any] = {
         "data_dir": request.data_dir, "codec": request.codec, "input_size": request.input_size,
-        "seed": request.seed, "image_dir": request.image_dir,
+        "seed": request.seed, "image_dir": request.image_dir, "policy": request.bad_data,
     }  # fmt: skip
     if train:
         return common | {

@@ -39,6 +39,15 @@ from datasets.base import Augmentation, DataError, KeypointDataset, read_image
 from datasets.codecs import Codec
 from datasets.registry import DataRequest, register_dataset
 from datasets.skeletons import MPII_JOINTS
+from datasets.validation import (
+    VISIBILITY_FLAGS,
+    BadDataPolicy,
+    BadRecord,
+    RecordChecker,
+    image_path,
+    numbers,
+    show,
+)
 from metrics.mpii import save_pred_mat
 
 SPLITS = ("train", "valid")
@@ -78,7 +87,8 @@ def _decode_names(raw: np.ndarray) -> list[str]:
 
 def _read_hdf5(path: Path) -> dict[str, Any]:
     """Fields in the file's own frame: joints (N,16,2) 1-based, annotated (N,16) bool, center
-    (N,2) 1-based and scale (N,) in 200-px units (both already adjusted), head_sizes (N,) or None."""
+    (N,2) 1-based and scale (N,) in 200-px units (both already adjusted), head_sizes (N,) or None,
+    and ``problems`` {row: message} (none here: the HDF5 arrays have one shape for all rows)."""
     import h5py
 
     try:
@@ -94,13 +104,17 @@ def _read_hdf5(path: Path) -> dict[str, Any]:
                 np.asarray(f["normalize"][()], dtype=np.float64).reshape(-1) if "normalize" in f else None
             )
     except OSError as exc:
-        raise DataError(f"{path}: not a readable HDF5 file ({exc})") from None
+        raise DataError(f"{path}: not a readable HDF5 file ({' '.join(str(exc).split())})") from None
+    except (ValueError, TypeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: a field of the MPII HDF5 file is not numbers or names ({exc})") from None
     n = len(names)
     if part.shape != (n, NUM_JOINTS, 2) or center.shape != (n, 2) or scale.shape != (n,):
         raise DataError(
             f"{path}: expected part ({n}, {NUM_JOINTS}, 2), center ({n}, 2), scale ({n},); "
             f"got {part.shape}, {center.shape}, {scale.shape}"
         )
+    if normalize is not None and normalize.shape != (n,):
+        raise DataError(f"{path}: expected normalize ({n},), got {normalize.shape}")
     # (0, 0) lies outside every image in 1-based pixels, so it can only mean "not annotated".
     annotated = ~(part == 0).all(axis=2)
     if normalize is not None:
@@ -113,40 +127,103 @@ def _read_hdf5(path: Path) -> dict[str, Any]:
         "center": center,
         "scale": scale,
         "head_sizes": normalize,
+        "problems": {},
     }
 
 
+JSON_KEYS = ("image", "center", "scale", "joints", "joints_vis")
+
+
+def _json_record(item: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """(joints (16, 2), joints_vis (16,), center (2,), scale) of one JSON record, or BadRecord."""
+    if not isinstance(item, dict):
+        raise BadRecord(f"is {show(item)}, not an object with {', '.join(JSON_KEYS)}")
+    missing = [k for k in JSON_KEYS if k not in item]
+    if missing:
+        raise BadRecord(f"has no {', '.join(missing)} (HRNet MPII layout: {', '.join(JSON_KEYS)})")
+    joints = numbers(item["joints"], 2 * NUM_JOINTS, f"joints ({NUM_JOINTS} [x, y] pairs)").reshape(-1, 2)
+    vis = numbers(item["joints_vis"], NUM_JOINTS, "joints_vis")
+    center = numbers(item["center"], 2, "center")
+    scale = numbers(item["scale"], 1, "scale")[0]
+    return joints, vis, center, scale
+
+
 def _read_json(path: Path) -> dict[str, Any]:
-    """Same fields as :func:`_read_hdf5`; MPII's raw objpos/scale get the usual adjustment."""
+    """Same fields as :func:`_read_hdf5`; MPII's raw objpos/scale get the usual adjustment. A
+    record of the wrong shape or type is listed in ``problems`` (its row holds NaN)."""
     try:
         with open(path, encoding="utf-8") as f:
             items = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: not valid JSON ({' '.join(str(exc).split())})") from None
-    keys = ("image", "center", "scale", "joints", "joints_vis")
-    if not isinstance(items, list) or not all(
-        isinstance(a, dict) and all(k in a for k in keys) for a in items
-    ):
-        raise DataError(f"{path}: expected a JSON list of objects with {', '.join(keys)} (HRNet MPII layout)")
+    except RecursionError:
+        raise DataError(f"{path}: not valid JSON (nested too deeply)") from None
+    if not isinstance(items, list):
+        raise DataError(
+            f"{path}: expected a JSON list of objects with {', '.join(JSON_KEYS)} (HRNet MPII layout)"
+        )
     n = len(items)
-    joints = np.array([a["joints"] for a in items], dtype=np.float64).reshape(n, -1, 2)
-    vis = np.array([a["joints_vis"] for a in items], dtype=np.float64).reshape(n, -1)
-    if joints.shape[1] != NUM_JOINTS or vis.shape[1] != NUM_JOINTS:
-        raise DataError(f"{path}: expected {NUM_JOINTS} joints per person, got {joints.shape[1]}")
-    center = np.array([a["center"] for a in items], dtype=np.float64).reshape(n, 2)
-    scale = np.array([a["scale"] for a in items], dtype=np.float64).reshape(n)
+    joints = np.full((n, NUM_JOINTS, 2), np.nan)
+    vis = np.zeros((n, NUM_JOINTS))
+    center = np.full((n, 2), np.nan)
+    scale = np.full(n, np.nan)
+    problems = {}
+    for i, item in enumerate(items):
+        try:
+            joints[i], vis[i], center[i], scale[i] = _json_record(item)
+        except BadRecord as problem:
+            problems[i] = str(problem)
+    # named with the file's own values, before the adjustment below
+    for i in np.flatnonzero(~(np.isfinite(scale) & (scale > 0))):
+        problems.setdefault(int(i), f"scale {scale[i]} is not a finite number > 0")
+    for i in np.flatnonzero(~np.isfinite(center).all(axis=1)):
+        problems.setdefault(int(i), f"center ({center[i, 0]}, {center[i, 1]}) is not finite")
     # Move the box down and enlarge it so the feet stay inside the crop (Newell et al.'s
     # adjustment, which the HDF5 files already contain).
     center[:, 1] += 15.0 * scale
     scale = scale * 1.25
+    bad_vis = ~np.isin(vis, VISIBILITY_FLAGS)
+    for i in np.flatnonzero(bad_vis.any(axis=1)):
+        j = int(np.flatnonzero(bad_vis[i])[0])
+        problems.setdefault(int(i), f"joints_vis {j} is {float(vis[i, j]):g}, not 0, 1 or 2")
     return {
-        "names": [str(a["image"]) for a in items],
+        "names": [item.get("image") if isinstance(item, dict) else None for item in items],
         "joints": joints,
         "annotated": vis > 0,
         "center": center,
         "scale": scale,
         "head_sizes": None,
+        "problems": problems,
     }
+
+
+def _record_problems(fields: dict[str, Any], images: Path, policy: BadDataPolicy) -> dict[int, str]:
+    """{row: problem} for every bad record: shapes (from the reader), NaN or inf, scale <= 0,
+    head size inf, image paths that are absolute or leave ``images``."""
+    problems = dict(fields["problems"])
+    joints, center, scale = fields["joints"], fields["center"], fields["scale"]
+    bad_joint = ~np.isfinite(joints).all(axis=2) & fields["annotated"]
+    for i in np.flatnonzero(bad_joint.any(axis=1)):
+        j = int(np.flatnonzero(bad_joint[i])[0])
+        problems.setdefault(
+            int(i), f"annotated joint {j} is ({joints[i, j, 0]}, {joints[i, j, 1]}), not finite"
+        )
+    for i in np.flatnonzero(~np.isfinite(center).all(axis=1)):
+        problems.setdefault(int(i), f"center ({center[i, 0]}, {center[i, 1]}) is not finite")
+    for i in np.flatnonzero(~(np.isfinite(scale) & (scale > 0))):
+        problems.setdefault(int(i), f"scale {scale[i]} is not a finite number > 0")
+    if fields["head_sizes"] is not None:
+        for i in np.flatnonzero(np.isinf(fields["head_sizes"])):
+            problems.setdefault(int(i), "head size (normalize) is inf")
+    paths = []
+    for i, name in enumerate(fields["names"]):
+        try:
+            paths.append(image_path(images, name, policy.allow_outside_paths))
+        except BadRecord as problem:
+            paths.append(None)
+            problems.setdefault(i, str(problem))
+    fields["paths"] = paths
+    return problems
 
 
 def _head_sizes_from_mat(path: Path, joints0: np.ndarray, annotated: np.ndarray) -> np.ndarray:
@@ -182,7 +259,21 @@ def load_mpii_records(
     head_boxes_mat: str | Path | None = None,
     annotation_file: str | Path | None = None,
     image_dir: str | Path | None = None,
+    policy: BadDataPolicy | None = None,
 ) -> list[dict[str, Any]]:
+    """Read one MPII split into records (see :func:`read_mpii`, which also returns the file and
+    its dropped bad records)."""
+    return read_mpii(data_dir, split, head_boxes_mat, annotation_file, image_dir, policy)[0]
+
+
+def read_mpii(
+    data_dir: str | Path,
+    split: str,
+    head_boxes_mat: str | Path | None = None,
+    annotation_file: str | Path | None = None,
+    image_dir: str | Path | None = None,
+    policy: BadDataPolicy | None = None,
+) -> tuple[list[dict[str, Any]], list[str], Path]:
     """Read one MPII split into records.
 
     Args:
@@ -194,15 +285,18 @@ def load_mpii_records(
         annotation_file: an explicit .h5 or .json file (relative paths are under ``data_dir``).
         image_dir: image folder; default ``data_dir/images`` if it exists, else the folder of
             the annotation file (flat layout).
+        policy: what to do with bad records (default: a DataError naming the first).
 
     Returns:
-        one dict per person, in file order: ``joints`` (16, 2) float32 0-based px (0 where not
-        annotated), ``visible`` (16,) float32 annotation mask, ``center`` (2,) float32 px,
-        ``scale`` box height px, ``head_size`` (px, NaN if unknown), ``image_id`` = row in the
-        file (= row in gt_valid.mat), ``image`` (file name) and ``path``.
+        the records, one dict per good person, in file order: ``joints`` (16, 2) float32 0-based
+        px (0 where not annotated), ``visible`` (16,) float32 annotation mask, ``center`` (2,)
+        float32 px, ``scale`` box height px, ``head_size`` (px, NaN if unknown), ``image_id`` =
+        row in the file (= row in gt_valid.mat), ``image`` (file name) and ``path``; the bad
+        records dropped (one line each, with ``policy.skip``); the annotation file.
     """
     if split not in SPLITS:
         raise ValueError(f"MPII split must be one of {SPLITS}, got {split!r}")
+    policy = policy or BadDataPolicy()
     data_dir = Path(data_dir)
     path = _find_annotation_file(data_dir, split, annotation_file)
     fields = _read_hdf5(path) if path.suffix.lower() in (".h5", ".hdf5") else _read_json(path)
@@ -213,11 +307,22 @@ def load_mpii_records(
         images = data_dir / "images" if (data_dir / "images").is_dir() else path.parent
     if not images.is_dir():
         raise DataError(f"MPII images not found: expected a folder {images} of .jpg files ({LAYOUT_HINT})")
-    if fields["names"] and not (images / fields["names"][0]).is_file():
-        # fail at construction, not in a worker halfway through the first epoch
-        raise DataError(f"MPII image not found: {images / fields['names'][0]} (images belong in {images})")
 
-    annotated = fields["annotated"]
+    problems = _record_problems(fields, images, policy)
+    checker = RecordChecker(path, policy)
+    names = fields["names"]
+    for i in sorted(problems):
+        name = names[i] if isinstance(names[i], str) else show(names[i])
+        checker.bad(f"record {i}" if names[i] is None else f"record {i} (image {name})", problems[i])
+    dropped = checker.finish()
+    good = [i for i in range(len(names)) if i not in problems]
+    # fail at construction, not in a worker halfway through the first epoch
+    probe = good[:1] if not policy.skip else good[:20]
+    if probe and not any(fields["paths"][i].is_file() for i in probe):
+        raise DataError(f"MPII image not found: {fields['paths'][probe[0]]} (images belong in {images})")
+
+    annotated = fields["annotated"].copy()
+    annotated[sorted(problems)] = False  # bad rows take no part in matching the head-box file
     joints0 = np.where(annotated[:, :, None], fields["joints"] - 1.0, 0.0)
     head_sizes = fields["head_sizes"]
     if head_boxes_mat is not None:
@@ -225,10 +330,10 @@ def load_mpii_records(
     elif head_sizes is None and (path.parent / f"gt_{split}.mat").is_file():
         head_sizes = _head_sizes_from_mat(path.parent / f"gt_{split}.mat", joints0, annotated)
     if head_sizes is None:
-        head_sizes = np.full(len(fields["names"]), np.nan)
+        head_sizes = np.full(len(names), np.nan)
 
     records = []
-    for i, name in enumerate(fields["names"]):
+    for i in good:
         records.append(
             {
                 "joints": joints0[i].astype(np.float32),
@@ -237,17 +342,18 @@ def load_mpii_records(
                 "scale": float(PIXEL_STD * fields["scale"][i]),
                 "head_size": float(head_sizes[i]),
                 "image_id": i,
-                "image": name,
-                "path": str(images / name),
+                "image": names[i],
+                "path": str(fields["paths"][i]),
             }
         )
-    return records
+    return records, dropped, path
 
 
 class MPIIDataset(KeypointDataset):
     """MPII single-person crops (16 joints); see :func:`load_mpii_records` for the arguments."""
 
     joint_spec = MPII_JOINTS
+    checks_image_bounds = True
 
     def __init__(
         self,
@@ -260,19 +366,34 @@ class MPIIDataset(KeypointDataset):
         head_boxes_mat: str | Path | None = None,
         annotation_file: str | Path | None = None,
         image_dir: str | Path | None = None,
+        policy: BadDataPolicy | None = None,
     ) -> None:
         self.split = split
-        records = load_mpii_records(data_dir, split, head_boxes_mat, annotation_file, image_dir)
-        super().__init__(records, codec, input_size, augmentation, seed)
+        records, dropped, path = read_mpii(
+            data_dir, split, head_boxes_mat, annotation_file, image_dir, policy
+        )
+        self.file_rows = len(records) + len(dropped)  # persons in the annotation file, bad ones included
+        super().__init__(
+            records, codec, input_size, augmentation, seed, policy=policy, dropped=dropped, source=path
+        )
+
+    def describe(self, index: int) -> str:
+        record = self.records[index]
+        return f"{self.source}: record {record['image_id']} (image {record['image']})"
 
     def load_image(self, record: dict[str, Any]) -> np.ndarray:
         return read_image(record["path"])
 
     def evaluate(self, results: dict[str, np.ndarray], output_dir: Path | None = None) -> dict[str, float]:
         """Writes ``pred.mat`` (HRNet layout, scored by ``python -m metrics.mpii``); PCKh itself is
-        computed by the loop from the records' head sizes."""
+        computed by the loop from the records' head sizes. Rows follow the annotation file, so a
+        bad record dropped from it leaves a row of zeros (scored as a miss)."""
         if output_dir is not None:
-            save_pred_mat(Path(output_dir) / "pred.mat", results["preds"])
+            preds = results["preds"]
+            if self.dropped:
+                preds = np.zeros((self.file_rows, *results["preds"].shape[1:]))
+                preds[results["image_id"].astype(int)] = results["preds"]
+            save_pred_mat(Path(output_dir) / "pred.mat", preds)
         return {}
 
     def ground_truth(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -286,7 +407,10 @@ class MPIIDataset(KeypointDataset):
 
 @register_dataset("MPII", joint_spec=MPII_JOINTS)
 def build_mpii(request: DataRequest, train: bool) -> MPIIDataset:
-    common = {"codec": request.codec, "input_size": request.input_size, "seed": request.seed}
+    common = {
+        "codec": request.codec, "input_size": request.input_size, "seed": request.seed,
+        "policy": request.bad_data,
+    }  # fmt: skip
     if train:
         return MPIIDataset(
             request.data_dir, "train", augmentation=request.augmentation,

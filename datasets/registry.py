@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datasets.base import Augmentation, KeypointDataset
 from datasets.codecs import Codec
 from datasets.skeletons import JointSpec
+from datasets.validation import BadDataPolicy
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class DataRequest:
     synthetic_sizes: tuple[int, int] = (3000, 500)
     synthetic_image_size: int = 160
     joint_spec: JointSpec | None = None  # the custom dataset's joints (from --jointSpec)
+    bad_data: BadDataPolicy = BadDataPolicy()  # skip bad samples? how many? outside paths?
 
 
 Builder = Callable[[DataRequest, bool], KeypointDataset]  # (request, train split?) -> dataset

@@ -3,10 +3,12 @@ metrics equal a single-process evaluation; training runs with rank 0 as the only
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
 import pytest
+import torch
 
 import main as entry
 from conftest import REPO_ROOT, TINY_RUN
@@ -52,3 +54,42 @@ def test_two_process_training_writes_once(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
     assert [(r["epoch"], r["split"]) for r in records] == [(1, "train"), (1, "val"), (2, "train"), (2, "val")]
     assert len((tmp_path / "ddp" / "log.txt").read_text().splitlines()) == 2
+
+
+@pytest.mark.slow
+def test_sigterm_under_torchrun_stops_every_rank_at_one_step_and_resumes_exactly(tmp_path):
+    """torchrun forwards SIGTERM to both ranks; they agree on the step, rank 0 writes the
+    mid-epoch checkpoint, and the resumed run ends exactly where an uninterrupted one does."""
+    run = [*TINY_RUN, "--data_loader_size", "4", "--nEpochs", "2", "--expDir", str(tmp_path)]
+    assert torchrun(*run, "--expID", "straight").returncode == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "main.py",
+    ]
+    process = subprocess.Popen(
+        [*command, *run, "--expID", "cut", "--progress", "lines"],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )  # fmt: skip
+    for line in process.stdout:
+        if "train 1 3/6" in line:
+            break
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=120)[0]
+    assert "resume with: python main.py --loadModel" in output
+    state = torch.load(tmp_path / "cut" / "last.pth", weights_only=True)
+    assert state["mid_epoch"]["epoch"] == 1 and 3 <= state["mid_epoch"]["step"] < 6
+    resumed = torchrun("--loadModel", str(tmp_path / "cut" / "last.pth"), "--progress", "none")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    straight = torch.load(tmp_path / "straight" / "last.pth", weights_only=True)
+    cut = torch.load(tmp_path / "cut" / "last.pth", weights_only=True)
+    for key, value in straight["model"].items():
+        assert torch.equal(value, cut["model"][key]), key
+    assert (tmp_path / "cut" / "metrics.jsonl").read_text() == (
+        tmp_path / "straight" / "metrics.jsonl"
+    ).read_text()

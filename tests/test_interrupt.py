@@ -123,16 +123,22 @@ def test_kill_9_at_any_moment_leaves_a_loadable_checkpoint(tmp_path: Path) -> No
     assert load_checkpoint(run / "last.pth")["epoch"] == 3
 
 
+@pytest.mark.parametrize(
+    ("errno", "cause"),
+    [(28, "No space left on device"), (13, "Permission denied")],
+    ids=["ENOSPC", "read-only"],
+)
 def test_a_failed_checkpoint_write_is_one_line_and_keeps_the_previous(
-    tmp_path: Path, monkeypatch, capsys
+    tmp_path: Path, monkeypatch, capsys, errno: int, cause: str
 ) -> None:
+    """A patched write (the suite may run as root, for whom permissions do not stop a write)."""
     real_save = torch.save
     calls = {"n": 0}
 
     def disk_fills(obj, stream, *args, **kwargs):
         calls["n"] += 1
-        if calls["n"] > 2:  # epoch 1's best.pth and last.pth are written, then the disk is full
-            raise OSError(28, "No space left on device")
+        if calls["n"] > 2:  # epoch 1's best.pth and last.pth are written, then writing fails
+            raise OSError(errno, cause)
         return real_save(obj, stream, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", disk_fills)
@@ -140,7 +146,7 @@ def test_a_failed_checkpoint_write_is_one_line_and_keeps_the_previous(
                                       "--expDir", str(tmp_path), "--expID", "full"])  # fmt: skip
     assert entry.cli() == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "cannot write checkpoint" in err[0] and "No space left on device" in err[0]
+    assert len(err) == 1 and "cannot write checkpoint" in err[0] and cause in err[0]
     assert "the previous checkpoint there is intact" in err[0]
     monkeypatch.setattr(torch, "save", real_save)
     assert load_checkpoint(tmp_path / "full" / "last.pth")["epoch"] == 1

@@ -85,6 +85,8 @@ def _config_file_of(parser: configargparse.ArgParser, key: str, typed: list[str]
 
 
 def fail(message: str) -> NoReturn:
+    # one line whatever was typed: control characters in a value (a newline, \x1e) are escaped
+    message = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
     print(f"main.py: error: {message}", file=sys.stderr)
     raise SystemExit(2)
 
@@ -159,6 +161,25 @@ def build_parser() -> configargparse.ArgParser:
         const=True,
         default=False,
         help="do not pin host memory on CUDA",
+    )
+
+    data.add_argument(
+        "--skipBadSamples",
+        type=_flag,
+        default=False,
+        help="skip corrupt records and images (listed in <run>/bad_samples.txt) instead of stopping (0/1)",
+    )
+    data.add_argument(
+        "--maxBadFraction",
+        type=float,
+        default=0.01,
+        help="with --skipBadSamples, stop anyway when more than this fraction of the data is bad",
+    )
+    data.add_argument(
+        "--allowOutsidePaths",
+        type=_flag,
+        default=False,
+        help="accept image paths in annotation files that are absolute or leave the image folder (0/1)",
     )
 
     model = parser.add_argument_group("model")
@@ -436,6 +457,8 @@ def validate(opts: argparse.Namespace) -> None:
     for key in ("rotateProb", "flipProb", "halfBodyProb"):
         if not 0 <= getattr(opts, key) <= 1:
             raise OptionError(f"{key}: must be a probability in [0, 1], got {getattr(opts, key)}")
+    if not 0 <= opts.maxBadFraction <= 1:
+        raise OptionError(f"maxBadFraction: must be a fraction in [0, 1], got {opts.maxBadFraction}")
     if opts.inputRes % opts.outputRes != 0:
         raise OptionError(f"outputRes: {opts.outputRes} does not divide inputRes {opts.inputRes}")
     for key in ("nChannels", "nStack", "nModules", "nReductions", "nJoints"):
@@ -506,6 +529,7 @@ STEERING_KEYS = (
     "nEpochs", "dropLR", "dropMag", "lrMilestones", "lrSchedule", "valInterval", "saveInterval",
     "nThreads", "progress", "gpuid", "dont_pin_memory", "amp", "flipTest", "expDir", "dataDir",
     "imageDir", "allowConfigChange", "saveEveryMinutes", "tensorboard", "visdom",
+    "skipBadSamples", "maxBadFraction", "allowOutsidePaths",
 )  # fmt: skip
 
 
