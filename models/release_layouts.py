@@ -35,13 +35,10 @@ def count(shapes: list[Shape]) -> int:
     return sum(math.prod(shape) for shape in shapes)
 
 
-# ------------------------------------------------------------------------------ Stacked Hourglass
-
-
-def _port_residual(n_in: int, n_out: int, include_unused: bool) -> list[Shape]:
-    """princeton-vl ``Residual``: bn1, conv1 (1x1), bn2, conv2 (3x3), bn3, conv3 (1x1), skip_layer."""
+def _bottleneck(n_in: int, n_out: int) -> list[Shape]:
+    """The pre-activation bottleneck all three codebases share: BN, 1x1 to out/2, BN, 3x3, BN, 1x1."""
     half = n_out // 2
-    shapes = (
+    return (
         _bn(n_in)
         + _conv(n_in, half, 1)
         + _bn(half)
@@ -49,6 +46,14 @@ def _port_residual(n_in: int, n_out: int, include_unused: bool) -> list[Shape]:
         + _bn(half)
         + _conv(half, n_out, 1)
     )
+
+
+# ------------------------------------------------------------------------------ Stacked Hourglass
+
+
+def _port_residual(n_in: int, n_out: int, include_unused: bool) -> list[Shape]:
+    """princeton-vl ``Residual``: bn1, conv1 (1x1), bn2, conv2 (3x3), bn3, conv3 (1x1), skip_layer."""
+    shapes = _bottleneck(n_in, n_out)
     if n_in != n_out or include_unused:
         shapes += _conv(n_in, n_out, 1)
     return shapes
@@ -84,15 +89,7 @@ def stacked_hourglass_release_shapes(
 
 def _pyranet_residual(n_in: int, n_out: int, use_conv: bool) -> list[Shape]:
     """``Residual.lua`` (pre-activation bottleneck), skip BN-ReLU-1x1 when ``useConv`` or widths differ."""
-    half = n_out // 2
-    shapes = (
-        _bn(n_in)
-        + _conv(n_in, half, 1)
-        + _bn(half)
-        + _conv(half, half, 3)
-        + _bn(half)
-        + _conv(half, n_out, 1)
-    )
+    shapes = _bottleneck(n_in, n_out)
     if use_conv or n_in != n_out:
         shapes += _bn(n_in) + _conv(n_in, n_out, 1)
     return shapes
@@ -165,15 +162,7 @@ def pyranet_release_shapes(
 
 def _attention_residual(n_in: int, n_out: int) -> list[Shape]:
     """``Residual.lua`` of pose-attention: plain 1x1 conv on the skip when widths differ."""
-    half = n_out // 2
-    shapes = (
-        _bn(n_in)
-        + _conv(n_in, half, 1)
-        + _bn(half)
-        + _conv(half, half, 3)
-        + _bn(half)
-        + _conv(half, n_out, 1)
-    )
+    shapes = _bottleneck(n_in, n_out)
     if n_in != n_out:
         shapes += _conv(n_in, n_out, 1)
     return shapes

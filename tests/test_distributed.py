@@ -13,20 +13,13 @@ import torch
 import main as entry
 from conftest import REPO_ROOT, TINY_RUN
 
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "main.py"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
 
 def torchrun(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "main.py",
-    ]
     return subprocess.run(
-        [*command, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=env
+        [*TORCHRUN, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=ENV
     )
 
 
@@ -62,19 +55,9 @@ def test_sigterm_under_torchrun_stops_every_rank_at_one_step_and_resumes_exactly
     mid-epoch checkpoint, and the resumed run ends exactly where an uninterrupted one does."""
     run = [*TINY_RUN, "--data_loader_size", "4", "--nEpochs", "2", "--expDir", str(tmp_path)]
     assert torchrun(*run, "--expID", "straight").returncode == 0
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "main.py",
-    ]
     process = subprocess.Popen(
-        [*command, *run, "--expID", "cut", "--progress", "lines"],
-        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        [*TORCHRUN, *run, "--expID", "cut", "--progress", "lines"],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
     )  # fmt: skip
     for line in process.stdout:
         if "train 1 3/6" in line:
