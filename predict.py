@@ -95,6 +95,7 @@ class BoxSource:
         self.by_id: dict[int, list[tuple[list[float], float]]] = {}
         self.detector = None
         self.threshold = opts.detScoreThreshold if opts.detScoreThreshold > 0 else DEFAULT_DETECTOR_THRESHOLD
+        self.file_threshold = opts.detScoreThreshold  # a box file's boxes are all kept by default
         self.device = device
         if opts.bboxFile:
             self._read_box_file(Path(opts.bboxFile))
@@ -118,7 +119,7 @@ class BoxSource:
                 assert len(box) == 4 and box[2] > 0 and box[3] > 0
             except (KeyError, TypeError, ValueError, AssertionError):
                 fail(f"bboxFile: {path} entry {number} needs a bbox [x, y, w, h] with w, h > 0")
-            if entry.get("category_id", PERSON_LABEL) != PERSON_LABEL:
+            if entry.get("category_id", PERSON_LABEL) != PERSON_LABEL or score < self.file_threshold:
                 continue
             if "file_name" in entry:
                 key = (str(entry["file_name"]), entry.get("frame"))

@@ -62,6 +62,10 @@ def test_boxes_from_a_file_and_upright_frames(tmp_path: Path, checkpoint: Path) 
     run, entries = predict(tmp_path, checkpoint, photos, "--bboxFile", str(tmp_path / "boxes.json"))
     assert [e["bbox"] for e in entries] == [[4, 10, 30, 60], [10, 40, 20, 40]]
     assert cv2.imread(str(run / "phone.png")).shape[:2] == (STORED_W, STORED_H)  # drawn upright
+    # --detScoreThreshold drops a box file's weaker boxes
+    _, kept = predict(tmp_path / "t", checkpoint, photos, "--bboxFile", str(tmp_path / "boxes.json"),
+                      "--detScoreThreshold", "0.6")  # fmt: skip
+    assert [e["bbox"] for e in kept] == [[4, 10, 30, 60]]
     # without boxes the whole upright frame is the person
     _, (whole,) = predict(tmp_path / "w", checkpoint, photos / "phone.jpg")
     assert whole["bbox"] == [0.0, 0.0, float(STORED_H), float(STORED_W)]
