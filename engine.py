@@ -90,8 +90,8 @@ def train_one_epoch(
     device = context.device
     state = resume_from or EpochState(epoch)
     total = state.step + len(loader)
-    progress = EpochProgress(f"train {epoch}", total, progress_mode if context.is_main else "none")
-    progress.count = state.step
+    mode = progress_mode if context.is_main else "none"
+    progress = EpochProgress(f"train {epoch}", total, mode, done=state.step)
     window_loss, window = 0.0, 0  # the batches of the optimizer step being accumulated
     optimizer.zero_grad(set_to_none=True)
     for step, batch in enumerate(loader, start=state.step + 1):

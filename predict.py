@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 import torch
 
-from datasets.base import IMAGENET_MEAN, IMAGENET_STD, DataError, read_image
+from datasets.base import DataError, normalise, read_image
 from datasets.coco import box_to_center_scale
 from engine import unflip_output
 from inference import TrainedModel, load_trained
@@ -63,9 +63,20 @@ def is_video(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() not in IMAGE_SUFFIXES
 
 
-def read_frames(root: Path, skipped: list[str]) -> Iterator[Frame]:
-    """Every readable frame under ``root``; unreadable files are noted in ``skipped`` and passed over."""
-    if is_video(root):
+def count_frames(root: Path, images: list[Path]) -> int:
+    """Frames to expect: the video's frame count, or the number of images."""
+    if not images:
+        capture = cv2.VideoCapture(str(root))
+        count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        capture.release()
+        return max(count, 1)
+    return len(images)
+
+
+def read_frames(root: Path, images: list[Path], skipped: list[str]) -> Iterator[Frame]:
+    """Every readable frame of the video ``root``, or of ``images`` (found under ``root``);
+    unreadable files are noted in ``skipped`` and passed over."""
+    if not images:
         capture = cv2.VideoCapture(str(root))
         if not capture.isOpened():
             fail(f"-predict: {root} is neither an image nor a video OpenCV can open")
@@ -78,7 +89,7 @@ def read_frames(root: Path, skipped: list[str]) -> Iterator[Frame]:
             index += 1
         capture.release()
         return
-    for path in find_images(root):
+    for path in images:
         name = path.name if root.is_file() else str(path.relative_to(root))
         try:
             yield Frame(name, None, read_image(path, upright=True))
@@ -198,9 +209,7 @@ class PoseRunner:
         center, box_height = box_to_center_scale(np.asarray(box), width / height)
         convention = self.trained.codec.convention
         matrix = crop_affine(center, box_height, self.trained.input_size, 0.0, False, convention.crop_center)
-        crop = warp_image(pixels, matrix, self.trained.input_size)
-        image = (crop.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
-        return image.transpose(2, 0, 1), invert_affine(matrix)
+        return normalise(warp_image(pixels, matrix, self.trained.input_size)), invert_affine(matrix)
 
     def _forward(self, batch: np.ndarray) -> torch.Tensor:
         if self.session is not None:
@@ -267,12 +276,8 @@ def run(opts: argparse.Namespace) -> int:
     run_dir.mkdir(parents=True, exist_ok=False)
     spec = trained.joint_spec
     root = Path(opts.predict)
-    total = 1 if is_video(root) else len(find_images(root))
-    if is_video(root):
-        capture = cv2.VideoCapture(str(root))
-        total = max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 1)
-        capture.release()
-    progress = EpochProgress("predict", total, opts.progress)
+    images = [] if is_video(root) else find_images(root)
+    progress = EpochProgress("predict", count_frames(root, images), opts.progress)
     skipped: list[str] = []
     entries: list[dict[str, Any]] = []
     videos: dict[str, Any] = {}
@@ -291,7 +296,7 @@ def run(opts: argparse.Namespace) -> int:
         entries.extend(write_outputs(pending, run_dir, spec.skeleton, spec.left_joints, videos))
         pending.clear(), crops.clear(), inverses.clear()
 
-    for frame in read_frames(root, skipped):
+    for frame in read_frames(root, images, skipped):
         frame.boxes = boxes(frame)
         for box, _ in frame.boxes:
             crop, inverse = runner.crop(frame.pixels, box)

@@ -87,7 +87,7 @@ def run(opts: argparse.Namespace) -> int:
     scaler = torch.amp.GradScaler("cuda") if opts.amp == "fp16" and context.device.type == "cuda" else None
     start_epoch, best, partial = 1, -math.inf, None
     if opts.loadModel:
-        start_epoch, best, partial = restore(opts, model, optimizer, scheduler, say)
+        start_epoch, best, partial = restore(opts, model, optimizer, scheduler, context, say)
 
     run_dir = make_run_dir(opts, context)
     if opts.resume_changes and context.is_main:
@@ -315,7 +315,7 @@ def make_scheduler(
     return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step, gamma=opts.dropMag)
 
 
-def restore(opts, model, optimizer, scheduler, say) -> tuple[int, float, EpochState | None]:
+def restore(opts, model, optimizer, scheduler, context, say) -> tuple[int, float, EpochState | None]:
     """Load --loadModel; --loadOptim, --loadEpoch and --dropPreLoaded choose what is kept."""
     state = load_weights(model, opts)
     if opts.loadOptim and "optimizer" in state:
@@ -335,7 +335,7 @@ def restore(opts, model, optimizer, scheduler, say) -> tuple[int, float, EpochSt
         middle = state.get("mid_epoch")
         if middle and not opts.test:
             # the running sums are per rank: each rank continues its own share of the epoch
-            rank = int(os.environ.get("RANK", "0"))
+            rank = context.rank
             partial = EpochState(
                 int(middle["epoch"]), int(middle["step"]), middle["loss_sum"][rank], middle["pck_sum"][rank]
             )

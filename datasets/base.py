@@ -44,6 +44,13 @@ class Augmentation:
     color_jitter: float = 0.0  # per-channel gain 1 +- color_jitter, uniform
 
 
+def normalise(crop: np.ndarray, gain: np.ndarray | float = 1.0) -> np.ndarray:
+    """(h, w, 3) uint8 RGB crop -> (3, h, w) float32 network input: scaled to [0, 1] (times the
+    colour ``gain`` of augmentation), minus the ImageNet mean, over its std."""
+    image = (crop.astype(np.float32) * (gain / 255.0) - IMAGENET_MEAN) / IMAGENET_STD
+    return np.ascontiguousarray(image.transpose(2, 0, 1))
+
+
 class DataError(RuntimeError):
     """A missing, unreadable or corrupt data file or record; one line naming the path (and the
     record) and what is wrong or expected."""
@@ -266,7 +273,6 @@ class KeypointDataset(Dataset, ABC):
             joints, visible = joints[self._flip_perm], visible[self._flip_perm]
         target, target_weight = self.codec.encode(joints, visible)
 
-        image = (crop.astype(np.float32) * (gain / 255.0) - IMAGENET_MEAN) / IMAGENET_STD
         meta = {
             "index": index,
             "image_id": int(record.get("image_id", index)),
@@ -283,7 +289,7 @@ class KeypointDataset(Dataset, ABC):
             "inverse_affine": invert_affine(matrix).astype(np.float32),
         }
         return {
-            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),  # (3, h, w)
+            "image": torch.from_numpy(normalise(crop, gain)),  # (3, h, w)
             "target": torch.from_numpy(target),  # (K, H, W) heatmaps or (K, 2) coordinates
             "target_weight": torch.from_numpy(target_weight),  # (K,)
             "meta": meta,

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from datasets.base import IMAGENET_MEAN, IMAGENET_STD
 from models.layers import BlockFactory, Hourglass, Residual, conv_bn_relu, residual_stack
 from models.registry import register_model
 
@@ -28,8 +29,6 @@ class HourglassStem(nn.Module):
 
 
 INPUT_NORMS = ("imagenet", "unit")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class StackedHourglass(nn.Module):

@@ -27,6 +27,18 @@ TINY_RUN = [
 ]  # fmt: skip
 
 
+def parse_error(capsys, argv: list[str]) -> str:
+    """parse_options(argv) must exit with status 2 and one stderr line, which is returned."""
+    from utils.options import parse_options
+
+    with pytest.raises(SystemExit) as exit_info:
+        parse_options(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
 def require_fixture(path: Path) -> Path:
     """``path`` inside ../shared/data, or skip the test saying where it was looked for."""
     if not path.exists():

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import main as entry
-from conftest import REPO_ROOT, TINY_RUN
+from conftest import REPO_ROOT, TINY_RUN, parse_error
 from datasets import build_datasets, list_datasets
 from datasets.base import Augmentation
 from datasets.coco import COCODataset
@@ -213,15 +213,6 @@ def test_half_body_is_off_for_a_spec_without_a_split(custom_data, capsys):
     assert (
         "note: halfBodyProb 1 has no effect: joint set 'face-shoulders' has no upper/lower body split" in err
     )
-
-
-def parse_error(capsys, argv: list[str]) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        parse_options(argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    return err
 
 
 BAD_SPECS = {

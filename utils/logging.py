@@ -16,12 +16,14 @@ class EpochProgress:
     """A live ``progress`` bar with ETA, running loss and metric on a terminal; on anything else
     (CI, log files) a plain line at every tenth of the epoch, so logs stay readable."""
 
-    def __init__(self, title: str, total: int, mode: str = "auto", stream: TextIO | None = None) -> None:
+    def __init__(
+        self, title: str, total: int, mode: str = "auto", stream: TextIO | None = None, done: int = 0
+    ) -> None:
         self.stream = stream or sys.stderr
         if mode == "auto":
             mode = "bar" if self.stream.isatty() else "lines"
         self.mode, self.title, self.total = mode, title, max(total, 1)
-        self.start, self.count, self._next_line = time.monotonic(), 0, 0.1
+        self.start, self.count, self._next_line = time.monotonic(), done, 0.1
         self.bar = (
             Bar(title, max=self.total, file=self.stream, suffix="%(index)d/%(max)d")
             if mode == "bar"

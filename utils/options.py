@@ -548,7 +548,7 @@ def read_stored_config(path: str | Path) -> dict[str, Any]:
     from utils.checkpoint import CheckpointError, load_checkpoint
 
     try:
-        state = load_checkpoint(path)
+        state = load_checkpoint(path, mmap=True)  # the weights are read once, when they are loaded
     except CheckpointError as error:
         fail(f"loadModel: {error}")
     config = state.get("config")
