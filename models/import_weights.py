@@ -1,6 +1,8 @@
 """Convert published checkpoints into checkpoints of this project.
 
     python -m models.import_weights princeton-vl SRC DST.pth [--trustSource]
+    python -m models.import_weights hrnet SRC DST.pth [--inputRes 384] [--aspectRatio 0.75]
+    python -m models.import_weights simplebaseline SRC DST.pth [--inputRes 384] [--aspectRatio 0.75]
 
 ``princeton-vl``: Newell et al.'s own PyTorch port of the Stacked Hourglass
 (princeton-vl/pytorch_stacked_hourglass), which published 2- and 8-stack MPII checkpoints. Its
@@ -9,11 +11,29 @@ wrappers' prefixes (``model.module.pre.0.conv.weight``). The network is this pro
 ``StackedHourGlass`` tensor for tensor, except that its ``Residual`` builds a 1x1 skip convolution
 it never calls where the widths match; those are dropped.
 
-The result holds the weights and a complete config (stacks, width and joints inferred from the
+``hrnet``: HRNet as leoxiaobin/deep-high-resolution-net.pytorch publishes it (``pose_hrnet_w32_256x192.pth``
+and the others: a plain state dict of ``PoseHighResolutionNet``, keys possibly prefixed
+``module.``), onto this project's ``HRNet``, tensor for tensor; width and joints from the shapes.
+
+``simplebaseline``: Simple Baselines as microsoft/human-pose-estimation.pytorch publishes it
+(``pose_resnet_50_256x192.pth.tar``, ...) and as the HRNet repository republishes it
+(``pose_resnet_*.pth``): a plain state dict of ``PoseResNet``, onto ``SimpleBaseline``; ResNet
+depth, deconvolutions, their filters and the joints from the shapes. Both codebases feed this
+network BGR images normalised with ImageNet's RGB-ordered statistics, so the config says
+``inputNorm: bgr``.
+
+The result holds the weights and a complete config, so ``-test --loadModel DST.pth``, ``-predict``
+and ``-export`` run the published model. princeton-vl: stacks, width and joints inferred from the
 shapes; MPII, 256x256 input, 64x64 heatmaps, the port's coordinate convention and its [0, 1] pixel
-scale), so ``-test --loadModel DST.pth``, ``-predict`` and ``-export`` run the published model.
+scale. hrnet and simplebaseline: COCO for 17 joints, MPII for 16; the input size the authors
+published for that dataset (256x192 and 256x256) unless ``--inputRes``/``--aspectRatio`` say
+otherwise (their 384x288 and 384x384 models); heatmaps at 1/4; Gaussian sigma 2; their ``hrnet``
+coordinate convention; flip test on, as their results are reported.
+
 The source is read with ``weights_only=True``; a file that needs more is refused unless
 ``--trustSource``. Every tensor is checked by name and shape, and a mismatch names the first key.
+BatchNorm ``num_batches_tracked`` counters, which checkpoints saved by PyTorch 0.4.0 lack, are set
+to 0 when absent (they only matter for BatchNorm with momentum None).
 """
 
 from __future__ import annotations
@@ -22,6 +42,7 @@ import argparse
 import re
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -125,18 +146,22 @@ def princeton_vl_config(source: dict[str, torch.Tensor]) -> list[str]:
 
 
 def convert(
-    source: dict[str, torch.Tensor], names: dict[str, str], target: dict[str, torch.Tensor]
+    source: dict[str, torch.Tensor],
+    names: dict[str, str],
+    target: dict[str, torch.Tensor],
+    model_name: str = "StackedHourGlass",
 ) -> dict[str, torch.Tensor]:
     """Rename every tensor of ``source`` by its module prefix and check it against ``target``
     (the state dict of the network built from the inferred config): same keys, same shapes.
-    Tensors of modules the port builds but never calls are dropped."""
+    Tensors of modules the port builds but never calls are dropped; BatchNorm counters the source
+    lacks (PyTorch 0.4.0 saved none) start at 0."""
     converted: dict[str, torch.Tensor] = {}
     for key, value in source.items():
         module, _, leaf = key.rpartition(".")
         if module not in names:
             if module.endswith("skip_layer.conv"):
                 continue  # an equal-width residual's unused projection
-            raise ConversionError(f"source key {key!r} has no counterpart in StackedHourGlass")
+            raise ConversionError(f"source key {key!r} has no counterpart in {model_name}")
         ours = f"{names[module]}.{leaf}"
         if ours not in target:
             raise ConversionError(f"source key {key!r} maps to {ours!r}, which the model does not have")
@@ -145,22 +170,237 @@ def convert(
                 f"source key {key!r} has shape {tuple(value.shape)} but {ours!r} needs {tuple(target[ours].shape)}"
             )
         converted[ours] = value
+    for key in target:
+        if key.endswith(".num_batches_tracked") and key not in converted:
+            converted[key] = torch.zeros_like(target[key])
     missing = [key for key in target if key not in converted]
     if missing:
         raise ConversionError(f"the source has nothing for {missing[0]!r} ({len(missing)} tensors missing)")
     return converted
 
 
-def import_princeton_vl(source: dict[str, torch.Tensor]) -> dict[str, Any]:
-    config = config_from_files(princeton_vl_config(source))
+@dataclass(frozen=True)
+class InputSize:
+    """The input the weights were trained on, as typed (``--inputRes``, ``--aspectRatio``); None:
+    the published default."""
+
+    res: int | None = None
+    aspect_ratio: float | None = None
+
+    def options(self) -> list[str]:
+        """Only what was typed, as config keys: for a source with a single published size."""
+        typed = [("--inputRes", self.res), ("--aspectRatio", self.aspect_ratio)]
+        options = [str(item) for key, value in typed if value is not None for item in (key, value)]
+        if self.res is not None:
+            options += ["--outputRes", str(self.res // 4)]
+        return options
+
+
+def import_princeton_vl(source: dict[str, torch.Tensor], size: InputSize) -> tuple[dict[str, Any], str]:
+    config = config_from_files([*princeton_vl_config(source), *size.options()])
     model = build_model(config["model"], **config)
     stacks = config["nStack"]
     weights = convert(source, princeton_vl_names(stacks), model.state_dict())
-    return {"model": weights, "config": config, "epoch": 0, "source": "princeton-vl"}
+    summary = f"{config['model']}, {stacks} stacks of {config['nChannels']}, {config['nJoints']} joints"
+    return {"model": weights, "config": config, "epoch": 0, "source": "princeton-vl"}, summary
 
 
-IMPORTERS: dict[str, Callable[[dict[str, torch.Tensor]], dict[str, Any]]] = {
+# ------------------------------------------------------------------------------ hrnet, simplebaseline
+
+# joints -> (data config, the authors' input height and width / height): COCO 256x192, MPII 256x256
+PUBLISHED_DATA = {17: ("coco", 256, 0.75), 16: ("mpii", 256, 1.0)}
+# Both codebases' experiment files: Gaussian sigma 2 for COCO and MPII, heatmaps at 1/4.
+AUTHORS_SIGMA = 2
+HEATMAP_STRIDE = 4
+
+
+def authors_data_options(joints: int, size: InputSize, multiple: int) -> list[str]:
+    """Data config and sizes for weights with ``joints`` joints: the dataset whose joint order they
+    use and its published input size, unless typed. The input's sides must be multiples of
+    ``multiple`` (the network's coarsest stride), so its heatmaps are exactly 1/4 of it."""
+    if joints not in PUBLISHED_DATA:
+        raise ConversionError(
+            f"the weights predict {joints} joints: neither COCO's 17 nor MPII's 16, the joint sets the "
+            f"authors published"
+        )
+    dataset, default_res, default_aspect = PUBLISHED_DATA[joints]
+    res = size.res or default_res
+    aspect = size.aspect_ratio or default_aspect
+    width = round(res * aspect)
+    if res % multiple or width % multiple:
+        raise ConversionError(
+            f"--inputRes {res} with --aspectRatio {aspect} gives a {res}x{width} input; both sides must be "
+            f"multiples of {multiple} for this network"
+        )
+    return [
+        "-DataConfig", str(REPO_ROOT / "conf" / "datasets" / f"{dataset}.defconf"),
+        "--nJoints", str(joints), "--inputRes", str(res), "--outputRes", str(res // HEATMAP_STRIDE),
+        "--aspectRatio", str(aspect), "--hmGauss", str(AUTHORS_SIGMA), "--coordConvention", "hrnet",
+        "--flipTest", "1",
+    ]  # fmt: skip
+
+
+def _conv_bn(theirs_conv: str, theirs_bn: str, ours: str) -> dict[str, str]:
+    """A conv and its BatchNorm onto ours, a Sequential (0: conv, 1: BatchNorm)."""
+    return {theirs_conv: f"{ours}.0", theirs_bn: f"{ours}.1"}
+
+
+def _residual_block_names(theirs: str, ours: str, bottleneck: bool, downsample: bool) -> dict[str, str]:
+    """A ResNet BasicBlock/Bottleneck: both codebases use torchvision's attribute names."""
+    layers = ("conv1", "bn1", "conv2", "bn2", *(("conv3", "bn3") if bottleneck else ()))
+    names = {f"{theirs}.{layer}": f"{ours}.{layer}" for layer in layers}
+    if downsample:
+        names |= {f"{theirs}.downsample.{i}": f"{ours}.downsample.{i}" for i in (0, 1)}
+    return names
+
+
+def hrnet_names(modules: tuple[int, ...] = (1, 4, 3), blocks: int = 4) -> dict[str, str]:
+    """Module name in ``PoseHighResolutionNet`` (lib/models/pose_hrnet.py with the w32/w48 configs)
+    -> module name in ``models.hrnet.HRNet``.
+
+    Theirs: conv1, bn1, conv2, bn2, layer1 (4 bottlenecks), transition1 (to branch 0: conv-BN-ReLU
+    Sequential; to branch 1: a Sequential holding one such Sequential), stage2, transition2 (None
+    for the kept branches, then the new one like transition1's second), stage3, transition3, stage4
+    (``HighResolutionModule``: branches.b.k BasicBlocks, fuse_layers.i.j with None on the diagonal),
+    final_layer."""
+    names = _conv_bn("conv1", "bn1", "stem.0") | _conv_bn("conv2", "bn2", "stem.1")
+    for block in range(4):
+        names |= _residual_block_names(f"layer1.{block}", f"stage1.{block}", True, block == 0)
+    names |= _conv_bn("transition1.0.0", "transition1.0.1", "transitions.0.0")
+    names |= _conv_bn("transition1.1.0.0", "transition1.1.0.1", "transitions.0.1")
+    for stage, n_modules in enumerate(modules):
+        n_branches = stage + 2
+        if stage > 0:  # transition{s} into stage s + 1 adds branch s, built from the last one
+            theirs = f"transition{stage + 1}.{n_branches - 1}.0"
+            names |= _conv_bn(f"{theirs}.0", f"{theirs}.1", f"transitions.{stage}.0")
+        for index in range(n_modules):
+            theirs, ours = f"stage{stage + 2}.{index}", f"stages.{stage}.{index}"
+            for branch in range(n_branches):
+                for block in range(blocks):
+                    names |= _residual_block_names(
+                        f"{theirs}.branches.{branch}.{block}",
+                        f"{ours}.branches.{branch}.{block}",
+                        False,
+                        False,
+                    )
+            last = stage == len(modules) - 1 and index == n_modules - 1
+            for i in range(1 if last else n_branches):
+                for j in range(n_branches):
+                    fuse, ours_fuse = f"{theirs}.fuse_layers.{i}.{j}", f"{ours}.fuse.{i}.{j}"
+                    if j > i:  # 1x1 conv, BN (then their nn.Upsample, no tensors)
+                        names |= _conv_bn(f"{fuse}.0", f"{fuse}.1", ours_fuse)
+                    for step in range(i - j):  # stride-2 conv-BN(-ReLU) steps
+                        names |= _conv_bn(f"{fuse}.{step}.0", f"{fuse}.{step}.1", f"{ours_fuse}.{step}")
+    names["final_layer"] = "head"
+    return names
+
+
+def import_hrnet(source: dict[str, torch.Tensor], size: InputSize) -> tuple[dict[str, Any], str]:
+    if "final_layer.weight" not in source or not any(k.startswith("stage4.") for k in source):
+        raise ConversionError("the source is not an HRNet pose network: no final_layer or stage4 keys")
+    joints, width = source["final_layer.weight"].shape[:2]
+    config = config_from_files(
+        [
+            "-ModelConfig", str(REPO_ROOT / "conf" / "models" / "HRNet-W32.defconf"),
+            "--hrnetWidth", str(width), *authors_data_options(joints, size, 32),
+        ]
+    )  # fmt: skip
+    model = build_model(config["model"], **config)
+    weights = convert(source, hrnet_names(), model.state_dict(), "HRNet")
+    summary = f"HRNet-W{width}, {joints} joints, {_input(config)} input"
+    return {"model": weights, "config": config, "epoch": 0, "source": "hrnet"}, summary
+
+
+# (blocks per layer, bottleneck) -> ResNet depth, as torchvision and both codebases build them
+RESNET_DEPTHS = {
+    ((2, 2, 2, 2), False): 18,
+    ((3, 4, 6, 3), False): 34,
+    ((3, 4, 6, 3), True): 50,
+    ((3, 4, 23, 3), True): 101,
+    ((3, 8, 36, 3), True): 152,
+}
+
+
+def simple_baseline_names(blocks: tuple[int, ...], bottleneck: bool, n_deconv: int) -> dict[str, str]:
+    """Module name in ``PoseResNet`` (lib/models/pose_resnet.py) -> module name in
+    ``models.simple_baseline.SimpleBaseline``. Theirs: the ResNet's conv1, bn1, layer1-4 at the top
+    level, ``deconv_layers`` one flat Sequential of (ConvTranspose2d, BatchNorm2d, ReLU) triples,
+    ``final_layer``; ours: ``trunk`` (torchvision's names), ``deconvs.i`` (0: deconv, 1: BN), ``head``."""
+    names = {"conv1": "trunk.conv1", "bn1": "trunk.bn1"}
+    for layer, count in enumerate(blocks, start=1):
+        for block in range(count):
+            # the first block of layers 2-4 halves the resolution; layer 1's widens 64 -> 256 (bottleneck)
+            downsample = block == 0 and (layer > 1 or bottleneck)
+            names |= _residual_block_names(
+                f"layer{layer}.{block}", f"trunk.layer{layer}.{block}", bottleneck, downsample
+            )
+    for index in range(n_deconv):
+        names[f"deconv_layers.{3 * index}"] = f"deconvs.{index}.0"
+        names[f"deconv_layers.{3 * index + 1}"] = f"deconvs.{index}.1"
+    names["final_layer"] = "head"
+    return names
+
+
+def import_simple_baseline(source: dict[str, torch.Tensor], size: InputSize) -> tuple[dict[str, Any], str]:
+    if "final_layer.weight" not in source or "deconv_layers.0.weight" not in source:
+        raise ConversionError(
+            "the source is not a Simple Baselines network: no final_layer or deconv_layers keys"
+        )
+    counts = {}
+    for key in source:
+        if match := re.match(r"layer([1-4])\.(\d+)\.", key):
+            layer, block = int(match.group(1)), int(match.group(2))
+            counts[layer] = max(counts.get(layer, 0), block + 1)
+    blocks = tuple(counts.get(layer, 0) for layer in (1, 2, 3, 4))
+    bottleneck = "layer1.0.conv3.weight" in source
+    depth = RESNET_DEPTHS.get((blocks, bottleneck))
+    if depth is None:
+        kind = "bottleneck" if bottleneck else "basic"
+        raise ConversionError(
+            f"the source's ResNet has {blocks} {kind} blocks per layer: not ResNet 18/34/50/101/152"
+        )
+    deconvs = sorted(
+        int(m.group(1)) for k in source if (m := re.fullmatch(r"deconv_layers\.(\d+)\.weight", k))
+    )
+    deconvs = [index for index in deconvs if source[f"deconv_layers.{index}.weight"].dim() == 4]
+    if len(deconvs) != 3:  # heatmaps at input / 32 * 2^n: 1/4 with the published three
+        raise ConversionError(
+            f"the source has {len(deconvs)} deconvolutions; the published networks have 3 "
+            f"(heatmaps at 1/4 of the input)"
+        )
+    first = source["deconv_layers.0.weight"]  # (in, out, k, k): a transposed convolution's layout
+    if first.shape[-1] != 4:
+        raise ConversionError(
+            f"source key 'deconv_layers.0.weight' has {first.shape[-1]}x{first.shape[-1]} kernels; "
+            f"SimpleBaseline has the published 4x4 only"
+        )
+    joints = source["final_layer.weight"].shape[0]
+    config = config_from_files(
+        [
+            "-ModelConfig", str(REPO_ROOT / "conf" / "models" / "SimpleBaseline.defconf"),
+            "--baseName", f"resnet{depth}", "--nDeconv", str(len(deconvs)), "--deconvFilters", str(first.shape[1]),
+            "--inputNorm", "bgr", *authors_data_options(joints, size, 32),
+        ]
+    )  # fmt: skip
+    model = build_model(config["model"], **config)
+    weights = convert(
+        source, simple_baseline_names(blocks, bottleneck, len(deconvs)), model.state_dict(), "SimpleBaseline"
+    )
+    summary = (
+        f"SimpleBaseline resnet{depth}, {len(deconvs)} deconvolutions of {config['deconvFilters']}, "
+        f"{joints} joints, {_input(config)} input"
+    )
+    return {"model": weights, "config": config, "epoch": 0, "source": "simplebaseline"}, summary
+
+
+def _input(config: dict[str, Any]) -> str:
+    return f"{config['inputRes']}x{round(config['inputRes'] * config['aspectRatio'])}"
+
+
+IMPORTERS: dict[str, Callable[[dict[str, torch.Tensor], InputSize], tuple[dict[str, Any], str]]] = {
     "princeton-vl": import_princeton_vl,
+    "hrnet": import_hrnet,
+    "simplebaseline": import_simple_baseline,
 }
 
 
@@ -172,13 +412,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("source", type=Path, help="the published checkpoint")
     parser.add_argument("destination", type=Path, help="the checkpoint of this project to write")
     parser.add_argument("--trustSource", action="store_true", help="allow full unpickling of the source")
+    parser.add_argument(
+        "--inputRes",
+        type=int,
+        default=None,
+        help="input height the weights were trained at (default: published)",
+    )
+    parser.add_argument(
+        "--aspectRatio", type=float, default=None, help="input width / height (default: published)"
+    )
     args = parser.parse_args(argv)
     try:
         if args.destination.exists():
             raise ConversionError(
                 f"{args.destination} exists; choose a new file name (nothing is overwritten)"
             )
-        state = IMPORTERS[args.source_format](read_source(args.source, args.trustSource))
+        for key in ("inputRes", "aspectRatio"):
+            if getattr(args, key) is not None and not getattr(args, key) > 0:
+                raise ConversionError(f"--{key} must be > 0, got {getattr(args, key)}")
+        size = InputSize(args.inputRes, args.aspectRatio)
+        state, summary = IMPORTERS[args.source_format](read_source(args.source, args.trustSource), size)
     except ConversionError as error:
         print(f"import_weights: error: {error}", file=sys.stderr)
         return 2
@@ -186,8 +439,8 @@ def main(argv: list[str] | None = None) -> int:
     save_checkpoint(state, args.destination)
     config = state["config"]
     print(
-        f"wrote {args.destination}: {config['model']}, {config['nStack']} stacks of {config['nChannels']}, "
-        f"{config['nJoints']} joints, {len(state['model'])} tensors, convention {config['coordConvention']}"
+        f"wrote {args.destination}: {summary}, {len(state['model'])} tensors, "
+        f"convention {config['coordConvention']}"
     )
     return 0
 

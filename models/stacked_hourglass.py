@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from datasets.base import IMAGENET_MEAN, IMAGENET_STD
 from models.layers import BlockFactory, Hourglass, Residual, conv_bn_relu, residual_stack
+from models.pixels import InputNorm
 from models.registry import register_model
 
 
@@ -28,16 +28,13 @@ class HourglassStem(nn.Module):
         return self.res3(self.res2(F.max_pool2d(x, 2)))  # (N, C, H/4, W/4)
 
 
-INPUT_NORMS = ("imagenet", "unit")
-
-
 class StackedHourglass(nn.Module):
     """``n_stack`` hourglasses, each predicting heatmaps that are supervised (intermediate
     supervision) and fed back into the next stack through 1x1 convolutions.
 
     ``input_norm``: the pixel scale the weights expect. The data pipeline always hands over
     ImageNet-normalised RGB; "unit" turns that back into RGB in [0, 1] first, for weights trained
-    that way (Newell et al.'s PyTorch port feeds image / 255).
+    that way (Newell et al.'s PyTorch port feeds image / 255); see models/pixels.py.
     """
 
     def __init__(
@@ -51,12 +48,7 @@ class StackedHourglass(nn.Module):
         input_norm: str = "imagenet",
     ) -> None:
         super().__init__()
-        if input_norm not in INPUT_NORMS:
-            raise ValueError(f"input_norm must be one of {', '.join(INPUT_NORMS)}, got {input_norm!r}")
-        self.input_norm = input_norm
-        # not persistent: a constant of the input format, not a learnt weight
-        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.input_norm = InputNorm(input_norm)  # a ValueError for an unknown format
         self.stem = HourglassStem(n_channels, block)
         self.hourglasses = nn.ModuleList(
             [Hourglass(n_reductions, n_channels, n_modules, block) for _ in range(n_stack)]
@@ -76,9 +68,7 @@ class StackedHourglass(nn.Module):
         self.merge_heatmaps = nn.ModuleList([nn.Conv2d(n_joints, n_channels, 1) for _ in range(n_stack - 1)])
 
     def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
-        if self.input_norm == "unit":
-            image = image * self.pixel_std + self.pixel_mean  # (N, 3, H, W) RGB in [0, 1]
-        x = self.stem(image)  # (N, C, H/4, W/4)
+        x = self.stem(self.input_norm(image))  # (N, C, H/4, W/4)
         outputs = []
         for stack, (hourglass, features, head) in enumerate(
             zip(self.hourglasses, self.features, self.heads, strict=True)
@@ -91,7 +81,8 @@ class StackedHourglass(nn.Module):
         return outputs
 
 
-@register_model("StackedHourGlass", target="heatmap")
+# the stem takes the input to 1/4, where the hourglasses work and the heatmaps come out
+@register_model("StackedHourGlass", target="heatmap", output_strides=(4,), heatmap_halvings="nReductions")
 def stacked_hourglass(
     n_joints: int = 16,
     n_channels: int = 256,
