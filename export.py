@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from datasets.base import IMAGENET_MEAN, IMAGENET_STD
-from datasets.codecs import HeatmapCodec
+from datasets.codecs import DARK_EDGE_REACH, LOG_FLOOR, MIN_CURVATURE, HeatmapCodec
 from inference import TrainedModel, load_trained
 from utils.options import fail
 
@@ -51,6 +51,29 @@ class LastStage(nn.Module):
         return self.model(image)[-1]
 
 
+def heatmap_rule(codec: HeatmapCodec) -> str:
+    """The codec's ``post_process`` in words (the graph ends at the heatmaps: consumers decode)."""
+    if codec.post_process == "quarter":
+        return (
+            "For each joint take the argmax (u, v) of its heatmap; its value is the joint's score. "
+            "Move u by 0.25 toward the higher of its left and right neighbours, and v by 0.25 toward "
+            "the higher of the rows above and below (no step at the map's border or on a tie)."
+        )
+    return (
+        "DARK (Zhang et al., CVPR 2020). For each joint the heatmap's maximum is the joint's score. "
+        "Smooth the heatmap with a Gaussian of sigma heatmap px truncated at 3 sigma (zero beyond the "
+        "map) and rescale it to the heatmap's maximum; take its argmax (u, v). If u or v lies less than "
+        f"{DARK_EDGE_REACH} sigma from the map's edge, use the unsmoothed heatmap and its argmax instead. "
+        f"With L = log(max(map, {LOG_FLOOR:g})) at the 3x3 pixels around (u, v): gradient g = "
+        "((L[u+1] - L[u-1]) / 2, (L[v+1] - L[v-1]) / 2), Hessian H = [[L[u+1] - 2 L + L[u-1], c], "
+        "[c, L[v+1] - 2 L + L[v-1]]] with c = (L[u+1, v+1] - L[u+1, v-1] - L[u-1, v+1] + L[u-1, v-1]) / 4. "
+        f"Where both axes have both neighbours and second differences below -{MIN_CURVATURE:g}, and "
+        f"det H > {MIN_CURVATURE**2:g}, (u, v) += -H^-1 g; otherwise each axis with both neighbours and a "
+        f"second difference h below -{MIN_CURVATURE:g} moves by -g / h. An axis whose step is longer "
+        "than 1 keeps its argmax."
+    )
+
+
 def decoding_of(trained: TrainedModel) -> dict[str, Any]:
     """How to turn the ONNX output into joints in input-crop pixels (pixel centres at integers)."""
     codec = trained.codec
@@ -66,12 +89,9 @@ def decoding_of(trained: TrainedModel) -> dict[str, Any]:
             "heatmap_size": [heatmap_width, heatmap_height],
             "stride": [width / heatmap_width, height / heatmap_height],
             "sigma": codec.sigma,
-            "rule": (
-                "For each joint take the argmax (u, v) of its heatmap; its value is the joint's score. "
-                "Move u by 0.25 toward the higher of its left and right neighbours, and v by 0.25 toward "
-                "the higher of the rows above and below (no step at the map's border or on a tie). "
-                f"Then input px = (u + anchor) * stride - anchor per axis (anchor {convention.anchor})."
-            ),
+            "post_process": codec.post_process,
+            "rule": heatmap_rule(codec)
+            + f" Then input px = (u + anchor) * stride - anchor per axis (anchor {convention.anchor}).",
             "crop": (
                 f"A person box [x, y, w, h] keeps its centre, grows in one dimension to the input aspect "
                 f"ratio (width / height = {width / height:g}), then both sides grow {BOX_PADDING}x; the "

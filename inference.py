@@ -97,6 +97,8 @@ def load_trained(opts: argparse.Namespace, device: torch.device | str = "cpu") -
     input_size, heatmap_size = frame_sizes(opts)
     model = build_model(opts.model, **vars(opts))
     load_weights(model, opts)
-    codec = make_codec(opts.target_type, input_size, heatmap_size, opts.hmGauss, opts.coordConvention)
+    codec = make_codec(
+        opts.target_type, input_size, heatmap_size, opts.hmGauss, opts.coordConvention, opts.postProcess
+    )
     device = torch.device(device)
     return TrainedModel(model.to(device).eval(), codec, input_size, joint_spec_of(opts), device)
