@@ -28,6 +28,10 @@ DEFAULT_CHAINS: dict[int, tuple[int, ...]] = {16: MPII_CHAIN, 17: COCO_CHAIN}
 
 EMBED_CHANNELS = 32  # width of e(heatmap), the embedding of an earlier prediction
 DECODER_CHANNELS = 32  # width inside each deception decoder
+HIDDEN_STRIDE = 32  # the encoder's (a ResNet trunk's) output stride: the hidden grid is H/32 x W/32
+# inputRes / outputRes values it can produce: each is reached from the hidden grid by x2 steps
+# (1/4: the paper's 64x64 maps for a 256 input; 1/8: the original PyTorch project's)
+OUTPUT_STRIDES = (1, 2, 4, 8, 16)
 
 
 def default_chain(n_joints: int) -> tuple[int, ...]:
@@ -88,7 +92,8 @@ class ChainedPredictions(nn.Module):
     a per-step multi-scale deconvolution ("deception") decoder. The sum over earlier joints is one
     convolution over their concatenated embeddings, which is the same linear map.
 
-    Returns ``[heatmaps]``: one stage, (N, K, H/4, W/4), in the dataset's joint order.
+    Returns ``[heatmaps]``: one stage, (N, K, H/s, W/s) for ``output_stride`` s (one of
+    ``OUTPUT_STRIDES``; the builder takes it from inputRes / outputRes), in the dataset's joint order.
 
     Differences from the paper: the encoder is a torchvision ResNet trunk (the paper used an
     ImageNet-pretrained Inception network); the output is a Gaussian heatmap per joint trained with
@@ -97,7 +102,8 @@ class ChainedPredictions(nn.Module):
     recurrence for trainability. Differences from the original PyTorch project: that one fixed the
     hidden grid to 8x8 and the output to H/8, gave each (earlier joint, step) pair its own embedding
     CNN instead of one shared e(.), defaulted to 1x1 recurrent kernels and chained joints in index
-    order; here any input divisible by 32 gives H/4 x W/4 maps and the chain runs head to limbs.
+    order; here the hidden grid is H/32 x W/32 for any input, the output stride follows the config
+    (1/8 as in that project's configs, 1/4 as in the paper) and the chain runs head to limbs.
     """
 
     def __init__(
@@ -109,8 +115,16 @@ class ChainedPredictions(nn.Module):
         pretrained_path: str | None,
         hidden_channels: int,
         chain_order: Sequence[int] | None,
+        output_stride: int = 4,
     ) -> None:
         super().__init__()
+        if output_stride not in OUTPUT_STRIDES:
+            raise ValueError(
+                f"output_stride must be one of {', '.join(map(str, OUTPUT_STRIDES))}, got {output_stride}"
+            )
+        # x2 steps between the hidden grid and the heatmap: 3 for 1/4, 2 for 1/8
+        steps = (HIDDEN_STRIDE // output_stride).bit_length() - 1
+        self.output_stride = output_stride
         for name, kernel in (("hh_kernel", hh_kernel), ("oh_kernel", oh_kernel)):
             if kernel < 1 or kernel % 2 == 0:
                 raise ValueError(f"{name} must be an odd kernel size >= 1, got {kernel}")
@@ -122,11 +136,10 @@ class ChainedPredictions(nn.Module):
 
         self.encoder, encoder_channels = torchvision_backbone(model_name, pretrained_path)
         self.init_hidden = _conv_bn_relu(encoder_channels, hidden_channels, 1)
-        # e(.): heatmap at H/4 -> embedding at the hidden grid H/32 (three stride-2 convolutions).
+        # e(.): heatmap at H/s -> embedding at the hidden grid H/32 (``steps`` stride-2 convolutions)
         self.embed = nn.Sequential(
             _conv_bn_relu(1, EMBED_CHANNELS, 3, stride=2),
-            _conv_bn_relu(EMBED_CHANNELS, EMBED_CHANNELS, 3, stride=2),
-            _conv_bn_relu(EMBED_CHANNELS, EMBED_CHANNELS, 3, stride=2),
+            *[_conv_bn_relu(EMBED_CHANNELS, EMBED_CHANNELS, 3, stride=2) for _ in range(steps - 1)],
         )
         # Step t (t >= 1) has its own w^h_t and, over the t earlier embeddings, its own w^y_{i,t}.
         self.hidden_to_hidden = nn.ModuleList(
@@ -142,12 +155,12 @@ class ChainedPredictions(nn.Module):
             ]
         )
         self.hidden_norm = nn.ModuleList([nn.BatchNorm2d(hidden_channels) for _ in range(1, n_joints)])
-        self.decoders = nn.ModuleList([Deception(hidden_channels, n_up=3) for _ in range(n_joints)])
+        self.decoders = nn.ModuleList([Deception(hidden_channels, n_up=steps) for _ in range(n_joints)])
 
     def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
         height, width = image.shape[-2:]
-        grid = (math.ceil(height / 32), math.ceil(width / 32))
-        out_size = (height // 4, width // 4)
+        grid = (math.ceil(height / HIDDEN_STRIDE), math.ceil(width / HIDDEN_STRIDE))
+        out_size = (height // self.output_stride, width // self.output_stride)
         # ResNet features are exactly H/32 x W/32 for inputs divisible by 32; Inception's are not.
         features = resize_to(self.encoder(image), grid)  # (N, C, H/32, W/32)
         hidden = self.init_hidden(features)  # (N, D, H/32, W/32)
@@ -160,14 +173,14 @@ class ChainedPredictions(nn.Module):
                 earlier = torch.cat(embeddings, dim=1)  # (N, t*E, H/32, W/32)
                 conditioned = self.output_to_hidden[step - 1](earlier)  # (N, D, H/32, W/32)
                 hidden = F.relu(self.hidden_norm[step - 1](recurrent + conditioned))
-            heatmap = resize_to(self.decoders[step](hidden), out_size)  # (N, 1, H/4, W/4)
+            heatmap = resize_to(self.decoders[step](hidden), out_size)  # (N, 1, H/s, W/s)
             heatmaps[joint] = heatmap
             if step < self.n_joints - 1:
                 embeddings.append(resize_to(self.embed(heatmap), grid))  # (N, E, H/32, W/32)
-        return [torch.cat(heatmaps, dim=1)]  # [(N, K, H/4, W/4)]
+        return [torch.cat(heatmaps, dim=1)]  # [(N, K, H/s, W/s)]
 
 
-@register_model("ChainedPredictions", target="heatmap")
+@register_model("ChainedPredictions", target="heatmap", output_strides=OUTPUT_STRIDES)
 def chained_predictions(
     n_joints: int = 16,
     model_name: str = "resnet50",
@@ -176,6 +189,8 @@ def chained_predictions(
     pretrained_path: str | None = None,
     hidden_channels: int = 128,
     chain_order: Sequence[int] | None = None,
+    input_res: int = 256,
+    output_res: int = 64,
 ) -> ChainedPredictions:
     """Chained Predictions with a torchvision encoder (resnet18/34/50/101/152 or inception_v3).
 
@@ -185,7 +200,16 @@ def chained_predictions(
     earlier joint's position can move evidence for the next one across neighbouring cells).
     ``chain_order`` lists dataset joint indices in prediction order (default: head, torso, then
     arms and legs from the root outwards for MPII/COCO; index order for other joint sets).
+    ``input_res / output_res`` (the config's inputRes / outputRes) is the output stride: heatmaps
+    of 1/4 of the input (the paper's 64x64 for 256) or 1/8 (the original project's configs).
     """
     return ChainedPredictions(
-        n_joints, model_name, hh_kernel, oh_kernel, pretrained_path, hidden_channels, chain_order
+        n_joints,
+        model_name,
+        hh_kernel,
+        oh_kernel,
+        pretrained_path,
+        hidden_channels,
+        chain_order,
+        output_stride=input_res // output_res,
     )

@@ -14,6 +14,10 @@ class ModelProfile:
     parameters: int
     gflops: float  # per image, one forward pass
     output_shapes: list[tuple[int, ...]]  # one per stage, for a batch of one
+    # the fewest values per channel that a BatchNorm layer normalises for one image (its smallest
+    # input's N*H*W for a batch of one); training needs more than one per channel over the batch,
+    # so 1 means a batch of one sample fails. None: the model has no BatchNorm
+    norm_values: int | None = None
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -29,11 +33,28 @@ def profile_model(model: nn.Module, input_size: tuple[int, int]) -> ModelProfile
     was_training = model.training
     model.eval()
     parameter = next(model.parameters())
-    with FlopCounterMode(display=False) as counter:
-        outputs = model(torch.zeros(1, 3, height, width, device=parameter.device, dtype=parameter.dtype))
-    model.train(was_training)
+    norm_values: list[int] = []
+
+    def count_values(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        norm_values.append(inputs[0].numel() // max(inputs[0].shape[1], 1))  # N*H*W for N = 1 image
+
+    hooks = [
+        module.register_forward_pre_hook(count_values)
+        for module in model.modules()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm)
+    ]
+    try:
+        with FlopCounterMode(display=False) as counter:
+            outputs = model(torch.zeros(1, 3, height, width, device=parameter.device, dtype=parameter.dtype))
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
     return ModelProfile(
-        count_parameters(model), counter.get_total_flops() / 1e9, [tuple(o.shape) for o in outputs]
+        count_parameters(model),
+        counter.get_total_flops() / 1e9,
+        [tuple(o.shape) for o in outputs],
+        min(norm_values) if norm_values else None,
     )
 
 

@@ -242,7 +242,8 @@ class PoseAttention(nn.Module):
         return outputs
 
 
-@register_model("PoseAttention", target="heatmap")
+# the stem takes the input to 1/4, where the hourglasses work and the heatmaps come out
+@register_model("PoseAttention", target="heatmap", output_strides=(4,), heatmap_halvings="nReductions")
 def pose_attention(
     n_joints: int = 16,
     n_channels: int = 256,

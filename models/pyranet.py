@@ -327,7 +327,8 @@ class PyraNet(StackedHourglass):
                 head.bias.zero_()
 
 
-@register_model("PyraNet", target="heatmap")
+# the stem takes the input to 1/4, where the hourglasses work and the heatmaps come out
+@register_model("PyraNet", target="heatmap", output_strides=(4,), heatmap_halvings="nReductions")
 def pyranet(
     n_joints: int = 16,
     n_channels: int = 256,

@@ -3,6 +3,10 @@
 A builder's signature is its defaults: ``build_model`` passes it only the keyword arguments it
 declares, so a new option never reaches a model that did not ask for it. Each model also declares
 its target type ("heatmap" or "regression"); codecs, losses and metrics are chosen from that.
+
+A heatmap model also states which ``inputRes / outputRes`` strides it can produce and, when it
+halves its heatmap-sized features internally (an hourglass), the option counting the halvings, so
+``utils.options.check_model_sizes`` refuses a configuration it cannot build before anything is built.
 """
 
 from __future__ import annotations
@@ -24,9 +28,26 @@ class ModelEntry:
     name: str
     builder: Callable[..., nn.Module]
     target_type: str
+    # inputRes / outputRes values the model can produce; None: not stated (a regressor has no
+    # heatmap; an undeclared heatmap model is checked against its built output instead)
+    output_strides: tuple[int, ...] | None = None
+    # the option counting how often the model halves its heatmap-sized features (each halving
+    # needs at least 2 pixels on both axes); None: it does not
+    heatmap_halvings: str | None = None
 
     def parameter_names(self) -> list[str]:
         return list(inspect.signature(self.builder).parameters)
+
+    def output_ratios(self) -> str:
+        """The ``outputRes / inputRes`` ratios it accepts, e.g. ``1/4 or 1/8``; ``any`` if not stated."""
+        if self.output_strides is None:
+            return "any"
+        ratios = [f"1/{s}" if s > 1 else "1" for s in self.output_strides]
+        return ratios[0] if len(ratios) == 1 else f"{', '.join(ratios[:-1])} or {ratios[-1]}"
+
+    def default(self, option: str) -> Any:
+        """The builder's default for config option ``option`` (``nReductions`` -> ``n_reductions``)."""
+        return inspect.signature(self.builder).parameters[option_to_parameter(option)].default
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -39,16 +60,27 @@ class UnknownModelError(KeyError):
 
 
 def register_model(
-    name: str, *, target: str = "heatmap"
+    name: str,
+    *,
+    target: str = "heatmap",
+    output_strides: tuple[int, ...] | None = None,
+    heatmap_halvings: str | None = None,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator registering ``builder`` under ``name`` (looked up case-insensitively)."""
+    """Decorator registering ``builder`` under ``name`` (looked up case-insensitively).
+
+    ``output_strides``: the ``inputRes / outputRes`` ratios (as strides, 4 for 1/4) the model can
+    produce. ``heatmap_halvings``: the config option counting how often it halves its
+    heatmap-sized features (e.g. ``nReductions``)."""
     if target not in TARGET_TYPES:
         raise ValueError(f"target must be one of {TARGET_TYPES}, got {target!r}")
+    if output_strides is not None and (not output_strides or min(output_strides) < 1):
+        raise ValueError(f"output_strides must be positive integers, got {output_strides!r}")
 
     def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name.lower() in _LOOKUP:
             raise ValueError(f"model name {name!r} is already registered")
-        _REGISTRY[name] = ModelEntry(name, builder, target)
+        strides = tuple(sorted(output_strides)) if output_strides is not None else None
+        _REGISTRY[name] = ModelEntry(name, builder, target, strides, heatmap_halvings)
         _LOOKUP[name.lower()] = name
         return builder
 

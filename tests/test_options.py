@@ -64,7 +64,7 @@ def test_optimizer_pars_repeatable():
         (["--LR", "fast"], "argument --LR: invalid float value: 'fast'"),
         (["--LR", "0"], "LR: must be > 0, got 0.0"),
         (["--LR=-1e-3"], "LR: must be > 0, got -0.001"),
-        (["--outputRes", "30"], "outputRes: 30 does not divide inputRes 128"),
+        (["--outputRes", "30"], "outputRes: 30 with inputRes 128 is a ratio StackedHourGlass cannot produce"),
         (["--nJoints", "17"], "nJoints: 17 disagrees with dataset synthetic, which has 16 joints"),
         (["--TargetType", "direct"], "TargetType: 'direct' disagrees with model StackedHourGlass"),
         (["--optimizer_type", "Adamm"], "did you mean 'Adam'"),
