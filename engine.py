@@ -39,23 +39,87 @@ class Precision:
         return torch.autocast(device.type, dtype=torch.bfloat16 if self.amp == "bf16" else torch.float16)
 
 
-def _to_device(batch: dict[str, Any], device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+# ImageNet statistics, as in datasets.base.normalise (the CPU path for single images)
+_MEAN = (0.485, 0.456, 0.406)
+_STD = (0.229, 0.224, 0.225)
+
+
+def prepare_images(
+    images: torch.Tensor,
+    gains: torch.Tensor | None,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """uint8 crops (N, 3, h, w) and colour gains (N, 3) -> the network input on ``device``:
+    scaled to [0, 1], times the gain, minus the ImageNet mean, over its std (the same numbers as
+    datasets.base.normalise). Done here, not in the workers, so a quarter of the bytes cross
+    worker shared memory and the host-to-device copy, and the arithmetic runs on the device."""
     non_blocking = device.type == "cuda"
-    image = batch["image"].to(device, dtype=dtype, non_blocking=non_blocking)
+    images = images.to(device, non_blocking=non_blocking)
+    if images.dtype != torch.uint8:  # already normalised (a caller's own float batch)
+        pixels = images.to(dtype)
+    else:
+        std = torch.tensor(_STD, device=device).view(1, 3, 1, 1)
+        mean = torch.tensor(_MEAN, device=device).view(1, 3, 1, 1)
+        gain = torch.ones(1, 3, 1, 1, device=device)
+        if gains is not None:
+            gain = gains.to(device, dtype=torch.float32, non_blocking=non_blocking).view(-1, 3, 1, 1)
+        pixels = (images.float() * (gain / (255.0 * std)) - mean / std).to(dtype)
+    return pixels.contiguous(memory_format=torch.channels_last) if channels_last else pixels
+
+
+def _to_device(
+    batch: dict[str, Any], device: torch.device, dtype: torch.dtype, channels_last: bool = False
+) -> tuple[torch.Tensor, ...]:
+    non_blocking = device.type == "cuda"
+    image = prepare_images(batch["image"], batch["meta"].get("color_gain"), device, dtype, channels_last)
     target = batch["target"].to(device, dtype=dtype, non_blocking=non_blocking)
     weight = batch["target_weight"].to(device, dtype=dtype, non_blocking=non_blocking)
     return image, target, weight
 
 
-def _batch_pck(codec: Codec, output: torch.Tensor, batch: dict[str, Any]) -> float:
-    """Running training metric: PCK@0.5 (heatmap size / 10) of the last stage on this batch,
-    against the joints decoded from the batch's own targets."""
-    pred, _ = codec.decode(output.detach().float().cpu().numpy())  # (N, K, 2) input px
-    truth, _ = codec.decode(batch["target"].float().numpy())
-    # heatmap size / 10 measured in input pixels: the heatmap spans the whole input crop
-    normaliser = np.full(len(pred), codec.input_size[1] / 10.0)
-    score, _ = pck_summary(pred, truth, batch["target_weight"].numpy(), normaliser)
-    return score
+def _argmax_joints(heatmaps: torch.Tensor) -> torch.Tensor:
+    """(N, K, H, W) -> (N, K, 2) heatmap px: the first maximum plus a quarter pixel towards the
+    higher neighbour, as HeatmapCodec.decode's quarter rule, computed where the heatmaps are."""
+    n, k, height, width = heatmaps.shape
+    flat = heatmaps.reshape(n, k, -1)
+    peak = flat.argmax(dim=2)  # (N, K)
+    x, y = peak % width, peak // width
+
+    def value_at(xx: torch.Tensor, yy: torch.Tensor) -> torch.Tensor:
+        xx, yy = xx.clamp(0, width - 1), yy.clamp(0, height - 1)
+        return flat.gather(2, (yy * width + xx)[..., None])[..., 0]
+
+    dx = torch.where((x > 0) & (x < width - 1), torch.sign(value_at(x + 1, y) - value_at(x - 1, y)), 0.0)
+    dy = torch.where((y > 0) & (y < height - 1), torch.sign(value_at(x, y + 1) - value_at(x, y - 1)), 0.0)
+    return torch.stack([x + 0.25 * dx, y + 0.25 * dy], dim=-1)
+
+
+def _to_input_px(codec: Codec, output: torch.Tensor) -> torch.Tensor:
+    """Decoded joints (N, K, 2) in input pixels from a heatmap or regression output."""
+    size = torch.tensor(codec.input_size, device=output.device, dtype=torch.float64)
+    if codec.target_type == "regression":
+        return (output.double() + 0.5) * size - 0.5
+    heatmap = torch.tensor(codec.heatmap_size, device=output.device, dtype=torch.float64)
+    anchor = codec.convention.anchor
+    return (_argmax_joints(output.double()) + anchor) * (size / heatmap) - anchor
+
+
+def _batch_pck(
+    codec: Codec, output: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
+) -> torch.Tensor:
+    """Running training metric, as a 0-d tensor on the output's device (read with the loss, so
+    the step costs no extra host synchronisation): PCK@0.5 in percent of the last stage on this
+    batch, against the joints decoded from the batch's own targets, with normaliser heatmap size
+    / 10 (input height / 10 in input pixels: the heatmap spans the whole crop). NaN when no joint
+    of the batch is supervised. metrics.pck.pck_summary is the same number in numpy."""
+    with torch.no_grad():
+        pred = _to_input_px(codec, output.detach().float())
+        truth = _to_input_px(codec, target.float())
+        labelled = weight.reshape(weight.shape[0], -1) > 0  # (N, K)
+        close = (pred - truth).norm(dim=-1) <= 0.5 * codec.input_size[1] / 10.0
+        return 100.0 * (close & labelled).sum().double() / labelled.sum()
 
 
 def train_one_epoch(
@@ -74,6 +138,7 @@ def train_one_epoch(
     on_step: Callable[[int, float, float, float], None] | None = None,
     resume_from: EpochState | None = None,
     pause: Callable[[EpochState], bool] | None = None,
+    channels_last: bool = False,
 ) -> EpochState:
     """Train one epoch; returns its state, whose ``metrics()`` are the mean loss and running PCK
     over the epoch (averaged over ranks).
@@ -81,6 +146,8 @@ def train_one_epoch(
     ``on_step(step, loss, pck, lr)``, when given, is called on this rank after every optimizer
     step: the batch index in the epoch (1-based), the mean loss of the batches that step applied
     (more than one with ``accumulation``), the epoch's running PCK so far and the step's LR.
+
+    ``channels_last``: feed the model channels_last inputs (give it channels_last weights too).
 
     ``resume_from``: the state of an epoch interrupted after ``resume_from.step`` batches, whose
     loader already skips those batches. ``pause(state)`` is asked after every optimizer step; when
@@ -95,11 +162,15 @@ def train_one_epoch(
     window_loss, window = 0.0, 0  # the batches of the optimizer step being accumulated
     optimizer.zero_grad(set_to_none=True)
     for step, batch in enumerate(loader, start=state.step + 1):
-        image, target, weight = _to_device(batch, device, precision.dtype)
+        image, target, weight = _to_device(batch, device, precision.dtype, channels_last)
         with precision.autocast(device):
             outputs = model(image)
             loss = loss_fn(outputs, target, weight)
-        if not all_ranks(bool(torch.isfinite(loss)), context):
+        pck = _batch_pck(codec, outputs[-1], target, weight)
+        # The one host synchronisation of a step: the loss must be seen finite before the optimizer
+        # applies it, and reading the loss and PCK with it costs nothing more.
+        value, batch_pck = torch.stack([loss.detach().double(), pck.double()]).tolist()
+        if not all_ranks(math.isfinite(value), context):
             raise NonFiniteLossError(f"loss became non-finite at epoch {epoch}, step {step}; stopping")
         scaled = loss / accumulation
         (scaler.scale(scaled) if scaler is not None else scaled).backward()
@@ -111,9 +182,8 @@ def train_one_epoch(
             else:
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        value = loss.item()
         state.loss_sum += value
-        state.pck_sum += _batch_pck(codec, outputs[-1], batch)
+        state.pck_sum += batch_pck
         state.step = step
         window_loss, window = window_loss + value, window + 1
         progress.update(loss=state.loss_sum / step, PCK=state.pck_sum / step)
@@ -170,6 +240,20 @@ def unflip_output(
     return swapped * torch.tensor([-1.0, 1.0], device=output.device, dtype=output.dtype)
 
 
+def flip_averaged(
+    model: nn.Module,
+    image: torch.Tensor,
+    last: torch.Tensor,
+    flip_permutation: np.ndarray,
+    target_type: str,
+    shift: int = 0,
+) -> torch.Tensor:
+    """The flip test: ``last``, the model's final output for ``image`` (N, 3, h, w), averaged with
+    its final output for the mirrored image, mapped back by :func:`unflip_output`."""
+    mirrored = model(image.flip(-1))[-1].float()
+    return (last + unflip_output(mirrored, flip_permutation, target_type, shift)) / 2
+
+
 @torch.no_grad()
 def predict(
     model: nn.Module,
@@ -182,10 +266,16 @@ def predict(
     progress_mode: str = "auto",
     title: str = "val",
     flip_permutation: np.ndarray | None = None,
+    keep: int = 0,
+    channels_last: bool = False,
 ) -> dict[str, np.ndarray]:
     """Run the model over ``loader`` and return, gathered over all ranks and sorted by sample
     index: ``preds`` (N, K, 2) in original-image pixels, ``scores`` (N, K), the ground truth from
     each sample's meta, and ``loss`` (N,) per sample (its batch's mean).
+
+    With ``keep``, also this rank's first ``keep`` crops as the loader gave them (``crop_images``,
+    (n, 3, h, w), the batches' own ``image`` dtype) and their predictions in crop pixels
+    (``crop_preds``, (n, K, 2)), so a picture of them needs no second forward pass.
 
     With ``flip_permutation`` (the dataset's left/right swap), each prediction is averaged with
     the prediction for the mirrored image, mirrored back (flip test)."""
@@ -193,16 +283,20 @@ def predict(
     device = context.device
     progress = EpochProgress(title, len(loader), progress_mode if context.is_main else "none")
     parts: dict[str, list[np.ndarray]] = {}
+    kept: dict[str, list[np.ndarray]] = {"crop_images": [], "crop_preds": []}
     for batch in loader:
-        image, target, weight = _to_device(batch, device, precision.dtype)
+        image, target, weight = _to_device(batch, device, precision.dtype, channels_last)
         with precision.autocast(device):
             outputs = model(image)
             last = outputs[-1].float()
             if flip_permutation is not None:
-                mirrored = model(image.flip(-1))[-1].float()
                 shift = codec.convention.flip_shift
-                last = (last + unflip_output(mirrored, flip_permutation, codec.target_type, shift)) / 2
+                last = flip_averaged(model, image, last, flip_permutation, codec.target_type, shift)
         joints, scores = codec.decode(last.cpu().numpy())  # (N, K, 2) input px
+        wanted = keep - sum(len(crops) for crops in kept["crop_images"])
+        if wanted > 0:
+            kept["crop_images"].append(batch["image"][:wanted].clone().numpy())  # (n, 3, h, w)
+            kept["crop_preds"].append(joints[:wanted])
         inverse = batch["meta"]["inverse_affine"].numpy().astype(np.float64)  # (N, 2, 3)
         meta = batch["meta"]
         batch_loss = loss_fn(outputs, target, weight).item() if loss_fn is not None else math.nan
@@ -227,7 +321,10 @@ def predict(
     gathered = gather_arrays(local, context)
     # ranks see disjoint index sets; sorting restores dataset order whatever the world size
     order = np.argsort(gathered["index"], kind="stable")
-    return {key: value[order] for key, value in gathered.items()}
+    results = {key: value[order] for key, value in gathered.items()}
+    if keep and kept["crop_images"]:
+        results.update({key: np.concatenate(value, axis=0) for key, value in kept.items()})
+    return results
 
 
 def score_predictions(results: dict[str, np.ndarray]) -> dict[str, float]:

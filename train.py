@@ -11,6 +11,7 @@ import functools
 import math
 import os
 import random
+import re
 import signal
 import sys
 import time
@@ -24,12 +25,21 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from datasets import Augmentation, KeypointDataset, build_datasets, make_codec
 from datasets.loading import BadSampleReport, GuardedDataLoader
-from engine import EpochState, NonFiniteLossError, Precision, predict, score_predictions, train_one_epoch
+from datasets.skeletons import JointSpec
+from engine import (
+    EpochState,
+    NonFiniteLossError,
+    Precision,
+    predict,
+    score_predictions,
+    train_one_epoch,
+)
 from inference import frame_sizes, joint_spec_of, load_weights
 from losses import make_loss
 from metrics import coco, mpii
 from models import build_model
-from models.complexity import profile_model
+from models.complexity import ModelProfile, profile_model
+from models.registry import option_to_parameter
 from utils.checkpoint import (
     CheckpointWriteError,
     capture_rng_state,
@@ -52,8 +62,7 @@ def run(opts: argparse.Namespace) -> int:
     say = print if context.is_main else (lambda *a, **k: None)
 
     input_size, heatmap_size = frame_sizes(opts)  # (width, height)
-    model = build_model(opts.model, **vars(opts))
-    profile = profile_model(model, input_size[::-1])
+    model, profile = build_profiled(opts, input_size)
     check_output_shape(profile.output_shapes, opts, heatmap_size)
     say(
         f"model {opts.model}: {profile.parameters / 1e6:.2f} M parameters, {profile.gflops:.2f} GFLOPs per image"
@@ -62,8 +71,15 @@ def run(opts: argparse.Namespace) -> int:
         say("note: --amp fp16 on the CPU is slow and gains nothing; bf16 is the CPU's mixed precision")
     precision = Precision(opts.amp, torch.float64 if opts.usedouble else torch.float32)
     model = model.to(context.device, dtype=precision.dtype)
+    # channels_last pays on CUDA (cuDNN's NHWC kernels); on the CPU it is opt-in (see
+    # benchmarks/training_step.py for what it gives each model there)
+    channels_last = opts.channelsLast if opts.channelsLast is not None else context.device.type == "cuda"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
 
-    codec = make_codec(opts.target_type, input_size, heatmap_size, opts.hmGauss, opts.coordConvention)
+    codec = make_codec(
+        opts.target_type, input_size, heatmap_size, opts.hmGauss, opts.coordConvention, opts.postProcess
+    )
     loss_fn = make_loss(opts.target_type)
     augmentation = Augmentation(
         opts.maxScale, opts.maxRotate, opts.rotateProb, opts.maxTranslate, opts.flipProb, opts.colorJitter
@@ -76,9 +92,11 @@ def run(opts: argparse.Namespace) -> int:
         half_body_prob=opts.halfBodyProb, joint_spec=joint_spec_of(opts),
         synthetic_sizes=(opts.syntheticTrain, opts.syntheticVal), synthetic_image_size=opts.imageRes,
         skip_bad_samples=opts.skipBadSamples, max_bad_fraction=opts.maxBadFraction,
-        allow_outside_paths=opts.allowOutsidePaths,
+        allow_outside_paths=opts.allowOutsidePaths, image_cache=opts.imageCache,
     )  # fmt: skip
-    train_loader, val_loader = make_loaders(train_set, val_set, opts, context)
+    # a training batch of one gives BatchNorm a single value per channel where a feature map is 1x1
+    min_batch = 2 if profile.norm_values == 1 and not opts.browse else 1
+    train_loader, val_loader = make_loaders(train_set, val_set, opts, context, min_batch)
 
     optimizer = getattr(torch.optim, opts.optimizer_type)(
         model.parameters(), lr=opts.LR, **opts.optimizer_kwargs
@@ -100,18 +118,32 @@ def run(opts: argparse.Namespace) -> int:
             say(f"wrote {len(paths)} augmented training samples to {run_dir / 'browse'}")
         return 0
     recorder = RunRecorder(run_dir, enabled=context.is_main)
+    if train_loader is not None and train_loader.sampler.tail:
+        note = (
+            f"dropping the last training batch of every epoch, {train_loader.sampler.tail} sample(s) per process "
+            f"of {len(train_set)}: a batch that small gives BatchNorm in {opts.model} a single value per channel"
+        )
+        recorder.log_line(note)
+        say(f"note: {note}")
     main_metric = val_set.main_metric
     net = DistributedDataParallel(model) if context.is_distributed else model
+    # compiled for training only: validation runs the eager module (eval-mode BatchNorm would
+    # otherwise cost a second compilation); checkpoints always hold `model`'s own names
+    train_net = torch.compile(net) if opts.compile else net
     flip = val_set.joint_spec.flip_permutation() if opts.flipTest else None
     predict_val = functools.partial(
         predict, net, val_loader, codec, context,
         loss_fn=loss_fn, precision=precision, progress_mode=opts.progress, flip_permutation=flip,
+        channels_last=channels_last,
     )  # fmt: skip
+
+    pictured: dict[str, np.ndarray] = {}  # the last validation's first crops and predictions
 
     def validate(output_dir: Path | None = None, epoch: int | None = None) -> dict[str, float]:
         """Generic metrics plus the dataset's official ones (files only from rank 0); with
         ``epoch``, TensorBoard's skeleton grid drawn from these same predictions."""
-        results = predict_val()
+        results = predict_val(keep=PICTURE_CROPS if context.is_main else 0)
+        pictured.update({key: results[key] for key in ("crop_images", "crop_preds") if key in results})
         if epoch is not None:
             watcher.log_predictions(epoch, val_set, results)
         return score_predictions(results) | val_set.evaluate(results, output_dir if context.is_main else None)
@@ -153,9 +185,10 @@ def run(opts: argparse.Namespace) -> int:
         train_set.set_epoch(epoch)
         try:
             state = train_one_epoch(
-                net, loss_fn, train_loader, optimizer, codec, context, epoch,
+                train_net, loss_fn, train_loader, optimizer, codec, context, epoch,
                 accumulation=opts.mini_batch_count, precision=precision, scaler=scaler, progress_mode=opts.progress,
                 on_step=watcher.step_logger(epoch), resume_from=partial, pause=pause,
+                channels_last=channels_last,
             )  # fmt: skip
             partial = None
             if not state.complete:
@@ -198,14 +231,20 @@ def run(opts: argparse.Namespace) -> int:
     stop.restore()
 
     if context.is_main:
-        picture = draw_predictions(
-            model, val_set, codec, context.device, precision, run_dir / "predictions.png"
-        )
+        picture = None
+        if pictured:  # the last validation's own outputs: no second forward pass
+            picture = draw_predictions(
+                pictured["crop_images"],
+                pictured["crop_preds"],
+                val_set.joint_spec,
+                run_dir / "predictions.png",
+            )
         say(f"run directory: {run_dir}")
         say(f"checkpoint: {run_dir / 'last.pth'} (best {main_metric} {best:.2f}: {run_dir / 'best.pth'})")
         if metrics:
             say(format_metrics(metrics))
-        say(f"predicted skeletons: {picture}")
+        if picture is not None:
+            say(f"predicted skeletons: {picture}")
     return 0
 
 
@@ -213,6 +252,22 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def build_profiled(
+    opts: argparse.Namespace, input_size: tuple[int, int]
+) -> tuple[torch.nn.Module, ModelProfile]:
+    """The model and its profile (one forward pass at ``input_size``, (width, height)). A builder
+    refusing a value (a kernel size, a backbone name, an input too small for it) stops in one line
+    that names the config keys."""
+    try:
+        model = build_model(opts.model, **vars(opts))
+        return model, profile_model(model, input_size[::-1])
+    except (ValueError, FileNotFoundError) as error:
+        # builders name their parameters (hh_kernel), the user wrote config keys (hhKernel)
+        keys = {option_to_parameter(key): key for key in opts.config}
+        message = re.sub(r"\b[a-z]\w*_\w+\b", lambda found: keys.get(found[0], found[0]), str(error))
+        fail(f"model {opts.model}: {message}")
 
 
 def check_output_shape(
@@ -236,13 +291,20 @@ def make_loaders(
     val_set: KeypointDataset,
     opts: argparse.Namespace,
     context: DistributedContext,
+    min_batch: int = 1,
 ) -> tuple[DataLoader | None, DataLoader]:
+    """Validation and training loaders. A last training batch smaller than ``min_batch`` (the
+    smallest batch the model can train on) is left out of every epoch; a batch size or training
+    set that leaves no such batch at all is refused in one line."""
     pin = context.device.type == "cuda" and not opts.dont_pin_memory
     common = {"batch_size": opts.data_loader_size, "num_workers": opts.nThreads, "pin_memory": pin}
     # bad samples go to <run>/bad_samples.txt; a dead worker's error names its sample (datasets/loading.py)
     common["report"] = BadSampleReport(opts.run_dir, [train_set, val_set], context.is_main, context.device)
     if opts.nThreads > 0:
         common["worker_init_fn"] = _quiet_worker
+        # workers (and their imports, open files, decoded-image maps) live for the whole run; a
+        # dataset's epoch is in shared memory, so they follow set_epoch
+        common["persistent_workers"] = True
     # each rank scores a disjoint strided share of the validation set, without padding duplicates
     val_loader = GuardedDataLoader(
         val_set, sampler=range(context.rank, len(val_set), context.world_size), **common
@@ -253,22 +315,41 @@ def make_loaders(
     sampler = ResumableSampler(
         train_set, num_replicas=context.world_size, rank=context.rank, shuffle=opts.shuffle, seed=opts.seed
     )
+    if opts.data_loader_size < min_batch:
+        fail(
+            f"data_loader_size: {opts.data_loader_size} gives BatchNorm in {opts.model} a single value per "
+            f"channel (a feature map is 1x1 at inputRes {opts.inputRes}); use data_loader_size >= {min_batch} "
+            f"or a larger inputRes"
+        )
+    per_rank = len(sampler)  # the same on every rank: DistributedSampler pads the shares to equal length
+    if per_rank < min_batch:
+        size_key = "syntheticTrain" if opts.dataset == "synthetic" else "trainAnnotation"
+        fail(
+            f"{size_key}: {len(train_set)} training samples give {per_rank} per process, fewer than the "
+            f"{min_batch} a batch of {opts.model} needs at inputRes {opts.inputRes} (BatchNorm would see a "
+            f"single value per channel)"
+        )
+    short = per_rank % opts.data_loader_size
+    sampler.tail = short if short < min_batch else 0  # every rank drops the same last batch
     return GuardedDataLoader(train_set, sampler=sampler, drop_last=False, **common), val_loader
 
 
 class ResumableSampler(DistributedSampler):
     """DistributedSampler that can skip the first ``skip`` indices of its next pass: the batches an
     interrupted epoch already trained on (the order is a function of (seed, epoch), so the rest
-    of the epoch is exactly what the uninterrupted run saw)."""
+    of the epoch is exactly what the uninterrupted run saw). The last ``tail`` indices of every
+    pass are left out (a last batch too small to train on)."""
 
     skip = 0
+    tail = 0
 
     def __iter__(self):
         skip, self.skip = self.skip, 0
-        return iter(list(super().__iter__())[skip:])
+        order = list(super().__iter__())
+        return iter(order[skip : len(order) - self.tail])
 
     def __len__(self) -> int:
-        return super().__len__() - self.skip
+        return super().__len__() - self.skip - self.tail
 
 
 class StopRequest:
@@ -438,26 +519,18 @@ def format_metrics(metrics: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-@torch.no_grad()
-def draw_predictions(
-    model, dataset: KeypointDataset, codec, device, precision: Precision, path: Path, count: int = 8
-) -> Path:
-    """Predicted skeletons on the first validation crops (left-side joints have white centres)."""
-    model.eval()
-    samples = [dataset[i] for i in range(min(count, len(dataset)))]
-    images = torch.stack([s["image"] for s in samples]).to(device, dtype=precision.dtype)
-    joints, _ = codec.decode(model(images)[-1].float().cpu().numpy())
-    spec = dataset.joint_spec
+# validation crops in predictions.png, kept from the last validation
+PICTURE_CROPS = 8
+
+
+def draw_predictions(images: np.ndarray, joints: np.ndarray, spec: JointSpec, path: Path) -> Path:
+    """Predicted skeletons, ``joints`` (n, K, 2) in crop pixels, on validation crops ``images``
+    (n, 3, h, w) as the loader gave them (left-side joints have white centres)."""
     drawn = [
         draw_pose(
-            to_uint8_image(s["image"].numpy()),
-            pose,
-            np.ones(len(pose)),
-            spec.skeleton,
-            (0, 255, 0),
-            spec.left_joints,
+            to_uint8_image(image), pose, np.ones(len(pose)), spec.skeleton, (0, 255, 0), spec.left_joints
         )
-        for s, pose in zip(samples, joints, strict=True)
+        for image, pose in zip(images, joints, strict=True)
     ]
     return save_grid(drawn, path)
 

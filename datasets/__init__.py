@@ -7,6 +7,8 @@ package imports each dataset module, so ``build_datasets`` finds them all by nam
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from datasets.base import Augmentation, DataError, KeypointDataset
 from datasets.codecs import Codec, HeatmapCodec, RegressionCodec, make_codec
 from datasets.registry import DataRequest, get_dataset_entry, joint_spec_for, list_datasets, register_dataset
@@ -45,6 +47,7 @@ def build_datasets(
     skip_bad_samples: bool = False,
     max_bad_fraction: float = 0.01,
     allow_outside_paths: bool = False,
+    image_cache: str | None = None,
 ) -> tuple[KeypointDataset | None, KeypointDataset]:
     """(training set with ``augmentation`` or None without ``with_train``, validation set).
 
@@ -52,7 +55,8 @@ def build_datasets(
     ``bbox_file`` (person detections) apply to the validation split only; ``half_body_prob`` to
     COCO-format training; ``joint_spec`` is the custom dataset's joint set (``inference.joint_spec_of``).
     ``skip_bad_samples``, ``max_bad_fraction`` and ``allow_outside_paths`` say what to do with bad
-    records and images (:class:`datasets.validation.BadDataPolicy`)."""
+    records and images (:class:`datasets.validation.BadDataPolicy`). ``image_cache``: a folder where
+    decoded images are kept between epochs (:class:`datasets.base.DecodedCache`)."""
     try:
         entry = get_dataset_entry(name)
     except KeyError as error:
@@ -65,7 +69,12 @@ def build_datasets(
     )  # fmt: skip
     val = entry.build(request, train=False)
     # -test needs no training split, which users often do not have on the evaluation machine
-    return (entry.build(request, train=True) if with_train else None), val
+    train = entry.build(request, train=True) if with_train else None
+    if image_cache:
+        for dataset in (train, val):
+            if dataset is not None:
+                dataset.image_cache = Path(image_cache)
+    return train, val
 
 
 __all__ = [

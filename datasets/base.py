@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from datasets.codecs import Codec
 from datasets.skeletons import JointSpec
 from datasets.validation import SKIP_HINT, BadDataPolicy
-from utils.transforms import apply_affine, crop_affine, invert_affine, warp_image
+from utils.transforms import apply_affine, compose_affine, crop_affine, invert_affine, warp_image
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -28,7 +28,7 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 # Every sample's meta has exactly these keys, whatever the dataset, so batches always collate.
 META_KEYS = (
     "index", "image_id", "center", "scale", "rotation", "flipped", "joints", "visible",
-    "head_size", "area", "box_score", "inverse_affine",
+    "head_size", "area", "box_score", "inverse_affine", "color_gain",
 )  # fmt: skip
 
 
@@ -69,15 +69,8 @@ def check_record_in_image(record: dict[str, Any], shape: tuple[int, ...]) -> Non
         raise DataError(str(error)) from None
 
 
-def read_image(path: str | Path, upright: bool = False) -> np.ndarray:
-    """(H, W, 3) uint8 RGB; raises DataError naming the path if it is missing, empty, not an
-    image, or a JPEG or PNG cut short (see :func:`datasets.validation.check_image_bytes`).
-
-    By default the bitmap is returned as stored, ignoring any EXIF orientation tag: dataset
-    annotations (and COCO's width/height) refer to the stored pixels, as in HRNet. ``upright``
-    applies the tag instead, giving the image as a viewer shows it (a user's own photos).
-    """
-    from datasets.validation import check_image_bytes, describe_start
+def _read_bytes(path: str | Path) -> bytes:
+    from datasets.validation import check_image_bytes
 
     try:
         with open(path, "rb") as stream:
@@ -87,6 +80,12 @@ def read_image(path: str | Path, upright: bool = False) -> np.ndarray:
     except OSError as error:
         raise DataError(f"cannot read image {path}: {error.strerror or error}") from None
     check_image_bytes(data, path)
+    return data
+
+
+def _decode_with_opencv(data: bytes, path: str | Path, upright: bool) -> np.ndarray:
+    from datasets.validation import describe_start
+
     flags = cv2.IMREAD_COLOR if upright else cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
     try:
         image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
@@ -95,6 +94,138 @@ def read_image(path: str | Path, upright: bool = False) -> np.ndarray:
     if image is None or image.ndim != 3 or image.shape[0] == 0 or image.shape[1] == 0:
         raise DataError(f"cannot read image {path}: not decodable ({describe_start(data)})")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def read_image(path: str | Path, upright: bool = False) -> np.ndarray:
+    """(H, W, 3) uint8 RGB; raises DataError naming the path if it is missing, empty, not an
+    image, or a JPEG or PNG cut short (see :func:`datasets.validation.check_image_bytes`).
+
+    By default the bitmap is returned as stored, ignoring any EXIF orientation tag: dataset
+    annotations (and COCO's width/height) refer to the stored pixels, as in HRNet. ``upright``
+    applies the tag instead, giving the image as a viewer shows it (a user's own photos).
+    """
+    return _decode_with_opencv(_read_bytes(path), path, upright)
+
+
+# libjpeg-turbo can decode a JPEG at k/8 of its stored size by scaling its inverse DCT, which
+# skips most of the pixel work (Huffman decoding, about 1.5 ms for a 1280x720 MPII image, stays).
+# k = 3 and k = 7 cost more than k = 4 and k = 8 (benchmarks/data_pipeline.py prints the costs),
+# so they are never chosen.
+JPEG_EIGHTHS = (1, 2, 4, 5, 6, 8)
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """An image decoded at ``scale`` times its stored size: stored pixel x (pixel centres at
+    integers) is decoded pixel ``(x + 0.5) * scale - 0.5``. ``stored_shape`` is (H, W) as stored,
+    which is what annotations refer to."""
+
+    pixels: np.ndarray  # (h, w, 3) uint8 RGB
+    scale: float
+    stored_shape: tuple[int, int]
+
+    def from_stored(self) -> np.ndarray:
+        """(2, 3) matrix mapping stored-image pixels to decoded pixels."""
+        s = self.scale
+        return np.array([[s, 0.0, 0.5 * s - 0.5], [0.0, s, 0.5 * s - 0.5]])
+
+
+def jpeg_eighths(zoom: float) -> int:
+    """The smallest k in JPEG_EIGHTHS with k / 8 >= ``zoom``: the cheapest decode that still has
+    at least the resolution of a crop showing the image at ``zoom`` crop pixels per image pixel."""
+    return next((k for k in JPEG_EIGHTHS if k / 8 >= zoom - 1e-9), 8)
+
+
+def decode_image(path: str | Path, zoom: float = 1.0, cache: Path | None = None) -> DecodedImage:
+    """The stored bitmap (EXIF orientation ignored, as :func:`read_image`), decoded only as large
+    as a crop at ``zoom`` (crop pixels per image pixel) needs: a JPEG at the cheapest k/8 scale
+    with k / 8 >= zoom, anything else (or a JPEG libjpeg-turbo reports damaged, which OpenCV then
+    judges as before) at full size.
+
+    ``cache``: a folder of decoded bitmaps (see :class:`DecodedCache`); a bitmap found there is
+    memory-mapped instead of decoded."""
+    import simplejpeg
+
+    data = _read_bytes(path)
+    is_jpeg = data.startswith(b"\xff\xd8")
+    k, height, width = 8, 0, 0
+    if is_jpeg:
+        try:
+            height, width, _, _ = simplejpeg.decode_jpeg_header(data)
+            k = jpeg_eighths(zoom)
+        except ValueError:
+            is_jpeg = False  # OpenCV judges it below
+    entry = DecodedCache(cache).entry(path, data, k) if cache is not None else None
+    if entry is not None:
+        found = DecodedCache.read(entry)
+        if found is not None:
+            return found
+    decoded = None
+    if is_jpeg:
+        need = (-(-height * k // 8), -(-width * k // 8))  # libjpeg rounds scaled sizes up
+        try:
+            pixels = simplejpeg.decode_jpeg(data, "RGB", min_height=need[0], min_width=need[1])
+            if pixels.shape[:2] == need:
+                decoded = DecodedImage(pixels, k / 8, (height, width))
+        except ValueError:
+            pass
+    if decoded is None:
+        pixels = _decode_with_opencv(data, path, upright=False)
+        decoded = DecodedImage(pixels, 1.0, pixels.shape[:2])
+    if entry is not None:
+        DecodedCache.write(entry, decoded)
+    return decoded
+
+
+class DecodedCache:
+    """Decoded bitmaps on disk, one uint8 ``.npy`` per (image file, decode scale), named by a hash
+    of the file's path, size, modification time and the scale, so an edited image is decoded
+    afresh. Reading one is a memory map (the page cache shares it between DataLoader workers), so
+    from the second epoch on no JPEG is decoded. Entries are written atomically; an unreadable
+    entry is decoded and written again, never an error."""
+
+    VERSION = 1
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+
+    def entry(self, path: str | Path, data: bytes, k: int) -> Path:
+        import hashlib
+
+        info = Path(path).stat()
+        key = f"{self.VERSION}|{Path(path).resolve()}|{len(data)}|{info.st_mtime_ns}|{k}"
+        name = hashlib.sha1(key.encode()).hexdigest()
+        return self.folder / name[:2] / f"{name}.npy"
+
+    @staticmethod
+    def read(entry: Path) -> DecodedImage | None:
+        try:
+            stored = np.load(entry, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError):
+            return None
+        # row 0 holds (scale numerator, stored height, stored width) in its first pixels' bytes
+        header = np.asarray(stored[0, :4]).reshape(-1).view(np.uint32)
+        k, height, width = int(header[0]), int(header[1]), int(header[2])
+        return DecodedImage(stored[1:], k / 8, (height, width))
+
+    @staticmethod
+    def write(entry: Path, decoded: DecodedImage) -> None:
+        import os
+        import tempfile
+
+        pixels = decoded.pixels
+        if pixels.shape[1] < 4:
+            return  # too narrow to hold the header row
+        header = np.zeros((1, pixels.shape[1], 3), dtype=np.uint8)
+        fields = np.array([round(decoded.scale * 8), *decoded.stored_shape], dtype=np.uint32).view(np.uint8)
+        header.reshape(-1)[: fields.size] = fields
+        try:
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=entry.parent, suffix=".tmp", delete=False) as stream:
+                np.save(stream, np.concatenate([header, pixels]), allow_pickle=False)
+            os.replace(stream.name, entry)
+        except OSError:
+            pass  # a full or read-only disk costs speed, not the sample
 
 
 class KeypointDataset(Dataset, ABC):
@@ -110,6 +241,8 @@ class KeypointDataset(Dataset, ABC):
     # whether a record's labelled joints and centre must lie near its decoded image (real data;
     # the synthetic people may leave their image)
     checks_image_bounds = False
+    # a DecodedCache folder for load_decoded (set by build_datasets from --imageCache), or None
+    image_cache: Path | None = None
 
     def __init__(
         self,
@@ -128,7 +261,9 @@ class KeypointDataset(Dataset, ABC):
         self.input_size = tuple(input_size)  # (width, height)
         self.augmentation = augmentation or Augmentation()
         self.seed = seed
-        self.epoch = 0
+        # in shared memory, so DataLoader workers kept between epochs (persistent_workers) see
+        # the epoch set_epoch gives in the main process
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._flip_perm = self.joint_spec.flip_permutation()
         # Bad data (datasets/validation.py): the annotation file's bad records, already dropped,
         # and with policy.skip a flag per record whose image turned out bad, in shared memory so
@@ -165,12 +300,24 @@ class KeypointDataset(Dataset, ABC):
         del results, output_dir
         return {}
 
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch[0])
+
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self._epoch[0] = epoch
 
     @abstractmethod
     def load_image(self, record: dict[str, Any]) -> np.ndarray:
         """(H, W, 3) uint8 RGB image the record's joints refer to."""
+
+    def load_decoded(self, record: dict[str, Any], zoom: float) -> DecodedImage:
+        """The record's image, possibly decoded smaller than stored when the crop shows it at
+        ``zoom`` (< 1) crop pixels per image pixel; datasets reading JPEG files override this
+        with :func:`decode_image`. By default the full :meth:`load_image`."""
+        del zoom
+        pixels = self.load_image(record)
+        return DecodedImage(pixels, 1.0, pixels.shape[:2])
 
     def sample_transform(self, index: int) -> tuple[np.ndarray, float, float, bool, np.ndarray]:
         """(center, box height, rotation, flip, colour gain) for sample ``index`` this epoch."""
@@ -262,10 +409,12 @@ class KeypointDataset(Dataset, ABC):
         matrix = crop_affine(
             center, box_height, self.input_size, rotation, flip, self.codec.convention.crop_center
         )
-        picture = self.load_image(record)
+        # one warp from the decoded pixels straight to the crop (rotation, zoom and flip at once)
+        decoded = self.load_decoded(record, zoom=self.input_size[1] / box_height)
         if self.checks_image_bounds:
-            check_record_in_image(record, picture.shape)
-        crop = warp_image(picture, matrix, self.input_size)  # (h, w, 3) uint8
+            check_record_in_image(record, decoded.stored_shape)
+        from_decoded = compose_affine(matrix, invert_affine(decoded.from_stored()))
+        crop = warp_image(decoded.pixels, from_decoded, self.input_size)  # (h, w, 3) uint8
 
         joints = apply_affine(record["joints"], matrix)  # (K, 2) input px
         visible = np.asarray(record["visible"], dtype=np.float32)
@@ -287,9 +436,13 @@ class KeypointDataset(Dataset, ABC):
             "box_score": np.float32(record.get("box_score", 1.0)),
             # maps input-crop pixels back to the original image (flip included)
             "inverse_affine": invert_affine(matrix).astype(np.float32),
+            # the augmentation's per-channel colour gain, applied with the normalisation on the
+            # device (see engine.prepare_images)
+            "color_gain": gain,
         }
         return {
-            "image": torch.from_numpy(normalise(crop, gain)),  # (3, h, w)
+            # uint8: a quarter of the bytes through worker shared memory and host-to-device copies
+            "image": torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1))),  # (3, h, w)
             "target": torch.from_numpy(target),  # (K, H, W) heatmaps or (K, 2) coordinates
             "target_weight": torch.from_numpy(target_weight),  # (K,)
             "meta": meta,

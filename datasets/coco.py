@@ -29,8 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from datasets.base import Augmentation, DataError, KeypointDataset, read_image
+from datasets.base import Augmentation, DataError, DecodedImage, KeypointDataset, decode_image
 from datasets.codecs import Codec
+from datasets.index_cache import IndexCache
+from datasets.records import RecordTable, RecordTableBuilder
 from datasets.registry import DataRequest, register_dataset
 from datasets.skeletons import COCO_JOINTS, JointSpec
 from datasets.validation import (
@@ -169,7 +171,7 @@ def load_gt_records(
     num_joints: int = NUM_JOINTS,
     category_id: int = PERSON_CATEGORY,
     checker: RecordChecker | None = None,
-) -> list[dict[str, Any]]:
+) -> RecordTable:
     """One record per usable ground-truth person box, images in id order.
 
     Skipped: crowd regions, other categories than ``category_id``, annotations of area 0, boxes
@@ -180,7 +182,7 @@ def load_gt_records(
     """
     own = checker is None
     checker = checker or RecordChecker("annotations", BadDataPolicy())
-    records = []
+    records = RecordTableBuilder()  # columns, not a dict per person (datasets/records.py)
     for image_id in sorted(coco.imgs):
         info = coco.imgs[image_id]
         path, size, image_problem = _image_info(image_dir, info, checker.policy)
@@ -197,7 +199,7 @@ def load_gt_records(
             records.append(record | {"image_id": int(image_id)})
     if own:
         checker.finish()
-    return records
+    return records.build()
 
 
 def _gt_record(
@@ -257,7 +259,7 @@ def load_detection_records(
     num_joints: int = NUM_JOINTS,
     category_id: int = PERSON_CATEGORY,
     checker: RecordChecker | None = None,
-) -> list[dict[str, Any]]:
+) -> RecordTable:
     """One record per detected person box with ``score >= score_threshold``, in file order.
 
     Boxes of images missing from the annotation file are dropped: they could be neither loaded
@@ -276,7 +278,7 @@ def load_detection_records(
         raise DataError(f"{path}: expected a JSON list of {{image_id, category_id, bbox, score}} detections")
     own = checker is None
     checker = checker or RecordChecker(path, BadDataPolicy())
-    records = []
+    records = RecordTableBuilder()
     for row, det in enumerate(detections):
         try:
             if not isinstance(det, dict):
@@ -316,7 +318,7 @@ def load_detection_records(
         )
     if own:
         checker.finish()
-    return records
+    return records.build()
 
 
 def half_body_box(
@@ -394,8 +396,6 @@ class COCODataset(KeypointDataset):
         joint_spec: JointSpec | None = None,
         policy: BadDataPolicy | None = None,
     ) -> None:
-        from metrics.coco import load_gt
-
         if joint_spec is not None:
             self.joint_spec = joint_spec
         if len(self.joint_spec.sigmas) != self.joint_spec.num_joints:
@@ -423,23 +423,19 @@ class COCODataset(KeypointDataset):
             )
 
         num_joints = self.joint_spec.num_joints
-        try:
-            self._coco = load_gt(self.annotation_file)  # quiet: pycocotools' prints are swallowed
-            check_structure(self._coco.dataset, self.annotation_file)
-            self.category_id = keypoint_category(self._coco, num_joints, self.annotation_file)
-        except ValueError as exc:
-            raise DataError(str(exc)) from None
-        except RecursionError:
-            raise DataError(f"{self.annotation_file}: not valid JSON (nested too deeply)") from None
-        except OSError as exc:
-            raise DataError(f"{self.annotation_file}: cannot read ({exc.strerror or exc})") from None
-        except (KeyError, TypeError, AttributeError) as exc:
-            # pycocotools indexes images, annotations and categories by their ids
-            raise DataError(
-                f"{self.annotation_file}: not a COCO keypoint file: an image, annotation or category "
-                f"lacks a key or has the wrong type ({type(exc).__name__}: {show(exc.args[0] if exc.args else '')})"
-            ) from None
         self.aspect_ratio = input_size[0] / input_size[1]
+        self.bbox_file = None if bbox_file is None else data_dir / Path(bbox_file)
+        policy = policy or BadDataPolicy()
+        # A later start with the same files and options reads the records from a cache instead
+        # of parsing the JSON (datasets/index_cache.py); the key is taken before reading.
+        cache = self._index_cache(skip_empty, det_score_threshold, policy)
+        cached = cache.load()
+        self._coco = None
+        if cached is None:
+            self._coco = self._parse_annotations(num_joints)
+        else:
+            records, extra = cached
+            self.category_id = int(extra["category_id"])
         self.half_body_prob = float(half_body_prob)
         self.half_body_min_joints = half_body_min_joints(num_joints)
         if self.half_body_prob > 0 and not self.joint_spec.has_half_body:
@@ -449,10 +445,12 @@ class COCODataset(KeypointDataset):
                 f"spec, or use COCO joint names from both halves)",
                 file=sys.stderr,
             )
-        self.bbox_file = None if bbox_file is None else data_dir / Path(bbox_file)
-        policy = policy or BadDataPolicy()
-        if self.bbox_file is None:
-            checker = RecordChecker(self.annotation_file, policy)
+        checker = RecordChecker(self.annotation_file if self.bbox_file is None else self.bbox_file, policy)
+        # the cache keeps the problems without this prefix: another run may name the file otherwise
+        prefix = f"{checker.source}: "
+        if cached is not None:
+            checker.problems.extend(prefix + problem for problem in extra["problems"])
+        elif self.bbox_file is None:
             records = load_gt_records(
                 self._coco, self.image_dir, self.aspect_ratio, skip_empty, num_joints, self.category_id,
                 checker,
@@ -463,11 +461,16 @@ class COCODataset(KeypointDataset):
                     f"{self.label} person detections not found: expected {self.bbox_file} "
                     f"(a JSON list of image_id, category_id, bbox, score)"
                 )
-            checker = RecordChecker(self.bbox_file, policy)
             records = load_detection_records(
                 self.bbox_file, self._coco, self.image_dir, self.aspect_ratio, det_score_threshold,
                 num_joints, self.category_id, checker,
             )  # fmt: skip
+        if cached is None:
+            problems = [problem.removeprefix(prefix) for problem in checker.problems]
+            cache.store(records, {"category_id": self.category_id, "problems": problems})
+            # Indexed: free the parsed JSON (a GB for COCO train2017) before DataLoader workers
+            # fork; evaluation reloads it through the ``coco`` property.
+            self._coco = None
         dropped = checker.finish()
         # fail at construction, not in a worker halfway through the first epoch
         probe = records[:20] if policy.skip else records[:1]
@@ -485,6 +488,44 @@ class COCODataset(KeypointDataset):
             dropped=dropped,
             source=checker.source,
         )
+
+    def _index_cache(self, skip_empty: bool, det_score_threshold: float, policy: BadDataPolicy) -> IndexCache:
+        """The cache entry of this reading: the files and every option that changes the records
+        or the bad-record lines (``policy.skip`` only decides what happens to them later)."""
+        options: dict[str, Any] = {
+            "image_dir": str(self.image_dir), "aspect_ratio": self.aspect_ratio,
+            "num_joints": self.joint_spec.num_joints, "allow_outside_paths": policy.allow_outside_paths,
+        }  # fmt: skip
+        sources = [self.annotation_file]
+        if self.bbox_file is None:
+            options["skip_empty"] = bool(skip_empty)
+        else:
+            options["det_score_threshold"] = float(det_score_threshold)
+            sources.append(self.bbox_file)
+        modules = [__file__, sys.modules[BadRecord.__module__].__file__]
+        return IndexCache(self.annotation_file.stem, sources, options, modules)
+
+    def _parse_annotations(self, num_joints: int) -> Any:
+        """The annotation file as a ``pycocotools.coco.COCO`` object, checked; sets ``category_id``."""
+        from metrics.coco import load_gt
+
+        try:
+            coco = load_gt(self.annotation_file)  # quiet: pycocotools' prints are swallowed
+            check_structure(coco.dataset, self.annotation_file)
+            self.category_id = keypoint_category(coco, num_joints, self.annotation_file)
+        except ValueError as exc:
+            raise DataError(str(exc)) from None
+        except RecursionError:
+            raise DataError(f"{self.annotation_file}: not valid JSON (nested too deeply)") from None
+        except OSError as exc:
+            raise DataError(f"{self.annotation_file}: cannot read ({exc.strerror or exc})") from None
+        except (KeyError, TypeError, AttributeError) as exc:
+            # pycocotools indexes images, annotations and categories by their ids
+            raise DataError(
+                f"{self.annotation_file}: not a COCO keypoint file: an image, annotation or category "
+                f"lacks a key or has the wrong type ({type(exc).__name__}: {show(exc.args[0] if exc.args else '')})"
+            ) from None
+        return coco
 
     def describe(self, index: int) -> str:
         record = self.records[index]
@@ -528,17 +569,23 @@ class COCODataset(KeypointDataset):
         return state
 
     def load_image(self, record: dict[str, Any]) -> np.ndarray:
-        """The image as stored; its size must be the annotation file's, or the labels would sit
-        on other pixels (a rotated or resized copy of the file, for example)."""
-        image = read_image(record["path"])
+        """The image as stored (see :meth:`load_decoded`)."""
+        return self.load_decoded(record, 1.0).pixels
+
+    def load_decoded(self, record: dict[str, Any], zoom: float) -> DecodedImage:
+        """The image as stored, decoded at the size ``zoom`` needs; its stored size must be the
+        annotation file's, or the labels would sit on other pixels (a rotated or resized copy of
+        the file, for example)."""
+        decoded = decode_image(record["path"], zoom, self.image_cache)
         expected = record.get("image_size")
-        if expected is not None and image.shape[:2] != tuple(expected):
+        if expected is not None and decoded.stored_shape != tuple(expected):
+            height, width = decoded.stored_shape
             raise DataError(
-                f"{record['path']}: decoded image is {image.shape[1]}x{image.shape[0]} (w x h) but "
+                f"{record['path']}: decoded image is {width}x{height} (w x h) but "
                 f"{self.annotation_file.name} says {expected[1]}x{expected[0]} for image_id "
                 f"{record['image_id']}; the file does not match its annotation"
             )
-        return image
+        return decoded
 
     def sample_transform(self, index: int) -> tuple[np.ndarray, float, float, bool, np.ndarray]:
         """The base augmentation, applied around a half-body box instead of the person box with

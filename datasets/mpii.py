@@ -35,8 +35,9 @@ from typing import Any
 
 import numpy as np
 
-from datasets.base import Augmentation, DataError, KeypointDataset, read_image
+from datasets.base import Augmentation, DataError, DecodedImage, KeypointDataset, decode_image, read_image
 from datasets.codecs import Codec
+from datasets.records import RecordTable
 from datasets.registry import DataRequest, register_dataset
 from datasets.skeletons import MPII_JOINTS
 from datasets.validation import (
@@ -260,7 +261,7 @@ def load_mpii_records(
     annotation_file: str | Path | None = None,
     image_dir: str | Path | None = None,
     policy: BadDataPolicy | None = None,
-) -> list[dict[str, Any]]:
+) -> RecordTable:
     """Read one MPII split into records (see :func:`read_mpii`, which also returns the file and
     its dropped bad records)."""
     return read_mpii(data_dir, split, head_boxes_mat, annotation_file, image_dir, policy)[0]
@@ -273,7 +274,7 @@ def read_mpii(
     annotation_file: str | Path | None = None,
     image_dir: str | Path | None = None,
     policy: BadDataPolicy | None = None,
-) -> tuple[list[dict[str, Any]], list[str], Path]:
+) -> tuple[RecordTable, list[str], Path]:
     """Read one MPII split into records.
 
     Args:
@@ -288,10 +289,11 @@ def read_mpii(
         policy: what to do with bad records (default: a DataError naming the first).
 
     Returns:
-        the records, one dict per good person, in file order: ``joints`` (16, 2) float32 0-based
-        px (0 where not annotated), ``visible`` (16,) float32 annotation mask, ``center`` (2,)
-        float32 px, ``scale`` box height px, ``head_size`` (px, NaN if unknown), ``image_id`` =
-        row in the file (= row in gt_valid.mat), ``image`` (file name) and ``path``; the bad
+        the records (a :class:`~datasets.records.RecordTable`: a dict per good person), in file
+        order: ``joints`` (16, 2) float32 0-based px (0 where not annotated), ``visible`` (16,)
+        float32 annotation mask, ``center`` (2,) float32 px, ``scale`` box height px,
+        ``head_size`` (px, NaN if unknown), ``image_id`` = row in the file (= row in
+        gt_valid.mat), ``image`` (file name) and ``path``; the bad
         records dropped (one line each, with ``policy.skip``); the annotation file.
     """
     if split not in SPLITS:
@@ -332,20 +334,20 @@ def read_mpii(
     if head_sizes is None:
         head_sizes = np.full(len(names), np.nan)
 
-    records = []
-    for i in good:
-        records.append(
-            {
-                "joints": joints0[i].astype(np.float32),
-                "visible": annotated[i].astype(np.float32),
-                "center": (fields["center"][i] - 1.0).astype(np.float32),
-                "scale": float(PIXEL_STD * fields["scale"][i]),
-                "head_size": float(head_sizes[i]),
-                "image_id": i,
-                "image": names[i],
-                "path": str(fields["paths"][i]),
-            }
-        )
+    # columns, not a dict per person (datasets/records.py)
+    records = RecordTable.from_records(
+        {
+            "joints": joints0[i].astype(np.float32),
+            "visible": annotated[i].astype(np.float32),
+            "center": (fields["center"][i] - 1.0).astype(np.float32),
+            "scale": float(PIXEL_STD * fields["scale"][i]),
+            "head_size": float(head_sizes[i]),
+            "image_id": i,
+            "image": names[i],
+            "path": str(fields["paths"][i]),
+        }
+        for i in good
+    )
     return records, dropped, path
 
 
@@ -384,6 +386,9 @@ class MPIIDataset(KeypointDataset):
     def load_image(self, record: dict[str, Any]) -> np.ndarray:
         return read_image(record["path"])
 
+    def load_decoded(self, record: dict[str, Any], zoom: float) -> DecodedImage:
+        return decode_image(record["path"], zoom, self.image_cache)
+
     def evaluate(self, results: dict[str, np.ndarray], output_dir: Path | None = None) -> dict[str, float]:
         """Writes ``pred.mat`` (HRNet layout, scored by ``python -m metrics.mpii``); PCKh itself is
         computed by the loop from the records' head sizes. Rows follow the annotation file, so a
@@ -399,9 +404,9 @@ class MPIIDataset(KeypointDataset):
     def ground_truth(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(joints (N, 16, 2) 0-based px, missing (N, 16) bool, head sizes (N,)) in record order,
         the arguments :func:`metrics.mpii.pckh_table` takes besides the predictions."""
-        joints = np.stack([r["joints"] for r in self.records]).astype(np.float64)
-        missing = np.stack([r["visible"] for r in self.records]) == 0
-        head_sizes = np.array([r["head_size"] for r in self.records], dtype=np.float64)
+        joints = self.records.column("joints").astype(np.float64)
+        missing = self.records.column("visible") == 0
+        head_sizes = self.records.column("head_size").astype(np.float64)
         return joints, missing, head_sizes
 
 

@@ -73,6 +73,47 @@ def _check_sigmas(sigmas: np.ndarray, k: int) -> np.ndarray:
     return s
 
 
+def _check_poses(kpts: np.ndarray, areas: np.ndarray, sigmas: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(N, K) float64 x and y (contiguous), (N,) float64 areas, (K,) OKS variances (2 sigma)^2."""
+    kpts = np.asarray(kpts, dtype=np.float64)
+    if kpts.ndim != 3 or kpts.shape[2] not in (2, 3):
+        raise ValueError(f"kpts must have shape (N, K, 2) or (N, K, 3), got {kpts.shape}")
+    n, k = kpts.shape[:2]
+    s = _check_sigmas(sigmas, k)
+    areas = np.asarray(areas, dtype=np.float64)
+    if areas.shape != (n,):
+        raise ValueError(f"areas must have shape ({n},), got {areas.shape}")
+    return np.ascontiguousarray(kpts[:, :, 0]), np.ascontiguousarray(kpts[:, :, 1]), areas, (2.0 * s) ** 2
+
+
+def _oks_block(
+    a: tuple[np.ndarray, np.ndarray, np.ndarray],
+    b: tuple[np.ndarray, np.ndarray, np.ndarray],
+    variances: np.ndarray,
+) -> np.ndarray:
+    """OKS of every pose in ``a`` = (x (A, K), y (A, K), areas (A,)) with every pose in ``b`` =
+    (x (B, K), y (B, K), areas (B,)) -> (A, B).
+
+    The one place OKS is computed, so a row taken by :func:`oks_nms` is bit for bit the entry of
+    :func:`pairwise_oks` (a pose exactly at the threshold is decided the same way by both). The
+    arithmetic is in place: allocating a temporary per step costs more than the step itself."""
+    xa, ya, areas_a = a
+    xb, yb, areas_b = b
+    d2 = xa[:, None, :] - xb[None, :, :]  # (A, B, K)
+    dy = ya[:, None, :] - yb[None, :, :]
+    d2 *= d2
+    dy *= dy
+    d2 += dy
+    scale = (areas_a[:, None] + areas_b[None, :]) / 2.0 + np.spacing(1)  # (A, B)
+    # e = d2 / variances / scale / 2, then exp(-e): the reference's order of operations
+    d2 /= variances
+    d2 /= scale[:, :, None]
+    d2 /= 2.0
+    np.negative(d2, out=d2)
+    np.exp(d2, out=d2)
+    return d2.mean(axis=-1)
+
+
 def pairwise_oks(kpts: np.ndarray, areas: np.ndarray, sigmas: np.ndarray = COCO_SIGMAS) -> np.ndarray:
     """OKS between every pair of poses, as the reference OKS-NMS computes it.
 
@@ -88,20 +129,8 @@ def pairwise_oks(kpts: np.ndarray, areas: np.ndarray, sigmas: np.ndarray = COCO_
     Returns:
         (N, N) float64 symmetric matrix, 1 on the diagonal.
     """
-    kpts = np.asarray(kpts, dtype=np.float64)
-    if kpts.ndim != 3 or kpts.shape[2] not in (2, 3):
-        raise ValueError(f"kpts must have shape (N, K, 2) or (N, K, 3), got {kpts.shape}")
-    n, k = kpts.shape[:2]
-    s = _check_sigmas(sigmas, k)
-    areas = np.asarray(areas, dtype=np.float64)
-    if areas.shape != (n,):
-        raise ValueError(f"areas must have shape ({n},), got {areas.shape}")
-    variances = (2.0 * s) ** 2
-    diff = kpts[:, None, :, :2] - kpts[None, :, :, :2]
-    d2 = (diff**2).sum(axis=-1)  # (N, N, K)
-    scale = (areas[:, None] + areas[None, :]) / 2.0 + np.spacing(1)
-    e = d2 / variances / scale[:, :, None] / 2.0
-    return np.exp(-e).mean(axis=-1)
+    x, y, areas, variances = _check_poses(kpts, areas, sigmas)
+    return _oks_block((x, y, areas), (x, y, areas), variances)
 
 
 def oks_nms(
@@ -134,15 +163,18 @@ def oks_nms(
         raise ValueError(f"scores must have shape ({n},), got {scores.shape}")
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    oks = pairwise_oks(kpts, areas, sigmas)
-    order = np.argsort(-scores, kind="stable")
-    suppressed = np.zeros(n, dtype=bool)
+    x, y, areas, variances = _check_poses(kpts, areas, sigmas)
+    # Only the OKS of each kept pose with the poses still in the running is needed: the full
+    # (N, N, K) matrix costs N^2 K work and memory (a few hundred MB for 1,000 poses), while this
+    # does (kept x remaining) K, in rows that stay in cache.
+    remaining = np.argsort(-scores, kind="stable")  # candidates, best first
     keep: list[int] = []
-    for i in order:
-        if suppressed[i]:
-            continue
-        keep.append(int(i))
-        suppressed |= oks[i] > threshold
+    while remaining.size:
+        best, rest = remaining[0], remaining[1:]
+        keep.append(int(best))
+        pose = (x[best : best + 1], y[best : best + 1], areas[best : best + 1])
+        oks = _oks_block(pose, (x[rest], y[rest], areas[rest]), variances)[0]
+        remaining = rest[~(oks > threshold)]  # a NaN OKS suppresses nothing, as ``oks > threshold``
     return np.asarray(keep, dtype=np.int64)
 
 

@@ -51,3 +51,12 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared fixtures not found at {SHARED_DATA} (clone the project next to shared/)")
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def index_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Annotation index caches (datasets/index_cache.py) go to a fresh temporary folder per test,
+    never the home directory; subprocesses (main.py runs, torchrun) inherit the variable."""
+    folder = tmp_path_factory.mktemp("index-cache")
+    monkeypatch.setenv("POSE_CACHE_DIR", str(folder))
+    return folder

@@ -85,12 +85,8 @@ def test_coco_reader_crops_the_stored_pixels_under_the_labels(tagged_dir: Path) 
         tagged_dir, "val2017", codec, (32, 32), Augmentation(), annotation_file=annotation.name
     )
     sample = dataset[0]
-    # un-normalise the crop: the labelled point (crop centre) must be on the white square
-    image = sample["image"].numpy().transpose(1, 2, 0) * np.array([0.229, 0.224, 0.225]) + [
-        0.485,
-        0.456,
-        0.406,
-    ]
+    # the labelled point (crop centre) must be on the white square
+    image = sample["image"].numpy().transpose(1, 2, 0) / 255.0
     assert image[14:18, 14:18].mean() > 0.95
     assert sample["target_weight"].numpy().all()
 

@@ -6,6 +6,7 @@ import torch
 
 from conftest import REPO_ROOT
 from datasets import SyntheticPeople, make_codec
+from engine import prepare_images
 from losses import make_loss
 from models import build_model, list_models
 from models.registry import get_entry
@@ -18,8 +19,11 @@ SMALL = {
     "PyraNet": ["--nChannels", "16", "--nStack", "2", "--nReductions", "3", "--baseWidth", "4"],
     "DeepPose": ["--baseName", "resnet18", "--nCascade", "1"],
     "ChainedPredictions": ["--modelName", "resnet18"],
+    "SimpleBaseline": ["--baseName", "resnet18", "--deconvFilters", "32"],
+    "HRNet": ["--hrnetWidth", "8"],
 }
-CONF_FILES = {name: REPO_ROOT / "conf" / "models" / f"{name}.defconf" for name in SMALL}
+CONF_NAMES = {"HRNet": "HRNet-W32"}  # the paper's width names the file
+CONF_FILES = {name: REPO_ROOT / "conf" / "models" / f"{CONF_NAMES.get(name, name)}.defconf" for name in SMALL}
 
 
 def test_every_registered_model_has_a_conf_file_and_a_small_size():
@@ -40,7 +44,7 @@ def test_model_trains_on_a_fixed_batch(name):
     loss_fn = make_loss(target_type)
     data = SyntheticPeople("train", 4, codec, (64, 64), image_size=80)
     batch = [data[i] for i in range(4)]
-    image = torch.stack([s["image"] for s in batch])
+    image = prepare_images(torch.stack([s["image"] for s in batch]), None, torch.device("cpu"))
     target = torch.stack([s["target"] for s in batch])
     weight = torch.stack([s["target_weight"] for s in batch])
 

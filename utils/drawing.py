@@ -11,7 +11,10 @@ from datasets.base import IMAGENET_MEAN, IMAGENET_STD
 
 
 def to_uint8_image(image: np.ndarray) -> np.ndarray:
-    """Undo the dataset's normalisation: (3, H, W) float -> (H, W, 3) uint8 RGB."""
+    """A (3, H, W) network crop as an (H, W, 3) uint8 RGB picture: a dataset's uint8 crop as it
+    is, a normalised float one with the normalisation undone."""
+    if np.asarray(image).dtype == np.uint8:
+        return np.ascontiguousarray(np.asarray(image).transpose(1, 2, 0))
     pixels = np.asarray(image, dtype=np.float32).transpose(1, 2, 0) * IMAGENET_STD + IMAGENET_MEAN
     return np.clip(pixels * 255.0, 0, 255).astype(np.uint8)
 

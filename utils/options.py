@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import math
 import re
 import sys
 import time
@@ -30,7 +31,7 @@ DATASET_JOINTS = {"synthetic": 16, "MPII": 16, "COCO": 17}
 # come from --jointSpec
 DATASETS = (*DATASET_JOINTS, "custom")
 # the registry's names, written out so --help needs no torch import (a test keeps them equal)
-MODEL_NAMES = "ChainedPredictions, DeepPose, PoseAttention, PyraNet, StackedHourGlass"
+MODEL_NAMES = "ChainedPredictions, DeepPose, HRNet, PoseAttention, PyraNet, SimpleBaseline, StackedHourGlass"
 TARGET_TYPE_SPELLINGS = {"heatmap": "heatmap", "direct": "regression", "regression": "regression"}
 AMP_MODES = ("none", "bf16", "fp16")
 LR_SCHEDULES = ("step", "multistep")
@@ -148,6 +149,13 @@ def build_parser() -> configargparse.ArgParser:
         help="average with the mirrored input's output, in validation and -test alike (0/1)",
     )
     data.add_argument(
+        "--postProcess",
+        default="quarter",
+        help="heatmap decoding in validation, -test, -predict and the -export notes: quarter (argmax, "
+        "then a quarter pixel towards the higher neighbour) or dark (Zhang et al. 2020: smooth with "
+        "the training Gaussian, then a Taylor step on the log)",
+    )
+    data.add_argument(
         "--browse", type=int, default=0, help="write N augmented training samples as PNG and exit"
     )
     data.add_argument("--shuffle", type=_flag, default=True, help="shuffle training data (0/1)")
@@ -181,6 +189,12 @@ def build_parser() -> configargparse.ArgParser:
         default=False,
         help="accept image paths in annotation files that are absolute or leave the image folder (0/1)",
     )
+    data.add_argument(
+        "--imageCache",
+        default="",
+        help="folder where decoded images are kept between epochs (memory-mapped, shared by the "
+        "DataLoader workers; about width x height x 3 bytes per image and decode scale); empty: off",
+    )
 
     model = parser.add_argument_group("model")
     model.add_argument("-ModelConfig", is_config_file=True, help="model config file (key: value lines)")
@@ -192,8 +206,9 @@ def build_parser() -> configargparse.ArgParser:
     model.add_argument(
         "--inputNorm",
         default="imagenet",
-        help="StackedHourGlass: pixel scale the weights expect, imagenet or unit (RGB in [0, 1], "
-        "Newell et al.'s PyTorch port)",
+        help="pixel format the weights expect: imagenet, unit (RGB in [0, 1], Newell et al.'s PyTorch port; "
+        "StackedHourGlass, SimpleBaseline, HRNet) or bgr (BGR normalised with ImageNet's RGB-ordered mean "
+        "and std, Simple Baselines' code; SimpleBaseline, HRNet); set by models.import_weights",
     )
     model.add_argument(
         "--coordConvention",
@@ -213,7 +228,7 @@ def build_parser() -> configargparse.ArgParser:
     model.add_argument("--modelName", default=None, help="ChainedPredictions: encoder (torchvision ResNet)")
     model.add_argument("--hhKernel", type=int, default=None, help="ChainedPredictions: hidden-hidden kernel")
     model.add_argument("--ohKernel", type=int, default=None, help="ChainedPredictions: output-hidden kernel")
-    model.add_argument("--baseName", default=None, help="DeepPose: torchvision backbone")
+    model.add_argument("--baseName", default=None, help="DeepPose, SimpleBaseline: torchvision backbone")
     model.add_argument("--nCascade", type=int, default=None, help="DeepPose: refinement stages")
     model.add_argument(
         "--boxSigma", type=float, default=None, help="DeepPose: refinement box / torso diameter"
@@ -227,6 +242,9 @@ def build_parser() -> configargparse.ArgParser:
         "--nPartStacks", type=int, default=None, help="PoseAttention: stacks with part attention"
     )
     model.add_argument("--prmLevels", type=int, default=None, help="PyraNet: hourglass levels using pyramids")
+    model.add_argument("--nDeconv", type=int, default=None, help="SimpleBaseline: transposed convolutions")
+    model.add_argument("--deconvFilters", type=int, default=None, help="SimpleBaseline: their filters")
+    model.add_argument("--hrnetWidth", type=int, default=None, help="HRNet: width, 32 or 48 (W32, W48)")
     model.add_argument("--pretrainedPath", default=None, help="local ImageNet weights for the backbone")
 
     training = parser.add_argument_group("training")
@@ -245,6 +263,19 @@ def build_parser() -> configargparse.ArgParser:
     training.add_argument("--seed", type=int, default=0, help="seed for weights, data order, augmentation")
     training.add_argument("--amp", default="none", help=f"mixed precision: {', '.join(AMP_MODES)}")
     training.add_argument("-usedouble", action="store_true", help="train in float64")
+    training.add_argument(
+        "--channelsLast",
+        type=_flag,
+        default=None,
+        help="channels_last memory format for the model and its inputs (0/1); default: on for CUDA, "
+        "off for the CPU (see benchmarks/training_step.py)",
+    )
+    training.add_argument(
+        "--compile",
+        type=_flag,
+        default=False,
+        help="torch.compile the model for training (0/1; the first steps are slower while it compiles)",
+    )
 
     checkpoint = parser.add_argument_group("checkpoint")
     checkpoint.add_argument("--expDir", default="exp", help="root of run directories")
@@ -367,11 +398,52 @@ def _literal(raw: str) -> Any:
     return raw
 
 
+def check_model_sizes(opts: argparse.Namespace) -> None:
+    """Refuse sizes the model's registry entry states it cannot build: an ``outputRes / inputRes``
+    ratio it does not produce, or more halvings of the heatmap grid (``heatmap_halvings``, e.g. an
+    hourglass's nReductions) than the grid has pixels for."""
+    from models.registry import get_entry
+
+    entry = get_entry(opts.model)
+    input_res, output_res, aspect_ratio = opts.inputRes, opts.outputRes, opts.aspectRatio
+    strides = entry.output_strides
+    reachable = not input_res % output_res and input_res // output_res in (strides or ())
+    if entry.target_type == "heatmap" and strides is not None and not reachable:
+        fits = [str(input_res // s) for s in strides if input_res % s == 0]
+        hint = f" (outputRes {' or '.join(fits)} for inputRes {input_res})" if fits else ""
+        raise OptionError(
+            f"outputRes: {output_res} with inputRes {input_res} is a ratio {entry.name} cannot produce; "
+            f"it accepts outputRes / inputRes {entry.output_ratios()}{hint}"
+        )
+    if entry.target_type != "heatmap" or entry.heatmap_halvings is None:
+        return
+    key = entry.heatmap_halvings
+    halvings = getattr(opts, key, None)
+    halvings = entry.default(key) if halvings is None else halvings  # None: the builder's default
+    height, width = output_res, round(output_res * aspect_ratio)
+    if halvings >= 1 and min(height, width) >> halvings == 0:
+        # each halving floors the grid; below 1 pixel there is nothing left to pool
+        deepest = min(height, width).bit_length() - 1
+        side = 1 << min(halvings, 62)  # the smallest grid side that takes every halving
+        needed = max(side, math.ceil((side - 0.5) / aspect_ratio))
+        while round(needed * aspect_ratio) < side:  # round() halves to even: at most a step or two
+            needed += 1
+        remedies = [f"{key} <= {deepest}"] if deepest >= 1 else []
+        if halvings <= 16 or not remedies:
+            remedies.append(f"outputRes >= {needed}")
+            if input_res % output_res == 0:
+                remedies[-1] += f" (inputRes {needed * (input_res // output_res)})"
+        raise OptionError(
+            f"{key}: {halvings} halvings of the {height}x{width} heatmap grid (outputRes {output_res}, "
+            f"inputRes {input_res}) go below 1x1 in {entry.name}; use {' or '.join(remedies)}"
+        )
+
+
 def validate(opts: argparse.Namespace) -> None:
     """Reject nonsense values with an OptionError naming the key and what is allowed."""
     import torch.optim
 
-    from datasets.codecs import CONVENTIONS
+    from datasets.codecs import CONVENTIONS, POST_PROCESSES
     from datasets.custom import SpecError, spec_to_json
     from datasets.registry import UnknownDatasetError, get_dataset_entry, joint_spec_for
     from models.registry import UnknownModelError, get_entry
@@ -387,8 +459,12 @@ def validate(opts: argparse.Namespace) -> None:
     except UnknownDatasetError as error:
         raise OptionError(f"dataset: {error}") from None
     opts.dataset = dataset.name
-    if opts.inputNorm not in ("imagenet", "unit"):
-        raise OptionError(f"inputNorm: {opts.inputNorm!r} is not one of imagenet, unit")
+    if opts.inputNorm not in ("imagenet", "unit", "bgr"):
+        raise OptionError(f"inputNorm: {opts.inputNorm!r} is not one of imagenet, unit, bgr")
+    if opts.inputNorm != "imagenet" and "input_norm" not in entry.parameter_names():
+        raise OptionError(
+            f"inputNorm: model {entry.name} reads ImageNet-normalised RGB only, got {opts.inputNorm!r}"
+        )
     reads_data = not (opts.predict or opts.export)
     if reads_data and dataset.needs_data_dir and not (opts.dataDir and Path(opts.dataDir).is_dir()):
         raise OptionError(
@@ -459,9 +535,15 @@ def validate(opts: argparse.Namespace) -> None:
             raise OptionError(f"{key}: must be a probability in [0, 1], got {getattr(opts, key)}")
     if not 0 <= opts.maxBadFraction <= 1:
         raise OptionError(f"maxBadFraction: must be a fraction in [0, 1], got {opts.maxBadFraction}")
-    if opts.inputRes % opts.outputRes != 0:
+    if round(opts.outputRes * opts.aspectRatio) < 1:
+        raise OptionError(
+            f"aspectRatio: {opts.aspectRatio} makes the heatmap (outputRes {opts.outputRes}) 0 pixels wide"
+        )
+    # a model stating its ratios gets them named instead, once a resume's changes are known (check_model_sizes)
+    if opts.inputRes % opts.outputRes != 0 and entry.output_strides is None:
         raise OptionError(f"outputRes: {opts.outputRes} does not divide inputRes {opts.inputRes}")
-    for key in ("nChannels", "nStack", "nModules", "nReductions", "nJoints"):
+    for key in ("nChannels", "nStack", "nModules", "nReductions", "nJoints", "nDeconv", "deconvFilters",
+                "hrnetWidth"):  # fmt: skip
         value = getattr(opts, key)
         if value is not None and value < 1:
             raise OptionError(f"{key}: must be >= 1, got {value}")
@@ -470,6 +552,10 @@ def validate(opts: argparse.Namespace) -> None:
         raise OptionError(f"coordConvention: {opts.coordConvention!r} is not one of {', '.join(CONVENTIONS)}")
     if opts.coordConvention != "project" and opts.target_type != "heatmap":
         raise OptionError(f"coordConvention: {opts.coordConvention!r} applies to heatmap models only")
+    if opts.postProcess not in POST_PROCESSES:
+        raise OptionError(f"postProcess: {opts.postProcess!r} is not one of {', '.join(POST_PROCESSES)}")
+    if opts.postProcess != "quarter" and opts.target_type != "heatmap":
+        raise OptionError(f"postProcess: {opts.postProcess!r} applies to heatmap models only")
     if opts.amp not in AMP_MODES:
         raise OptionError(f"amp: {opts.amp!r} is not one of {', '.join(AMP_MODES)}")
     if opts.lrSchedule not in LR_SCHEDULES:
@@ -529,7 +615,8 @@ STEERING_KEYS = (
     "nEpochs", "dropLR", "dropMag", "lrMilestones", "lrSchedule", "valInterval", "saveInterval",
     "nThreads", "progress", "gpuid", "dont_pin_memory", "amp", "flipTest", "expDir", "dataDir",
     "imageDir", "allowConfigChange", "saveEveryMinutes", "tensorboard", "visdom",
-    "skipBadSamples", "maxBadFraction", "allowOutsidePaths",
+    "skipBadSamples", "maxBadFraction", "allowOutsidePaths", "imageCache", "channelsLast", "compile",
+    "postProcess",
 )  # fmt: skip
 
 
@@ -723,6 +810,8 @@ def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
             )
         opts.resume_changes = changes
     try:
+        # after the resume check, so a resume that changes sizes is named as a resume
+        check_model_sizes(opts)
         opts.run_dir = plan_run_dir(opts)
     except OptionError as error:
         fail(str(error))

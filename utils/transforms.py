@@ -46,6 +46,13 @@ def invert_affine(matrix: np.ndarray) -> np.ndarray:
     return np.linalg.inv(full)[:2]
 
 
+def compose_affine(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
+    """(2, 3) matrix of ``inner`` followed by ``outer``."""
+    return np.concatenate(
+        [outer[:, :2] @ inner[:, :2], (outer[:, :2] @ inner[:, 2] + outer[:, 2])[:, None]], axis=1
+    )
+
+
 def apply_affine(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     """Map (..., 2) points with a (2, 3) matrix (or (..., 2, 3) matrices broadcast over points)."""
     points = np.asarray(points, dtype=np.float64)
