@@ -212,10 +212,10 @@ def mpii_table(shared: Path, epochs: int, rounds: int) -> None:
         best = race(variants, count, epochs, rounds)
     original = best["original project's pipeline (2019)"]
     print(f"### MPII training sample, 256x256 input / 64x64 heatmaps, {count} fixture images (1280x720)\n")
-    print("| per training sample | ms | vs original project |")
+    print("| per training sample | ms | speed vs original project |")
     print("| --- | --- | --- |")
     for name, value in best.items():
-        print(f"| {name} | {value:.2f} | {original / value:.2f}x faster |")
+        print(f"| {name} | {value:.2f} | {original / value:.2f}x |")
     print()
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.data_pipeline import BeforePipeline
 from datasets import Augmentation, make_codec
 from datasets.base import (
     JPEG_EIGHTHS,
@@ -24,7 +25,6 @@ from datasets.base import (
 from datasets.coco import COCODataset
 from datasets.mpii import MPIIDataset
 from engine import prepare_images
-from utils.transforms import apply_affine, crop_affine, warp_image
 
 MPII_AUGMENTATION = Augmentation(0.25, 30, 0.6, 0.0, 0.5, 0.2)
 
@@ -34,20 +34,6 @@ def mpii(shared_data: Path, augmentation: Augmentation = MPII_AUGMENTATION) -> M
     return MPIIDataset(
         shared_data / "mpii_mini", "train", codec, (256, 256), augmentation, annotation_file="test_mpii.json"
     )
-
-
-def straightforward(dataset: MPIIDataset, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The sample the plain way: full decode, one warp, the codec's targets, float crop."""
-    record = dataset.records[index]
-    center, box, rotation, flip, gain = dataset.sample_transform(index)
-    matrix = crop_affine(center, box, dataset.input_size, rotation, flip)
-    crop = warp_image(read_image(record["path"]), matrix, dataset.input_size)
-    joints = apply_affine(record["joints"], matrix)
-    visible = np.asarray(record["visible"], dtype=np.float32)
-    if flip:
-        joints, visible = joints[dataset._flip_perm], visible[dataset._flip_perm]
-    target, weight = dataset.codec.encode(joints, visible)
-    return normalise(crop, gain), target, weight
 
 
 def test_the_decode_scale_is_the_cheapest_that_keeps_the_crop_resolution() -> None:
@@ -84,12 +70,13 @@ def test_reduced_decode_maps_stored_pixels_exactly(shared_data: Path) -> None:
 
 def test_fast_samples_equal_the_straightforward_path(shared_data: Path) -> None:
     dataset = mpii(shared_data)
+    straightforward = BeforePipeline(dataset)  # full decode, one warp, the codec, float crop
     differences = []
     for epoch in range(6):
         dataset.set_epoch(epoch)
         for index in range(len(dataset)):
             sample = dataset[index]
-            image, target, weight = straightforward(dataset, index)
+            image, target, weight = straightforward(index)
             assert sample["image"].dtype == torch.uint8 and sample["image"].shape == (3, 256, 256)
             np.testing.assert_allclose(sample["target"].numpy(), target, atol=1e-6)
             np.testing.assert_array_equal(sample["target_weight"].numpy(), weight)

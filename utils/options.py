@@ -266,9 +266,9 @@ def build_parser() -> configargparse.ArgParser:
     training.add_argument(
         "--channelsLast",
         type=_flag,
-        default=None,
-        help="channels_last memory format for the model and its inputs (0/1); default: on for CUDA, "
-        "off for the CPU (see benchmarks/training_step.py)",
+        default=True,
+        help="channels_last memory format for the model and its inputs (0/1): faster for every model "
+        "on the CPU too (benchmarks/training_step.py), same numbers up to float rounding",
     )
     training.add_argument(
         "--compile",
