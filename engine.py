@@ -3,6 +3,7 @@ outputs (a list of stages) and the codec chosen from its target type."""
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from datasets.base import IMAGENET_MEAN, IMAGENET_STD
 from datasets.codecs import Codec
 from metrics import mpii
 from metrics.pck import pck_summary
@@ -39,9 +41,13 @@ class Precision:
         return torch.autocast(device.type, dtype=torch.bfloat16 if self.amp == "bf16" else torch.float16)
 
 
-# ImageNet statistics, as in datasets.base.normalise (the CPU path for single images)
-_MEAN = (0.485, 0.456, 0.406)
-_STD = (0.229, 0.224, 0.225)
+@functools.cache
+def _normalisation(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1 / (255 std), mean / std), each (1, 3, 1, 1) on ``device``: made once per device, so a
+    batch costs no host-to-device copy of constants."""
+    std = torch.from_numpy(IMAGENET_STD).view(1, 3, 1, 1)
+    mean = torch.from_numpy(IMAGENET_MEAN).view(1, 3, 1, 1)
+    return (1.0 / (255.0 * std)).to(device), (mean / std).to(device)
 
 
 def prepare_images(
@@ -60,12 +66,10 @@ def prepare_images(
     if images.dtype != torch.uint8:  # already normalised (a caller's own float batch)
         pixels = images.to(dtype)
     else:
-        std = torch.tensor(_STD, device=device).view(1, 3, 1, 1)
-        mean = torch.tensor(_MEAN, device=device).view(1, 3, 1, 1)
-        gain = torch.ones(1, 3, 1, 1, device=device)
+        scale, shift = _normalisation(device)
         if gains is not None:
-            gain = gains.to(device, dtype=torch.float32, non_blocking=non_blocking).view(-1, 3, 1, 1)
-        pixels = (images.float() * (gain / (255.0 * std)) - mean / std).to(dtype)
+            scale = gains.to(device, dtype=torch.float32, non_blocking=non_blocking).view(-1, 3, 1, 1) * scale
+        pixels = (images.float() * scale - shift).to(dtype)
     return pixels.contiguous(memory_format=torch.channels_last) if channels_last else pixels
 
 
@@ -79,9 +83,10 @@ def _to_device(
     return image, target, weight
 
 
-def _argmax_joints(heatmaps: torch.Tensor) -> torch.Tensor:
-    """(N, K, H, W) -> (N, K, 2) heatmap px: the first maximum plus a quarter pixel towards the
-    higher neighbour, as HeatmapCodec.decode's quarter rule, computed where the heatmaps are."""
+def _argmax_joints(heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, K, H, W) -> x, y (N, K) heatmap px: the first maximum plus a quarter pixel towards the
+    higher neighbour, as HeatmapCodec.decode's quarter rule, computed where the heatmaps are and
+    in their own precision (argmax and the neighbours' signs do not change with widening)."""
     n, k, height, width = heatmaps.shape
     flat = heatmaps.reshape(n, k, -1)
     peak = flat.argmax(dim=2)  # (N, K)
@@ -93,17 +98,20 @@ def _argmax_joints(heatmaps: torch.Tensor) -> torch.Tensor:
 
     dx = torch.where((x > 0) & (x < width - 1), torch.sign(value_at(x + 1, y) - value_at(x - 1, y)), 0.0)
     dy = torch.where((y > 0) & (y < height - 1), torch.sign(value_at(x, y + 1) - value_at(x, y - 1)), 0.0)
-    return torch.stack([x + 0.25 * dx, y + 0.25 * dy], dim=-1)
+    return x + 0.25 * dx.double(), y + 0.25 * dy.double()
 
 
 def _to_input_px(codec: Codec, output: torch.Tensor) -> torch.Tensor:
-    """Decoded joints (N, K, 2) in input pixels from a heatmap or regression output."""
-    size = torch.tensor(codec.input_size, device=output.device, dtype=torch.float64)
+    """Decoded joints (N, K, 2) in input pixels from a heatmap or regression output; the frame
+    sizes stay Python numbers, so no step copies constants to the device."""
+    width, height = codec.input_size
     if codec.target_type == "regression":
-        return (output.double() + 0.5) * size - 0.5
-    heatmap = torch.tensor(codec.heatmap_size, device=output.device, dtype=torch.float64)
+        x, y = output[..., 0].double(), output[..., 1].double()
+        return torch.stack([(x + 0.5) * width - 0.5, (y + 0.5) * height - 0.5], dim=-1)
+    x, y = _argmax_joints(output)
     anchor = codec.convention.anchor
-    return (_argmax_joints(output.double()) + anchor) * (size / heatmap) - anchor
+    stride_x, stride_y = width / codec.heatmap_size[0], height / codec.heatmap_size[1]
+    return torch.stack([(x + anchor) * stride_x - anchor, (y + anchor) * stride_y - anchor], dim=-1)
 
 
 def _batch_pck(

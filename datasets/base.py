@@ -159,7 +159,9 @@ def decode_image(path: str | Path, zoom: float = 1.0, cache: Path | None = None)
     if entry is not None:
         found = DecodedCache.read(entry)
         if found is not None:
-            return found
+            # the header gave the stored size; a bitmap of that size was decoded at full scale
+            stored = (height, width) if is_jpeg else found.shape[:2]
+            return DecodedImage(found, 1.0 if found.shape[:2] == stored else k / 8, stored)
     decoded = None
     if is_jpeg:
         need = (-(-height * k // 8), -(-width * k // 8))  # libjpeg rounds scaled sizes up
@@ -173,7 +175,7 @@ def decode_image(path: str | Path, zoom: float = 1.0, cache: Path | None = None)
         pixels = _decode_with_opencv(data, path, upright=False)
         decoded = DecodedImage(pixels, 1.0, pixels.shape[:2])
     if entry is not None:
-        DecodedCache.write(entry, decoded)
+        DecodedCache.write(entry, decoded.pixels)
     return decoded
 
 
@@ -184,7 +186,7 @@ class DecodedCache:
     from the second epoch on no JPEG is decoded. Entries are written atomically; an unreadable
     entry is decoded and written again, never an error."""
 
-    VERSION = 1
+    VERSION = 2  # 2: the bare bitmap; its scale and stored size come from the JPEG header
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
@@ -198,31 +200,23 @@ class DecodedCache:
         return self.folder / name[:2] / f"{name}.npy"
 
     @staticmethod
-    def read(entry: Path) -> DecodedImage | None:
+    def read(entry: Path) -> np.ndarray | None:
+        """The (h, w, 3) uint8 bitmap of an entry, memory-mapped; None if it is missing or damaged."""
         try:
-            stored = np.load(entry, mmap_mode="r", allow_pickle=False)
+            pixels = np.load(entry, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError):
             return None
-        # row 0 holds (scale numerator, stored height, stored width) in its first pixels' bytes
-        header = np.asarray(stored[0, :4]).reshape(-1).view(np.uint32)
-        k, height, width = int(header[0]), int(header[1]), int(header[2])
-        return DecodedImage(stored[1:], k / 8, (height, width))
+        return pixels if pixels.ndim == 3 and pixels.dtype == np.uint8 else None
 
     @staticmethod
-    def write(entry: Path, decoded: DecodedImage) -> None:
+    def write(entry: Path, pixels: np.ndarray) -> None:
         import os
         import tempfile
 
-        pixels = decoded.pixels
-        if pixels.shape[1] < 4:
-            return  # too narrow to hold the header row
-        header = np.zeros((1, pixels.shape[1], 3), dtype=np.uint8)
-        fields = np.array([round(decoded.scale * 8), *decoded.stored_shape], dtype=np.uint32).view(np.uint8)
-        header.reshape(-1)[: fields.size] = fields
         try:
             entry.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=entry.parent, suffix=".tmp", delete=False) as stream:
-                np.save(stream, np.concatenate([header, pixels]), allow_pickle=False)
+                np.save(stream, pixels, allow_pickle=False)
             os.replace(stream.name, entry)
         except OSError:
             pass  # a full or read-only disk costs speed, not the sample

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from metrics.coco import COCO_SIGMAS
+
 
 @dataclass(frozen=True)
 class JointSpec:
@@ -133,26 +135,7 @@ COCO_JOINTS = JointSpec(
         (3, 5),
         (4, 6),
     ),  # fmt: skip
-    # pycocotools' values (metrics.coco.COCO_SIGMAS; a test keeps them equal)
-    sigmas=(
-        0.026,
-        0.025,
-        0.025,
-        0.035,
-        0.035,
-        0.079,
-        0.079,
-        0.072,
-        0.072,
-        0.062,
-        0.062,
-        0.107,
-        0.107,
-        0.087,
-        0.087,
-        0.089,
-        0.089,
-    ),  # fmt: skip
+    sigmas=tuple(float(sigma) for sigma in COCO_SIGMAS),  # pycocotools' values
     # HRNet's half-body split: face, shoulders, elbows, wrists (0-10) above; hips, knees, ankles below
     upper_body=tuple(range(11)),
     name="COCO",
