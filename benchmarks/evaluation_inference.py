@@ -31,6 +31,7 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from benchmarks.cpu_models import SMALL, conf_file, model_argv  # noqa: E402
 from benchmarks.loop_references import decode_quarter_loop, oks_nms_loop, pckh_table_loop  # noqa: E402
 from datasets.codecs import HeatmapCodec, make_codec  # noqa: E402
 from engine import flip_averaged  # noqa: E402
@@ -40,20 +41,6 @@ from metrics.mpii import pckh_table  # noqa: E402
 from models import build_model, list_models  # noqa: E402
 from models.complexity import profile_model  # noqa: E402
 from utils.options import parse_options  # noqa: E402
-
-# Every model at the demo's input and heatmap size, narrowed as benchmarks/training_step.py does
-# (the same sizes, so the two tables describe the same networks): the Stacked Hourglass is the
-# demo configuration, the other hourglasses as narrow, the ResNet-based models on ResNet-18. A
-# model not listed here (one registered later) runs its conf file's architecture at 128 / 32.
-CPU_INPUT = ["--inputRes", "128", "--outputRes", "32", "--aspectRatio", "1"]
-CPU_SIZE: dict[str, list[str]] = {
-    "PoseAttention": ["--nChannels", "64", "--nStack", "2", "--nReductions", "3"],
-    "PyraNet": ["--nChannels", "64", "--nStack", "2", "--nReductions", "3"],
-    "DeepPose": ["--baseName", "resnet18", "--nCascade", "1", "--cropSize", "32"],
-    "ChainedPredictions": ["--modelName", "resnet18"],
-    "SimpleBaseline": ["--baseName", "resnet18", "--deconvFilters", "128"],
-}
-CONF_DIR = REPO_ROOT / "conf" / "models"
 
 
 def speed_up(ratio: float) -> str:
@@ -184,29 +171,15 @@ def metrics_table(quick: bool) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 
-def conf_file(name: str) -> Path:
-    """The model's conf file: the demo's for the Stacked Hourglass, else ``<name>.defconf`` or
-    the first file whose ``model:`` line names it (``HRNet-W32.defconf``)."""
-    if name == "StackedHourGlass":
-        return CONF_DIR / "StackedHourGlass-demo.defconf"
-    if (CONF_DIR / f"{name}.defconf").is_file():
-        return CONF_DIR / f"{name}.defconf"
-    for path in sorted(CONF_DIR.glob("*.defconf")):
-        lines = path.read_text(encoding="utf-8").splitlines()
-        if any(line.replace("=", ":").replace(" ", "") == f"model:{name}" for line in lines):
-            return path
-    raise FileNotFoundError(f"no conf file in {CONF_DIR.relative_to(REPO_ROOT)} names model {name}")
-
-
 def cpu_options(name: str) -> tuple[argparse.Namespace, str]:
-    """The model's conf file at the CPU size, and the configuration in words for the table."""
-    conf = conf_file(name)
-    extra = CPU_SIZE.get(name, [])
-    opts = parse_options(["-ModelConfig", str(conf), *CPU_INPUT, *extra])
+    """The model at the benchmarks' CPU size (benchmarks/cpu_models.py), and that configuration
+    in words for the table."""
+    extra = SMALL.get(name, [])
+    opts = parse_options(model_argv(name))
     words = ", ".join(
         f"{key.lstrip('-')} {value}" for key, value in zip(extra[::2], extra[1::2], strict=True)
     )
-    return opts, f"{conf.name}" + (f" with {words}" if words else "")
+    return opts, f"{conf_file(name).name}" + (f" with {words}" if words else "")
 
 
 def inference_row(name: str, quick: bool) -> str:

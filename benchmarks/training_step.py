@@ -4,9 +4,8 @@ achieved GFLOP/s as a fraction of a float32 matmul measured in the same run.
 
     python benchmarks/training_step.py [--quick] [--threads 2] [--models StackedHourGlass,PyraNet]
 
-Every model is built from its conf file (``conf/models/<name>.defconf``; the demo's for
-StackedHourGlass and for a model with none) at inputRes 128 / outputRes 32 with the narrow
-overrides in ``SMALL``, on 16 synthetic persons (``--quick``: 8) with targets from the project's
+Every model is built at the CPU size the speed benchmarks share (benchmarks/cpu_models.py: its
+conf file at inputRes 128 / outputRes 32 with the narrow overrides in ``SMALL``), on 16 synthetic persons (``--quick``: 8) with targets from the project's
 codec. Variants run in rounds, in a rotating order, and each keeps its best round, so a busy
 machine slows all alike; the matmul reference is timed in every round too.
 
@@ -43,6 +42,7 @@ from torch import nn
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from benchmarks.cpu_models import INPUT_RES, OUTPUT_RES, model_argv  # noqa: E402
 from datasets import SyntheticPeople, make_codec  # noqa: E402
 from engine import prepare_images  # noqa: E402
 from losses import make_loss  # noqa: E402
@@ -51,19 +51,6 @@ from models.complexity import count_parameters, gflops_per_image  # noqa: E402
 from models.registry import get_entry, option_to_parameter  # noqa: E402
 from utils.options import parse_options  # noqa: E402
 
-INPUT_RES, OUTPUT_RES = 128, 32
-# Narrow versions of each paper configuration, small enough for a few CPU steps a second; a
-# model registered later with no entry here runs at its conf file's settings at 128 / 32.
-SMALL: dict[str, list[str]] = {
-    "StackedHourGlass": [],  # the demo configuration as it is
-    "PoseAttention": ["--nChannels", "64", "--nStack", "2", "--nReductions", "3"],
-    "PyraNet": ["--nChannels", "64", "--nStack", "2", "--nReductions", "3"],
-    "DeepPose": ["--baseName", "resnet18", "--nCascade", "1", "--cropSize", "32"],
-    "ChainedPredictions": ["--modelName", "resnet18"],
-    "SimpleBaseline": ["--baseName", "resnet18", "--deconvFilters", "128"],
-    "HRNet": ["--hrnetWidth", "16"],
-}
-DEMO_CONF = REPO_ROOT / "conf" / "models" / "StackedHourGlass-demo.defconf"
 VARIANTS = ("eager", "channels_last", "compile")
 LEARNING_RATE = 1e-3
 MATMUL_SIZE = 1024
@@ -87,17 +74,6 @@ def one_line(error: BaseException) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     text = f"{type(error).__name__}: {lines[0] if lines else ''}"
     return (text[:157] + "...") if len(text) > 160 else text
-
-
-def model_argv(name: str) -> list[str]:
-    conf = REPO_ROOT / "conf" / "models" / f"{name}.defconf"
-    if name == "StackedHourGlass" or not conf.is_file():
-        conf = DEMO_CONF
-    return [
-        "-ModelConfig", str(conf), "--model", name,
-        "--inputRes", str(INPUT_RES), "--outputRes", str(OUTPUT_RES), "--aspectRatio", "1",
-        *SMALL.get(name, []),
-    ]  # fmt: skip
 
 
 def describe(name: str, opts: object) -> str:
