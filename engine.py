@@ -19,7 +19,7 @@ from datasets.base import IMAGENET_MEAN, IMAGENET_STD
 from datasets.codecs import Codec
 from metrics import mpii
 from metrics.pck import pck_summary
-from utils.distributed import DistributedContext, all_ranks, gather_arrays, reduce_mean
+from utils.distributed import DistributedContext, all_ranks, gather_arrays, reduce_sums
 from utils.logging import EpochProgress
 from utils.transforms import apply_affine
 
@@ -130,6 +130,17 @@ def _batch_pck(
         return 100.0 * (close & labelled).sum().double() / labelled.sum()
 
 
+@dataclass
+class StepRequests:
+    """What the caller may ask of training at each optimizer step, read on this rank and agreed
+    over all ranks in the step's one collective: ``stop()`` (a signal: stop after this step) and
+    ``save_due()`` (write a mid-epoch checkpoint now, through ``save(state)``, on every rank)."""
+
+    stop: Callable[[], bool] = lambda: False
+    save_due: Callable[[], bool] = lambda: False
+    save: Callable[[EpochState], None] | None = None
+
+
 def train_one_epoch(
     model: nn.Module,
     loss_fn: nn.Module,
@@ -145,7 +156,7 @@ def train_one_epoch(
     progress_mode: str = "auto",
     on_step: Callable[[int, float, float, float], None] | None = None,
     resume_from: EpochState | None = None,
-    pause: Callable[[EpochState], bool] | None = None,
+    requests: StepRequests | None = None,
     channels_last: bool = False,
 ) -> EpochState:
     """Train one epoch; returns its state, whose ``metrics()`` are the mean loss and running PCK
@@ -158,54 +169,90 @@ def train_one_epoch(
     ``channels_last``: feed the model channels_last inputs (give it channels_last weights too).
 
     ``resume_from``: the state of an epoch interrupted after ``resume_from.step`` batches, whose
-    loader already skips those batches. ``pause(state)`` is asked after every optimizer step; when
-    it returns True on any rank, every rank stops there and the state returned is not ``complete``.
+    loader already skips those batches. ``requests`` are asked before every optimizer step's
+    collective; when any rank asks to stop, every rank stops after that same step and the state
+    returned is not ``complete``.
+
+    Cost per batch: one host synchronisation (the loss, the running PCK and the agreed flags in
+    one read); per optimizer step, one collective of three numbers, and under
+    DistributedDataParallel the gradients are all-reduced only for the batch that steps
+    (``no_sync`` on the others).
     """
     model.train()
     device = context.device
+    requests = requests or StepRequests()
     state = resume_from or EpochState(epoch)
     total = state.step + len(loader)
     mode = progress_mode if context.is_main else "none"
     progress = EpochProgress(f"train {epoch}", total, mode, done=state.step)
     window_loss, window = 0.0, 0  # the batches of the optimizer step being accumulated
+    window_finite = torch.ones((), dtype=torch.bool, device=device)  # every loss of the window
     optimizer.zero_grad(set_to_none=True)
     for step, batch in enumerate(loader, start=state.step + 1):
+        stepping = step % accumulation == 0 or step == total
         image, target, weight = _to_device(batch, device, precision.dtype, channels_last)
-        with precision.autocast(device):
-            outputs = model(image)
-            loss = loss_fn(outputs, target, weight)
-        pck = _batch_pck(codec, outputs[-1], target, weight)
-        # The one host synchronisation of a step: the loss must be seen finite before the optimizer
-        # applies it, and reading the loss and PCK with it costs nothing more.
-        value, batch_pck = torch.stack([loss.detach().double(), pck.double()]).tolist()
-        if not all_ranks(math.isfinite(value), context):
-            raise NonFiniteLossError(f"loss became non-finite at epoch {epoch}, step {step}; stopping")
-        scaled = loss / accumulation
-        (scaler.scale(scaled) if scaler is not None else scaled).backward()
-        stepped = step % accumulation == 0 or step == total
-        if stepped:
+        # the gradients of a micro-batch that does not step stay local (DDP would all-reduce them)
+        accumulate_only = not stepping and hasattr(model, "no_sync")
+        with model.no_sync() if accumulate_only else nullcontext():
+            with precision.autocast(device):
+                outputs = model(image)
+                loss = loss_fn(outputs, target, weight)
+            pck = _batch_pck(codec, outputs[-1], target, weight)
+            window_finite = window_finite & torch.isfinite(loss.detach())
+            read = [loss.detach().double(), pck.double()]
+            if stepping:  # (non-finite anywhere, stop asked, save due): agreed over ranks
+                flags = torch.stack(
+                    [
+                        (~window_finite).double(),
+                        torch.tensor(float(requests.stop()), dtype=torch.float64).to(
+                            device, non_blocking=True
+                        ),
+                        torch.tensor(float(requests.save_due()), dtype=torch.float64).to(
+                            device, non_blocking=True
+                        ),
+                    ]
+                )
+                read.append(_max_over_ranks(flags, context))
+            # The one host synchronisation of a batch: the optimizer must not apply a non-finite
+            # loss, and reading the loss, the PCK and the flags with it costs nothing more.
+            value, batch_pck, *agreed = torch.cat([v.reshape(-1) for v in read]).tolist()
+            if stepping and agreed[0]:
+                raise NonFiniteLossError(f"loss became non-finite at epoch {epoch}, step {step}; stopping")
+            scaled = loss / accumulation
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        if stepping:
             if scaler is not None:
                 scaler.step(optimizer)
                 scaler.update()
             else:
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            window_finite = torch.ones((), dtype=torch.bool, device=device)
         state.loss_sum += value
         state.pck_sum += batch_pck
         state.step = step
         window_loss, window = window_loss + value, window + 1
         progress.update(loss=state.loss_sum / step, PCK=state.pck_sum / step)
-        if stepped:
+        if stepping:
             if on_step is not None:
                 on_step(step, window_loss / window, state.pck_sum / step, optimizer.param_groups[0]["lr"])
             window_loss, window = 0.0, 0
-            wants_pause = pause is not None and pause(state) and step < total
-            if pause is not None and not all_ranks(not wants_pause, context):
+            stop_asked, save_due = agreed[1] > 0, agreed[2] > 0
+            if stop_asked and step < total:
                 progress.finish()
                 return state  # every rank stops after the same optimizer step
+            if save_due and requests.save is not None:
+                requests.save(state)
     progress.finish()
     state.complete = True
     return state
+
+
+def _max_over_ranks(flags: torch.Tensor, context: DistributedContext) -> torch.Tensor:
+    """Each flag's maximum over ranks (one all-reduce, asynchronous until it is read)."""
+    if context.is_distributed:
+        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+    return flags
 
 
 @dataclass
@@ -220,11 +267,10 @@ class EpochState:
     complete: bool = False
 
     def metrics(self, context: DistributedContext) -> dict[str, float]:
-        steps = max(self.step, 1)
-        return {
-            "loss": reduce_mean(self.loss_sum / steps, context),
-            "PCK": reduce_mean(self.pck_sum / steps, context),
-        }
+        """Mean loss and PCK over every batch of every rank (one collective)."""
+        loss_sum, pck_sum, batches = reduce_sums([self.loss_sum, self.pck_sum, self.step], context)
+        batches = max(batches, 1)
+        return {"loss": loss_sum / batches, "PCK": pck_sum / batches}
 
 
 def unflip_output(
@@ -276,7 +322,8 @@ def predict(
     flip_permutation: np.ndarray | None = None,
     keep: int = 0,
     channels_last: bool = False,
-) -> dict[str, np.ndarray]:
+    should_stop: Callable[[], bool] | None = None,
+) -> dict[str, np.ndarray] | None:
     """Run the model over ``loader`` and return, gathered over all ranks and sorted by sample
     index: ``preds`` (N, K, 2) in original-image pixels, ``scores`` (N, K), the ground truth from
     each sample's meta, and ``loss`` (N,) per sample (its batch's mean).
@@ -286,13 +333,24 @@ def predict(
     (``crop_preds``, (n, K, 2)), so a picture of them needs no second forward pass.
 
     With ``flip_permutation`` (the dataset's left/right swap), each prediction is averaged with
-    the prediction for the mirrored image, mirrored back (flip test)."""
+    the prediction for the mirrored image, mirrored back (flip test).
+
+    Give ``model`` unwrapped, never its DistributedDataParallel wrapper: a wrapper's forward is a
+    collective (it broadcasts buffers), so a rank with fewer batches, or none, would leave the
+    others waiting forever; here the only collectives come after the loop, on every rank.
+
+    ``should_stop`` is asked before every batch; when it is true on any rank, every rank returns
+    None (a stopped validation has no metrics)."""
     model.eval()
     device = context.device
     progress = EpochProgress(title, len(loader), progress_mode if context.is_main else "none")
     parts: dict[str, list[np.ndarray]] = {}
     kept: dict[str, list[np.ndarray]] = {"crop_images": [], "crop_preds": []}
+    stopped = False
     for batch in loader:
+        if should_stop is not None and should_stop():
+            stopped = True
+            break
         image, target, weight = _to_device(batch, device, precision.dtype, channels_last)
         with precision.autocast(device):
             outputs = model(image)
@@ -325,7 +383,9 @@ def predict(
             parts.setdefault(key, []).append(np.asarray(value))
         progress.update()
     progress.finish()
-    local = {key: np.concatenate(value, axis=0) for key, value in parts.items()}
+    if should_stop is not None and not all_ranks(not stopped, context):
+        return None
+    local = {key: np.concatenate(value, axis=0) for key, value in parts.items()}  # {} without batches
     gathered = gather_arrays(local, context)
     # ranks see disjoint index sets; sorting restores dataset order whatever the world size
     order = np.argsort(gathered["index"], kind="stable")

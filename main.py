@@ -48,8 +48,9 @@ def cli() -> int:
         from datasets.base import DataError
         from engine import NonFiniteLossError
         from utils.checkpoint import CheckpointError, CheckpointWriteError
+        from utils.distributed import DeviceSetupError
 
-        if isinstance(error, (DataError, CheckpointError)):
+        if isinstance(error, (DataError, CheckpointError, DeviceSetupError)):
             print(f"main.py: error: {one_line(error)}", file=sys.stderr)
             return 2
         loading = sys.modules.get("datasets.loading")  # a DataLoader worker died or hung: name its sample

@@ -15,7 +15,9 @@ import re
 import signal
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NoReturn
 
 import cv2
 import numpy as np
@@ -30,6 +32,7 @@ from engine import (
     EpochState,
     NonFiniteLossError,
     Precision,
+    StepRequests,
     predict,
     score_predictions,
     train_one_epoch,
@@ -46,7 +49,13 @@ from utils.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from utils.distributed import DistributedContext, all_ranks, barrier, gather_arrays, setup_distributed
+from utils.distributed import (
+    DistributedContext,
+    barrier,
+    broadcast_buffers,
+    gather_objects,
+    setup_distributed,
+)
 from utils.drawing import browse_samples, draw_pose, save_grid, to_uint8_image
 from utils.logging import RunRecorder
 from utils.options import config_file_keys, fail, is_resume
@@ -55,11 +64,14 @@ from utils.watch import TrainingWatcher
 
 def run(opts: argparse.Namespace) -> int:
     """Train (or resume, fine-tune), evaluate with -test, or write --browse samples."""
+    configure_numerics(opts.deterministic)  # before CUDA starts: cuBLAS reads its workspace setting once
     context = setup_distributed(opts.gpuid)
     # the same seed on every rank gives identical initial weights; augmentation and data order
     # have their own (seed, epoch, index) generators, so ranks still see different samples
     seed_everything(opts.seed)
     say = print if context.is_main else (lambda *a, **k: None)
+    if context.device.type == "cuda" and not opts.deterministic:
+        torch.backends.cudnn.benchmark = not opts.test  # fixed crop sizes: the fastest kernels, found once
 
     input_size, heatmap_size = frame_sizes(opts)  # (width, height)
     model, profile = build_profiled(opts, input_size)
@@ -69,6 +81,7 @@ def run(opts: argparse.Namespace) -> int:
     )
     if opts.amp == "fp16" and context.device.type == "cpu":
         say("note: --amp fp16 on the CPU is slow and gains nothing; bf16 is the CPU's mixed precision")
+    model = with_sync_batchnorm(model, opts.syncBN and not opts.test, context, say)
     precision = Precision(opts.amp, torch.float64 if opts.usedouble else torch.float32)
     model = model.to(context.device, dtype=precision.dtype)
     # channels_last was the fastest correct variant for all seven models on a 2-core CPU (1.06x to
@@ -102,10 +115,12 @@ def run(opts: argparse.Namespace) -> int:
         model.parameters(), lr=opts.LR, **opts.optimizer_kwargs
     )
     scheduler = make_scheduler(optimizer, opts)
-    scaler = torch.amp.GradScaler("cuda") if opts.amp == "fp16" and context.device.type == "cuda" else None
-    start_epoch, best, partial = 1, -math.inf, None
-    if opts.loadModel:
-        start_epoch, best, partial = restore(opts, model, optimizer, scheduler, context, say)
+    # the same scaler on every device, so the CPU tests run the save and restore a GPU run takes
+    scaler = torch.amp.GradScaler(context.device.type) if opts.amp == "fp16" else None
+    resumed = restore(opts, model, optimizer, scheduler, scaler, context) if opts.loadModel else Resumed()
+    start_epoch, best, partial, pending = resumed.start_epoch, resumed.best, resumed.partial, resumed.pending
+    for note in resumed.notes:
+        say(note)
 
     run_dir = make_run_dir(opts, context)
     if opts.resume_changes and context.is_main:
@@ -118,38 +133,44 @@ def run(opts: argparse.Namespace) -> int:
             say(f"wrote {len(paths)} augmented training samples to {run_dir / 'browse'}")
         return 0
     recorder = RunRecorder(run_dir, enabled=context.is_main)
-    if train_loader is not None and train_loader.sampler.tail:
-        note = (
-            f"dropping the last training batch of every epoch, {train_loader.sampler.tail} sample(s) per process "
-            f"of {len(train_set)}: a batch that small gives BatchNorm in {opts.model} a single value per channel"
-        )
+    for note in data_notes(train_loader, train_set, opts, context):
         recorder.log_line(note)
         say(f"note: {note}")
+    for note in resumed.notes:
+        if note.startswith(("random state", "resumed on", "the checkpoint holds")):
+            recorder.log_line(note)
     main_metric = val_set.main_metric
+    # validation runs `model` itself, never the wrapper (engine.predict says why); checkpoints
+    # always hold `model`'s own names
     net = DistributedDataParallel(model) if context.is_distributed else model
     # compiled for training only: validation runs the eager module (eval-mode BatchNorm would
-    # otherwise cost a second compilation); checkpoints always hold `model`'s own names
+    # otherwise cost a second compilation)
     train_net = torch.compile(net) if opts.compile else net
     flip = val_set.joint_spec.flip_permutation() if opts.flipTest else None
+    stop = StopRequest(context.is_main) if not opts.test else None
     predict_val = functools.partial(
-        predict, net, val_loader, codec, context,
+        predict, model, val_loader, codec, context,
         loss_fn=loss_fn, precision=precision, progress_mode=opts.progress, flip_permutation=flip,
-        channels_last=channels_last,
+        channels_last=channels_last, should_stop=stop.requested if stop else None,
     )  # fmt: skip
 
     pictured: dict[str, np.ndarray] = {}  # the last validation's first crops and predictions
 
-    def validate(output_dir: Path | None = None, epoch: int | None = None) -> dict[str, float]:
-        """Generic metrics plus the dataset's official ones (files only from rank 0); with
-        ``epoch``, TensorBoard's skeleton grid drawn from these same predictions."""
+    def validate(output_dir: Path | None = None) -> dict[str, np.ndarray] | None:
+        """Every rank's predictions with rank 0's weights and BatchNorm statistics (None when a
+        stop request ended it early)."""
+        broadcast_buffers(model, context)
         results = predict_val(keep=PICTURE_CROPS if context.is_main else 0)
-        pictured.update({key: results[key] for key in ("crop_images", "crop_preds") if key in results})
-        if epoch is not None:
-            watcher.log_predictions(epoch, val_set, results)
+        if results is not None:
+            pictured.update({key: results[key] for key in ("crop_images", "crop_preds") if key in results})
+        return results
+
+    def scores(results: dict[str, np.ndarray], output_dir: Path | None = None) -> dict[str, float]:
+        """Generic metrics plus the dataset's official ones (files only from rank 0)."""
         return score_predictions(results) | val_set.evaluate(results, output_dir if context.is_main else None)
 
     if opts.test:
-        metrics = validate(run_dir)
+        metrics = scores(validate(), run_dir)
         recorder.log_metrics(start_epoch - 1, "test", metrics)
         say(format_metrics(metrics))
         say(f"run directory: {run_dir}")
@@ -161,40 +182,79 @@ def run(opts: argparse.Namespace) -> int:
         steps_per_epoch=len(train_loader), main_metric=main_metric, start_epoch=start_epoch,
         start_step=partial.step if partial else 0,
     )  # fmt: skip
+    checkpoint = functools.partial(
+        save, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, opts=opts, context=context
+    )
     metrics: dict[str, float] = {}
-    stop = StopRequest()
-    last_save = time.monotonic()
+    saved_at = [time.monotonic()]
 
-    def pause(state: EpochState) -> bool:
-        """At an optimizer step: stop on a signal; write a mid-epoch checkpoint when due."""
-        nonlocal last_save
-        due = opts.saveEveryMinutes > 0 and time.monotonic() - last_save >= 60 * opts.saveEveryMinutes
-        if opts.saveEveryMinutes > 0:
-            due = not all_ranks(not due, context)  # every rank takes part in the save, or none
-        if due and not stop.signal:
-            save(
-                run_dir / "last.pth", state.epoch - 1, best, model, optimizer, scheduler, opts, context, state
-            )
-            last_save = time.monotonic()
-        return stop.signal is not None
+    def save_mid_epoch(state: EpochState) -> None:
+        checkpoint(run_dir / "last.pth", state.epoch - 1, best, partial=state)
+        saved_at[0] = time.monotonic()
+
+    requests = StepRequests(
+        stop=lambda: stop.signal is not None,
+        # every rank takes part in the save, or none: the flag is agreed in the step's collective
+        save_due=lambda: (
+            opts.saveEveryMinutes > 0 and time.monotonic() - saved_at[0] >= 60 * opts.saveEveryMinutes
+        ),
+        save=save_mid_epoch,
+    )
+
+    def validate_epoch(epoch: int, train_metrics: dict[str, float], seconds: float) -> bool:
+        """Validate after ``epoch`` (whose checkpoint is already written), record the metrics,
+        update best.pth and the epoch's line; False when a stop request ended validation."""
+        nonlocal best, metrics
+        stop.doing = f"stopping this validation (epoch {epoch}'s checkpoint is already saved)"
+        started = time.monotonic()
+        results = validate()
+        if results is None:
+            return False
+        metrics = scores(results)
+        watcher.log_predictions(epoch, val_set, results)
+        recorder.log_metrics(epoch, "val", metrics)
+        watcher.log_epoch(epoch, "val", metrics)
+        watcher.write_curves()
+        if metrics[main_metric] > best:
+            best = metrics[main_metric]
+            checkpoint(run_dir / "best.pth", epoch, best)
+        checkpoint(run_dir / "last.pth", epoch, best)  # validated: the new best travels with it
+        finish_epoch_line(epoch, train_metrics, seconds + time.monotonic() - started, metrics)
+        return True
+
+    def finish_epoch_line(epoch, train_metrics, seconds, val_metrics) -> None:
+        line = f"epoch {epoch}/{opts.nEpochs} train loss {train_metrics['loss']:.6f} PCK {train_metrics['PCK']:.2f}"
+        if val_metrics is not None:
+            loss = f" loss {val_metrics['loss']:.6f}" if "loss" in val_metrics else ""
+            line += f" | val{loss} {main_metric} {val_metrics[main_metric]:.2f}"
+        line += f" | lr {optimizer.param_groups[0]['lr']:.3g} | {seconds:.0f}s"
+        recorder.log_line(line)
+        say(line)
+
+    if pending is not None:  # the run stopped while validating this epoch: validate it first
+        epoch = int(pending["epoch"])
+        if not validate_epoch(epoch, pending["train"], float(pending["seconds"])):
+            watcher.close()
+            return stop.exit(run_dir / "last.pth", f"the validation of epoch {epoch}", say, context)
 
     for epoch in range(start_epoch, opts.nEpochs + 1):
         started = time.monotonic()
         train_loader.sampler.set_epoch(epoch)
         train_loader.sampler.skip = partial.step * opts.data_loader_size if partial else 0
         train_set.set_epoch(epoch)
+        stop.doing = "stopping after this training step"
         try:
             state = train_one_epoch(
                 train_net, loss_fn, train_loader, optimizer, codec, context, epoch,
                 accumulation=opts.mini_batch_count, precision=precision, scaler=scaler, progress_mode=opts.progress,
-                on_step=watcher.step_logger(epoch), resume_from=partial, pause=pause,
+                on_step=watcher.step_logger(epoch), resume_from=partial, requests=requests,
                 channels_last=channels_last,
             )  # fmt: skip
             partial = None
             if not state.complete:
-                save(run_dir / "last.pth", epoch - 1, best, model, optimizer, scheduler, opts, context, state)
+                checkpoint(run_dir / "last.pth", epoch - 1, best, partial=state)
                 watcher.close()
-                return stop.exit(run_dir / "last.pth", f"epoch {epoch}, batch {state.step}", say)
+                return stop.exit(run_dir / "last.pth", f"epoch {epoch}, batch {state.step}", say, context)
             train_metrics = state.metrics(context)
         except NonFiniteLossError as error:
             watcher.close()
@@ -206,27 +266,25 @@ def run(opts: argparse.Namespace) -> int:
         scheduler.step()
         recorder.log_metrics(epoch, "train", train_metrics)
         watcher.log_epoch(epoch, "train", train_metrics)
-        line = f"epoch {epoch}/{opts.nEpochs} train loss {train_metrics['loss']:.6f} PCK {train_metrics['PCK']:.2f}"
-        if epoch % opts.valInterval == 0 or epoch == opts.nEpochs:
-            metrics = validate(epoch=epoch)
-            recorder.log_metrics(epoch, "val", metrics)
-            watcher.log_epoch(epoch, "val", metrics)
-            watcher.write_curves()
-            loss = f" loss {metrics['loss']:.6f}" if "loss" in metrics else ""
-            line += f" | val{loss} {main_metric} {metrics[main_metric]:.2f}"
-            if metrics[main_metric] > best:
-                best = metrics[main_metric]
-                save(run_dir / "best.pth", epoch, best, model, optimizer, scheduler, opts, context)
-        line += f" | lr {optimizer.param_groups[0]['lr']:.3g} | {time.monotonic() - started:.0f}s"
-        recorder.log_line(line)
-        say(line)
-        save(run_dir / "last.pth", epoch, best, model, optimizer, scheduler, opts, context)
-        last_save = time.monotonic()
+        seconds = time.monotonic() - started
+        validating = epoch % opts.valInterval == 0 or epoch == opts.nEpochs
+        stop.doing = f"finishing epoch {epoch}'s checkpoint, then stopping"
+        # written before validation, so a stop (or torchrun's kill 30 s after it) while validating
+        # keeps the epoch; the resumed run validates it first
+        waiting = {"epoch": epoch, "train": train_metrics, "seconds": seconds} if validating else None
+        checkpoint(run_dir / "last.pth", epoch, best, pending_validation=waiting)
+        if validating:
+            if not validate_epoch(epoch, train_metrics, seconds):
+                watcher.close()
+                return stop.exit(run_dir / "last.pth", f"the validation of epoch {epoch}", say, context)
+        else:
+            finish_epoch_line(epoch, train_metrics, seconds, None)
+        saved_at[0] = time.monotonic()
         if epoch % opts.saveInterval == 0:
-            save(run_dir / f"model_{epoch}.pth", epoch, best, model, optimizer, scheduler, opts, context)
+            checkpoint(run_dir / f"model_{epoch}.pth", epoch, best)
         if stop.signal is not None and epoch < opts.nEpochs:
             watcher.close()
-            return stop.exit(run_dir / "last.pth", f"the end of epoch {epoch}", say)
+            return stop.exit(run_dir / "last.pth", f"the end of epoch {epoch}", say, context)
     watcher.close()
     stop.restore()
 
@@ -246,6 +304,38 @@ def run(opts: argparse.Namespace) -> int:
         if picture is not None:
             say(f"predicted skeletons: {picture}")
     return 0
+
+
+def configure_numerics(deterministic: bool) -> None:
+    """``--deterministic 1``: the same weights from the same seed on CUDA too, at a cost in speed
+    (README, GPU section): deterministic kernels only (an op without one stops the run naming
+    it), cuDNN's autotuner off, TF32 off for convolutions and matrix products."""
+    if not deterministic:
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's deterministic mode
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+
+def with_sync_batchnorm(
+    model: torch.nn.Module, wanted: bool, context: DistributedContext, say
+) -> torch.nn.Module:
+    """``--syncBN 1``: BatchNorm statistics over the whole batch of all GPUs (pose batches per GPU
+    are small). Same state_dict names, so checkpoints are interchangeable with plain BatchNorm."""
+    if not wanted:
+        return model
+    if context.world_size < 2:
+        say("note: --syncBN 1 has no effect on one process (BatchNorm already sees the whole batch)")
+        return model
+    if context.device.type != "cuda":
+        say(
+            "note: --syncBN 1 needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel); plain BatchNorm is used"
+        )
+        return model
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
 def seed_everything(seed: int) -> None:
@@ -284,6 +374,33 @@ def check_output_shape(
             f"outputRes: model {opts.model} outputs {tuple(shapes[-1])[1:]} for inputRes {opts.inputRes} "
             f"but the targets are {expected[1:]}; set outputRes to the model's output height"
         )
+
+
+def data_notes(
+    train_loader: DataLoader | None, train_set: KeypointDataset | None, opts, context: DistributedContext
+) -> list[str]:
+    """What the sampler does to the training set that a user should know, one line each."""
+    if train_loader is None:
+        return []
+    notes = []
+    if train_loader.sampler.tail:
+        notes.append(
+            f"dropping the last training batch of every epoch, {train_loader.sampler.tail} sample(s) per process "
+            f"of {len(train_set)}: a batch that small gives BatchNorm in {opts.model} a single value per channel"
+        )
+    if context.world_size > 1:
+        padding = -len(train_set) % context.world_size
+        notes.append(
+            f"{context.world_size} processes: effective batch {opts.data_loader_size * opts.mini_batch_count * context.world_size} "
+            f"(data_loader_size {opts.data_loader_size} x mini_batch_count {opts.mini_batch_count} x processes)"
+            + (
+                f"; the distributed sampler repeats {padding} of the {len(train_set)} training samples every epoch "
+                f"so that each process gets {len(train_loader.sampler) + train_loader.sampler.tail}"
+                if padding
+                else ""
+            )
+        )
+    return notes
 
 
 def make_loaders(
@@ -353,31 +470,46 @@ class ResumableSampler(DistributedSampler):
 
 
 class StopRequest:
-    """SIGINT / SIGTERM ask training to stop after the current optimizer step, with a resumable
-    checkpoint; a second SIGINT stops at once (checkpoints are written atomically, so the newest
-    complete one stays usable)."""
+    """SIGINT / SIGTERM ask the run to stop cleanly: training after the current optimizer step,
+    validation at its next batch (the epoch's checkpoint is written before it), each with a
+    resumable checkpoint; a second SIGINT stops at once (checkpoints are written atomically, so
+    the newest complete one stays usable). ``doing`` is what the loop is finishing, for the one
+    line rank 0 prints."""
 
-    def __init__(self) -> None:
+    def __init__(self, announce: bool = True) -> None:
         self.signal: int | None = None
+        self.announce = announce
+        self.doing = "stopping after this training step"
         self.previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
         for sig in self.previous:
             signal.signal(sig, self._handle)
 
+    def requested(self) -> bool:
+        return self.signal is not None
+
     def _handle(self, signum: int, _frame) -> None:
-        if self.signal is not None and signum == signal.SIGINT:
-            print("\nsecond interrupt: stopping now; the newest complete checkpoint is kept", file=sys.stderr)
-            os._exit(130)
+        if self.signal is not None:
+            if signum == signal.SIGINT:
+                if self.announce:
+                    print(
+                        "\nsecond interrupt: stopping now; the newest complete checkpoint is kept",
+                        file=sys.stderr,
+                    )
+                os._exit(130)
+            return  # torchrun follows a Ctrl-C with SIGTERM: the same request
         self.signal = signum
-        print(f"\n{signal.Signals(signum).name}: stopping after this training step", file=sys.stderr)
+        if self.announce:
+            print(f"\n{signal.Signals(signum).name}: {self.doing}", file=sys.stderr)
 
     def restore(self) -> None:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
 
-    def exit(self, checkpoint: Path, where: str, say) -> int:
-        """Say where training stopped and how to resume; the shell's status for the signal."""
+    def exit(self, checkpoint: Path, where: str, say, context: DistributedContext) -> int:
+        """Say where the run stopped and how to resume it (with the launcher it was started by);
+        the shell's status for the signal."""
         self.restore()
-        say(f"interrupted at {where}; resume with: python main.py --loadModel {checkpoint}")
+        say(f"interrupted at {where}; resume with: {context.launch_command} --loadModel {checkpoint}")
         return 128 + int(self.signal)
 
 
@@ -396,9 +528,21 @@ def make_scheduler(
     return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step, gamma=opts.dropMag)
 
 
-def restore(opts, model, optimizer, scheduler, context, say) -> tuple[int, float, EpochState | None]:
+@dataclass
+class Resumed:
+    """Where a run continues from a checkpoint, and what a resume must say about it."""
+
+    start_epoch: int = 1
+    best: float = -math.inf
+    partial: EpochState | None = None  # a mid-epoch checkpoint: the batches already done
+    pending: dict[str, Any] | None = None  # the run stopped while validating this epoch
+    notes: list[str] = field(default_factory=list)  # for the log and the terminal
+
+
+def restore(opts, model, optimizer, scheduler, scaler, context: DistributedContext) -> Resumed:
     """Load --loadModel; --loadOptim, --loadEpoch and --dropPreLoaded choose what is kept."""
     state = load_weights(model, opts)
+    resumed = Resumed()
     if opts.loadOptim and "optimizer" in state:
         optimizer.load_state_dict(state["optimizer"])
         # keep the schedule's progress but this run's dropLR / dropMag / lrMilestones
@@ -406,44 +550,106 @@ def restore(opts, model, optimizer, scheduler, context, say) -> tuple[int, float
             k: v for k, v in state["scheduler"].items() if k not in ("step_size", "gamma", "milestones")
         }
         scheduler.load_state_dict({**scheduler.state_dict(), **progress})
+        if scaler is not None and not opts.test:
+            if state.get("grad_scaler"):
+                scaler.load_state_dict(state["grad_scaler"])
+            else:
+                resumed.notes.append(
+                    "the checkpoint holds no GradScaler state (not trained with --amp fp16): "
+                    f"the loss scale starts at {scaler.get_scale():g}"
+                )
     if opts.dropPreLoaded:
         for group in optimizer.param_groups:
             group["lr"] *= opts.dropMagPreLoaded
-    if opts.loadEpoch:
-        if "rng" in state:
-            restore_rng_state(state["rng"])
-        best = float(state.get("best", -math.inf))
-        middle = state.get("mid_epoch")
-        if middle and not opts.test:
-            # the running sums are per rank: each rank continues its own share of the epoch
-            rank = context.rank
-            partial = EpochState(
-                int(middle["epoch"]), int(middle["step"]), middle["loss_sum"][rank], middle["pck_sum"][rank]
+    if not opts.loadEpoch:
+        resumed.notes.append(f"loaded weights from {opts.loadModel}; counting epochs from 1")
+        return resumed
+    if "rng" in state:
+        note = restore_rng_state(state["rng"], context.rank, context.world_size, context.device)
+        if note:
+            resumed.notes.append(note)
+    resumed.best = float(state.get("best", -math.inf))
+    middle = state.get("mid_epoch")
+    if middle and not opts.test:
+        # the running sums and sample positions are per rank: only the same number of ranks continues
+        written_by = int(state.get("world_size", len(middle["loss_sum"])))
+        if written_by != context.world_size:
+            launch = state.get("launch") or (
+                "python main.py" if written_by == 1 else f"torchrun --nproc_per_node {written_by} main.py"
             )
-            say(f"resumed {opts.loadModel} in epoch {partial.epoch} after batch {partial.step}")
-            return partial.epoch, best, partial
+            stop_run(
+                f"loadModel: {opts.loadModel} was written in the middle of epoch {middle['epoch']} by {written_by} "
+                f"process(es) and this run has {context.world_size}; a mid-epoch checkpoint continues only on the "
+                f"same number: {launch} --loadModel {opts.loadModel} (end-of-epoch checkpoints may change it)",
+                context,
+            )
+        rank = context.rank
+        resumed.partial = EpochState(
+            int(middle["epoch"]), int(middle["step"]), middle["loss_sum"][rank], middle["pck_sum"][rank]
+        )
+        resumed.start_epoch = resumed.partial.epoch
+        resumed.notes.append(
+            f"resumed {opts.loadModel} in epoch {resumed.partial.epoch} after batch {resumed.partial.step}"
+        )
+    else:
+        resumed.start_epoch = int(state["epoch"]) + 1
+        if not opts.test and state.get("pending_validation"):
+            resumed.pending = state["pending_validation"]
         verb = "evaluating" if opts.test else "resumed"
-        say(f"{verb} {opts.loadModel} after epoch {state['epoch']}")
-        return int(state["epoch"]) + 1, best, None
-    say(f"loaded weights from {opts.loadModel}; counting epochs from 1")
-    return 1, -math.inf, None
+        resumed.notes.append(f"{verb} {opts.loadModel} after epoch {state['epoch']}")
+    if not opts.test:
+        change = world_size_change(state, opts, context)
+        if change:
+            resumed.notes.append(change)
+    return resumed
+
+
+def world_size_change(state: dict[str, Any], opts, context: DistributedContext) -> str | None:
+    """One line when a resume runs on another number of processes: the effective batch changes."""
+    written_by = int(state.get("world_size", 1))
+    if written_by == context.world_size:
+        return None
+    stored = state.get("config") or {}
+    before = int(stored.get("data_loader_size", opts.data_loader_size)) * int(
+        stored.get("mini_batch_count", opts.mini_batch_count)
+    )
+    after = opts.data_loader_size * opts.mini_batch_count
+    return (
+        f"resumed on {context.world_size} process(es) a run written by {written_by}: effective batch "
+        f"{before * written_by} -> {after * context.world_size} (data_loader_size x mini_batch_count x "
+        f"processes); the learning rate is as configured, not rescaled"
+    )
+
+
+def stop_run(message: str, context: DistributedContext) -> NoReturn:
+    """Stop every rank with status 2; rank 0 prints the one line."""
+    if context.is_main:
+        fail(message)
+    raise SystemExit(2)
 
 
 def save(
     path: Path,
     epoch: int,
     best: float,
+    *,
     model,
     optimizer,
     scheduler,
+    scaler: torch.amp.GradScaler | None,
     opts,
     context: DistributedContext,
     partial: EpochState | None = None,
+    pending_validation: dict[str, Any] | None = None,
 ) -> None:
     """Checkpoint after ``epoch`` completed epochs; with ``partial``, also the batches done of the
-    next epoch (a mid-epoch checkpoint, resumed at the next batch)."""
-    if partial is not None:  # every rank's running sums (a collective: all ranks call save)
-        sums = gather_arrays({"sums": np.array([[partial.loss_sum, partial.pck_sum]])}, context)["sums"]
+    next epoch (a mid-epoch checkpoint, resumed at the next batch); with ``pending_validation``,
+    an epoch whose validation has not run yet (a resume runs it first). A collective: every rank
+    calls it, and each rank's generators and running sums reach rank 0 in one gather."""
+    own = {"rng": capture_rng_state(context.device)}
+    if partial is not None:
+        own["sums"] = (partial.loss_sum, partial.pck_sum)
+    ranks = gather_objects(own, context)
     if context.is_main:
         state = {
             "model": model.state_dict(),
@@ -451,17 +657,23 @@ def save(
             "scheduler": scheduler.state_dict(),
             "epoch": epoch,
             "best": best,
-            "rng": capture_rng_state(),
+            "rng": {"ranks": [entry["rng"] for entry in ranks]},  # one per rank, in rank order
             # the data order is a function of (seed, epoch), so these two replay it exactly
             "data_order": {"seed": opts.seed, "next_epoch": epoch + 1},
+            "world_size": context.world_size,
+            "launch": context.launch_command,
             "config": opts.config,
         }
+        if scaler is not None:
+            state["grad_scaler"] = scaler.state_dict()
+        if pending_validation is not None:
+            state["pending_validation"] = pending_validation
         if partial is not None:
             state["mid_epoch"] = {
                 "epoch": partial.epoch,
                 "step": partial.step,
-                "loss_sum": [float(v) for v in sums[:, 0]],  # one per rank, in rank order
-                "pck_sum": [float(v) for v in sums[:, 1]],
+                "loss_sum": [float(entry["sums"][0]) for entry in ranks],  # one per rank, in rank order
+                "pck_sum": [float(entry["sums"][1]) for entry in ranks],
             }
         try:
             save_checkpoint(state, path)

@@ -271,6 +271,18 @@ def build_parser() -> configargparse.ArgParser:
         "on the CPU too (benchmarks/training_step.py), same numbers up to float rounding",
     )
     training.add_argument(
+        "--deterministic",
+        type=_flag,
+        default=False,
+        help="reproducible training on CUDA (0/1): deterministic kernels, no cuDNN autotuning, no TF32; slower",
+    )
+    training.add_argument(
+        "--syncBN",
+        type=_flag,
+        default=False,
+        help="under torchrun on GPUs: BatchNorm statistics over all processes' batches (0/1)",
+    )
+    training.add_argument(
         "--compile",
         type=_flag,
         default=False,
@@ -616,7 +628,7 @@ STEERING_KEYS = (
     "nThreads", "progress", "gpuid", "dont_pin_memory", "amp", "flipTest", "expDir", "dataDir",
     "imageDir", "allowConfigChange", "saveEveryMinutes", "tensorboard", "visdom",
     "skipBadSamples", "maxBadFraction", "allowOutsidePaths", "imageCache", "channelsLast", "compile",
-    "postProcess",
+    "postProcess", "deterministic", "syncBN",
 )  # fmt: skip
 
 
