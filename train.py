@@ -309,15 +309,15 @@ def run(opts: argparse.Namespace) -> int:
 def configure_numerics(deterministic: bool) -> None:
     """``--deterministic 1``: the same weights from the same seed on CUDA too, at a cost in speed
     (README, GPU section): deterministic kernels only (an op without one stops the run naming
-    it), cuDNN's autotuner off, TF32 off for convolutions and matrix products."""
-    if not deterministic:
-        return
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's deterministic mode
-    torch.use_deterministic_algorithms(True)
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
+    it), cuDNN's autotuner off, TF32 off for convolutions and matrix products. Set both ways,
+    since the switches are process-wide and a caller may run several commands in one process."""
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's deterministic mode
+        torch.backends.cuda.matmul.allow_tf32 = False
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.allow_tf32 = not deterministic  # PyTorch's default is on
+    torch.backends.cudnn.benchmark = False  # run() turns it on for non-deterministic CUDA training
 
 
 def with_sync_batchnorm(

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 import torchvision
 from torch import nn
+
+from models.layers import bilinear_resize
 
 # name -> (torchvision builder, weights enum, trunk output channels)
 _BACKBONES: dict[str, tuple[Callable[..., nn.Module], Any, int]] = {
@@ -155,4 +156,4 @@ def resize_to(features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear resize to ``size`` when needed; a no-op (same tensor) when the size already matches."""
     if tuple(features.shape[-2:]) == tuple(size):
         return features
-    return F.interpolate(features, size=size, mode="bilinear", align_corners=False)
+    return bilinear_resize(features, size, align_corners=False)

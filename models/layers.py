@@ -87,3 +87,57 @@ class Hourglass(nn.Module):
         low = self.up(low)
         # interpolating to the skip's size (not a fixed x2) keeps odd sizes such as 64x48 -> 8x6 -> 4x3 working
         return [skip + F.interpolate(low, size=skip.shape[-2:], mode="nearest"), *inner_levels]
+
+
+def _needs_deterministic_kernel(x: torch.Tensor) -> bool:
+    """CUDA's bilinear-resize and fractional-pooling backward passes add with atomics (results
+    vary run to run) and refuse to run under ``torch.use_deterministic_algorithms`` (--deterministic)."""
+    return x.is_cuda and torch.are_deterministic_algorithms_enabled() and torch.is_grad_enabled()
+
+
+def _bilinear_matrix(size_in: int, size_out: int, align_corners: bool, like: torch.Tensor) -> torch.Tensor:
+    """(size_out, size_in) weights of 1-D linear interpolation with F.interpolate's sampling rule."""
+    out = torch.arange(size_out, dtype=torch.float64)
+    if align_corners:
+        source = out * ((size_in - 1) / (size_out - 1)) if size_out > 1 else torch.zeros_like(out)
+    else:
+        source = ((out + 0.5) * (size_in / size_out) - 0.5).clamp(min=0.0)
+    lower = source.floor().long().clamp(max=size_in - 1)
+    upper = (lower + 1).clamp(max=size_in - 1)
+    fraction = source - lower
+    weights = torch.zeros(size_out, size_in, dtype=torch.float64)
+    weights[out.long(), lower] += 1.0 - fraction
+    weights[out.long(), upper] += fraction
+    return weights.to(device=like.device, dtype=like.dtype)
+
+
+def bilinear_resize(
+    x: torch.Tensor, size: tuple[int, int], align_corners: bool, matrix_form: bool | None = None
+) -> torch.Tensor:
+    """``F.interpolate(x, size, mode="bilinear")`` for (N, C, H, W); under --deterministic on CUDA
+    the same numbers as two matrix products (rows, then columns), whose backward is deterministic.
+    ``matrix_form`` forces either form (tests)."""
+    if matrix_form is None:
+        matrix_form = _needs_deterministic_kernel(x)
+    if not matrix_form:
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=align_corners)
+    rows = _bilinear_matrix(x.shape[-2], size[0], align_corners, x)  # (h, H)
+    cols = _bilinear_matrix(x.shape[-1], size[1], align_corners, x)  # (w, W)
+    return rows @ x @ cols.T  # (N, C, h, w)
+
+
+def fractional_max_pool2d(
+    x: torch.Tensor, output_size: tuple[int, int], gather_form: bool | None = None
+) -> torch.Tensor:
+    """``F.fractional_max_pool2d(x, 2, output_size)`` with fresh random regions; under
+    --deterministic on CUDA the regions' maxima are picked with a gather, whose backward is
+    deterministic, from the indices torch's kernel chose (the same draw, the same output).
+    ``gather_form`` forces either form (tests)."""
+    if gather_form is None:
+        gather_form = _needs_deterministic_kernel(x)
+    if not gather_form:
+        return F.fractional_max_pool2d(x, 2, output_size=output_size)
+    with torch.no_grad():
+        _, indices = F.fractional_max_pool2d(x, 2, output_size=output_size, return_indices=True)
+    n, c = x.shape[:2]
+    return x.reshape(n, c, -1).gather(2, indices.reshape(n, c, -1)).view(n, c, *output_size)

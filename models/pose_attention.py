@@ -6,7 +6,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.layers import Hourglass, Residual, bn_relu_conv, conv_bn_relu, residual_stack
+from models.layers import (
+    Hourglass,
+    Residual,
+    bilinear_resize,
+    bn_relu_conv,
+    conv_bn_relu,
+    residual_stack,
+)
 from models.registry import register_model
 
 
@@ -109,7 +116,7 @@ class MultiResolutionAttention(nn.Module):
         """Summed attention (N, 1, *size) from ``sources``, one feature map per resolution."""
         total = 0
         for attend, source in zip(self.maps, sources, strict=True):
-            total = total + F.interpolate(attend(source), size=size, mode="bilinear", align_corners=False)
+            total = total + bilinear_resize(attend(source), size, align_corners=False)
         return total
 
     def forward(self, features: torch.Tensor, coarser: list[torch.Tensor]) -> torch.Tensor:

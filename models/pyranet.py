@@ -6,10 +6,17 @@ import math
 from functools import partial
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from models.layers import Hourglass, Residual, bn_relu_conv, conv_bn_relu, residual_stack
+from models.layers import (
+    Hourglass,
+    Residual,
+    bilinear_resize,
+    bn_relu_conv,
+    conv_bn_relu,
+    fractional_max_pool2d,
+    residual_stack,
+)
 from models.registry import register_model
 from models.stacked_hourglass import StackedHourglass
 
@@ -105,7 +112,7 @@ def subsample(x: torch.Tensor, ratio: float, training: bool) -> torch.Tensor:
         return x  # a 1-pixel axis cannot be pooled by a 2x2 window
     size = (min(max(int(height * ratio), 1), height - 1), min(max(int(width * ratio), 1), width - 1))
     if training:
-        return F.fractional_max_pool2d(x, 2, output_size=size)
+        return fractional_max_pool2d(x, size)
     return fixed_fractional_max_pool2d(x, size)
 
 
@@ -199,7 +206,7 @@ class PyramidResidualModule(nn.Module):
                 continue
             low = conv(subsample(branch, ratio, self.training))  # (N, D, ~ratio*H, ~ratio*W)
             # corners aligned, as Torch's SpatialUpSamplingBilinear of the authors' release
-            outputs.append(F.interpolate(low, size=size, mode="bilinear", align_corners=True))
+            outputs.append(bilinear_resize(low, size, align_corners=True))
         if self.prm_type == "C":
             return torch.cat(outputs, dim=1)  # (N, C*D, H, W)
         return torch.stack(outputs).sum(0)  # (N, D, H, W)

@@ -65,3 +65,36 @@ def test_model_trains_on_a_fixed_batch(name):
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0], losses
+
+
+@pytest.mark.parametrize("align_corners", [True, False])
+@pytest.mark.parametrize(
+    ("shape", "size"), [((2, 3, 5, 7), (9, 13)), ((1, 2, 8, 8), (4, 4)), ((1, 1, 1, 5), (4, 2))]
+)
+def test_deterministic_bilinear_resize_equals_interpolate(shape, size, align_corners) -> None:
+    """The matrix form --deterministic uses on CUDA gives F.interpolate's numbers and gradients."""
+    from models.layers import bilinear_resize
+
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    direct = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=align_corners)
+    matrix = bilinear_resize(x, size, align_corners, matrix_form=True)
+    torch.testing.assert_close(matrix, direct, rtol=0, atol=1e-12)
+    weights = torch.randn_like(direct)
+    torch.testing.assert_close(
+        torch.autograd.grad((matrix * weights).sum(), x)[0],
+        torch.autograd.grad((direct * weights).sum(), x)[0],
+        rtol=0,
+        atol=1e-12,
+    )
+
+
+def test_deterministic_fractional_pooling_is_torchs_draw_with_its_gradient() -> None:
+    from models.layers import fractional_max_pool2d
+
+    x = torch.randn(2, 3, 9, 11, requires_grad=True)
+    torch.manual_seed(5)
+    direct = torch.nn.functional.fractional_max_pool2d(x, 2, output_size=(6, 7))
+    torch.manual_seed(5)
+    gathered = fractional_max_pool2d(x, (6, 7), gather_form=True)
+    assert torch.equal(direct, gathered)
+    assert torch.equal(torch.autograd.grad(direct.sum(), x)[0], torch.autograd.grad(gathered.sum(), x)[0])

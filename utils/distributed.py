@@ -73,9 +73,9 @@ def choose_device(gpuid: int, local_rank: int | None = None, local_world_size: i
     else:
         if local_rank >= count or local_world_size > count:
             raise DeviceSetupError(
-                f"LOCAL_RANK {local_rank} of {local_world_size} processes on this node has no GPU of its own: "
-                f"{count} visible (CUDA_VISIBLE_DEVICES={visible_devices()}); start at most {count} "
-                f"(torchrun --nproc_per_node {count}) or make more GPUs visible"
+                f"LOCAL_RANK {local_rank}: {local_world_size} processes on this node and {count} GPU(s) visible "
+                f"(CUDA_VISIBLE_DEVICES={visible_devices()}); every process needs a GPU of its own: start at "
+                f"most {count} (torchrun --nproc_per_node {count}) or make more GPUs visible"
             )
         index = local_rank
     torch.cuda.set_device(index)
