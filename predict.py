@@ -28,7 +28,7 @@ import torch
 
 from datasets.base import DataError, normalise, read_image
 from datasets.coco import box_to_center_scale
-from engine import unflip_output
+from engine import Precision, unflip_output
 from inference import TrainedModel, load_trained
 from utils.distributed import choose_device
 from utils.drawing import draw_pose
@@ -195,8 +195,22 @@ def load_detector(name: str, weights_file: str, device: torch.device) -> torch.n
 class PoseRunner:
     """Crops -> network (PyTorch or ONNX Runtime) -> poses in frame pixels, flip test included."""
 
-    def __init__(self, trained: TrainedModel, flip_test: bool, onnx_path: str = "") -> None:
+    def __init__(
+        self,
+        trained: TrainedModel,
+        flip_test: bool,
+        onnx_path: str = "",
+        amp: str = "none",
+        channels_last: bool = False,
+    ) -> None:
+        """``amp`` and ``channels_last`` (the checkpoint's, normally) apply on CUDA, where they are
+        what the network was trained and measured with; the CPU path stays float32 NCHW."""
         self.trained, self.flip_test = trained, flip_test
+        on_gpu = trained.device.type == "cuda"
+        self.precision = Precision(amp if on_gpu else "none")
+        self.channels_last = channels_last and on_gpu
+        if self.channels_last:
+            trained.model.to(memory_format=torch.channels_last)
         self.session = None
         if onnx_path:
             import onnxruntime
@@ -215,8 +229,11 @@ class PoseRunner:
         if self.session is not None:
             name = self.session.get_inputs()[0].name
             return torch.from_numpy(self.session.run(None, {name: batch})[0])
-        with torch.no_grad():
-            image = torch.from_numpy(batch).to(self.trained.device)
+        device = self.trained.device
+        with torch.no_grad(), self.precision.autocast(device):
+            image = torch.from_numpy(batch).to(device, non_blocking=device.type == "cuda")
+            if self.channels_last:
+                image = image.contiguous(memory_format=torch.channels_last)
             return self.trained.model(image)[-1].float().cpu()
 
     def __call__(self, crops: np.ndarray, inverses: np.ndarray) -> np.ndarray:
@@ -267,10 +284,11 @@ def write_outputs(frames: list[Frame], run_dir: Path, skeleton, left_joints, vid
 
 def run(opts: argparse.Namespace) -> int:
     device = choose_device(opts.gpuid)
-    trained = load_trained(opts, device)
+    # onnxruntime runs the network on the CPU; the PyTorch model only lends its codec and joints
+    trained = load_trained(opts, "cpu" if opts.onnx else device)
     if opts.onnx:
         print(f"running {opts.onnx} with onnxruntime (the checkpoint supplies the decoding)")
-    runner = PoseRunner(trained, opts.flipTest, opts.onnx)
+    runner = PoseRunner(trained, opts.flipTest, opts.onnx, opts.amp, bool(opts.channelsLast))
     boxes = BoxSource(opts, device)
     run_dir: Path = opts.run_dir
     run_dir.mkdir(parents=True, exist_ok=False)
@@ -318,7 +336,8 @@ def run(opts: argparse.Namespace) -> int:
         print(f"skipped {line}")
     print(
         f"{len(entries)} poses in {frames_done} frames, {frames_done / max(elapsed, 1e-9):.1f} images/s "
-        f"({'flip test, ' if opts.flipTest else ''}{device.type}); {len(skipped)} unreadable files skipped"
+        f"({'flip test, ' if opts.flipTest else ''}{'onnxruntime on the cpu' if opts.onnx else device.type}); "
+        f"{len(skipped)} unreadable files skipped"
     )
     print(f"run directory: {run_dir} (keypoints.json and the drawn frames)")
     return 0

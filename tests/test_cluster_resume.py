@@ -387,3 +387,34 @@ def test_deterministic_runs_repeat_and_sync_bn_on_one_process_says_it_does_nothi
     assert torch.are_deterministic_algorithms_enabled()
     assert entry.main([*TINY_RUN, "--nEpochs", "1", "--expDir", str(tmp_path), "--expID", "c"]) == 0
     assert not torch.are_deterministic_algorithms_enabled()  # the switch is per command
+
+
+# --- -predict --onnx on a GPU machine ---------------------------------------------------------------
+
+
+def test_predict_with_onnx_keeps_the_pytorch_model_off_the_gpu(tmp_path: Path, monkeypatch, capsys) -> None:
+    """On a CUDA machine (faked) onnxruntime runs on the CPU, so the PyTorch model, which only
+    lends its codec and joints, is built on the CPU too: nothing reaches the (fake) GPU."""
+    import cv2
+    import numpy as np
+
+    import predict
+
+    assert entry.main([*TINY_RUN, "--nEpochs", "1", "--expDir", str(tmp_path), "--expID", "m"]) == 0
+    checkpoint = str(tmp_path / "m" / "last.pth")
+    model = tmp_path / "model.onnx"
+    assert entry.main(["-export", str(model), "--loadModel", checkpoint]) == 0
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    cv2.imwrite(str(photos / "a.png"), np.random.default_rng(1).integers(0, 255, (50, 70, 3), dtype=np.uint8))
+    monkeypatch.setattr(predict, "choose_device", lambda gpuid: torch.device("cuda", 0))
+    devices = []
+    real_load = predict.load_trained
+    monkeypatch.setattr(
+        predict, "load_trained", lambda opts, device: devices.append(device) or real_load(opts, device)
+    )
+    capsys.readouterr()
+    assert entry.main(["-predict", str(photos), "--loadModel", checkpoint, "--onnx", str(model),
+                       "--expDir", str(tmp_path / "out"), "--progress", "none"]) == 0  # fmt: skip
+    assert devices == ["cpu"]
+    assert "(onnxruntime on the cpu)" in capsys.readouterr().out
