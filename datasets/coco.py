@@ -167,7 +167,7 @@ def keypoint_category(coco: Any, num_joints: int, source: Path | str) -> int:
 
 # why a ground-truth annotation or a detection gave no record, as counted in a Tally
 SKIP_REASONS = {
-    "crowd": "crowd regions (iscrowd 1)",
+    "crowd": "marked as crowd (iscrowd 1)",
     "category": "not of category",
     "orphan": "of images not in the file",
     "unlabelled": "without a labelled keypoint (v > 0)",

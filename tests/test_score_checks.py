@@ -310,7 +310,7 @@ def test_passed_over_annotations_and_detections_are_noted(coco_copy, capsys):
     dataset = coco(coco_copy)
     assert len(dataset) == 10
     assert dataset.notes == [
-        f"{coco_copy / 'test_coco.json'}: read 10 persons; not read: 1 crowd regions (iscrowd 1), "
+        f"{coco_copy / 'test_coco.json'}: read 10 persons; not read: 1 marked as crowd (iscrowd 1), "
         "1 not of category 1, 2 without a labelled keypoint (v > 0)"
     ]
     # COCOeval scores the keypoint category only: the ground truth still scores 1.0
