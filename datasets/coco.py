@@ -17,6 +17,13 @@ Supported layouts (``data_dir``)::
 or any annotation file given by ``annotation_file`` with images in ``image_dir`` (default
 ``data_dir/images/{split}`` if it exists, else the annotation file's folder, e.g. the flat
 fixture folder holding ``test_coco.json`` beside its images).
+
+The ground truth COCOeval scores against is read by the same code (``metrics.coco.load_gt``,
+:func:`read_ground_truth`): an id used twice is a bad record, ``num_keypoints`` is counted from
+the keypoints, and the records dropped as bad are left out, so the persons scored are the
+persons read. What a reading passes over (crowd regions, other categories, detections below the
+threshold, ...) is counted in one note per file (``dataset.notes``), and an empty reading says
+why (:meth:`COCODataset.empty_reason`).
 """
 
 from __future__ import annotations
@@ -187,7 +194,7 @@ class Tally(dict):
         self[reason] = self.get(reason, 0) + 1
 
     def parts(self, **extra: str) -> list[str]:
-        """'3 crowd regions (iscrowd 1)', ... for every reason counted (``extra`` adds words to a
+        """'3 marked as crowd (iscrowd 1)', ... for every reason counted (``extra`` adds words to a
         reason, e.g. the threshold's value)."""
         return [
             f"{self[reason]} {SKIP_REASONS[reason]}{extra.get(reason, '')}"
