@@ -9,7 +9,8 @@ everything is reported in that frame: boxes from ``--bboxFile`` or the detector,
 drawn PNGs. Each person box becomes one crop exactly as in validation (padded 1.25x to the input
 aspect ratio, placed by the checkpoint's coordinate convention), crops are batched across frames,
 and poses are decoded back to frame pixels. Results go to a new run directory: ``keypoints.json``
-(COCO's results layout plus the file name), one drawn PNG per image and one drawn MP4 per video.
+(COCO's results layout plus the file name), one drawn PNG per image and one drawn MP4 per video,
+named after the whole input name (``x.jpg`` -> ``x.jpg.png``), so two inputs never share one.
 """
 
 from __future__ import annotations
@@ -123,14 +124,18 @@ class BoxSource:
         if not isinstance(entries, list):
             fail(f"bboxFile: {path} must hold a JSON list of {{file_name or image_id, bbox, score}}")
         self.by_name = {}
+        empty: list[int] = []  # boxes with no area: passed over, as a validation detection file's are
         for number, entry in enumerate(entries):
             try:
                 box = [float(v) for v in entry["bbox"]]
                 score = float(entry.get("score", 1.0))
-                assert len(box) == 4 and box[2] > 0 and box[3] > 0
+                assert len(box) == 4 and all(np.isfinite(box))
             except (KeyError, TypeError, ValueError, AssertionError):
-                fail(f"bboxFile: {path} entry {number} needs a bbox [x, y, w, h] with w, h > 0")
+                fail(f"bboxFile: {path} entry {number} needs a bbox [x, y, w, h] of 4 numbers")
             if entry.get("category_id", PERSON_LABEL) != PERSON_LABEL or score < self.file_threshold:
+                continue
+            if box[2] <= 0 or box[3] <= 0:
+                empty.append(number)
                 continue
             if "file_name" in entry:
                 key = (str(entry["file_name"]), entry.get("frame"))
@@ -139,6 +144,12 @@ class BoxSource:
                 self.by_id.setdefault(int(entry["image_id"]), []).append((box, score))
             else:
                 fail(f"bboxFile: {path} entry {number} names neither file_name nor image_id")
+        if empty:
+            first = ", ".join(map(str, empty[:5])) + (", ..." if len(empty) > 5 else "")
+            print(
+                f"note: bboxFile: {path}: {len(empty)} box{'es' if len(empty) > 1 else ''} with width or "
+                f"height <= 0 passed over (entr{'ies' if len(empty) > 1 else 'y'} {first})"
+            )
 
     def __call__(self, frame: Frame) -> list[tuple[list[float], float]]:
         height, width = frame.pixels.shape[:2]
@@ -249,6 +260,13 @@ class PoseRunner:
         return np.concatenate([apply_affine(joints, inverses), scores[..., None]], axis=-1)
 
 
+def drawn_name(name: str, suffix: str) -> str:
+    """The drawing of input ``name`` (a path relative to the -predict argument): the whole name,
+    extension included, plus ``suffix``, so two inputs never share a drawing (``x.jpg`` ->
+    ``x.jpg.png``, ``x.png`` -> ``x.png.png``)."""
+    return f"{name}{suffix}"
+
+
 def write_outputs(frames: list[Frame], run_dir: Path, skeleton, left_joints, videos: dict) -> list[dict]:
     """Draw each finished frame (PNG per image, appended to the MP4 of a video) and return its
     results entries."""
@@ -268,13 +286,13 @@ def write_outputs(frames: list[Frame], run_dir: Path, skeleton, left_joints, vid
             entries.append(entry)
         bgr = cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR)
         if frame.index is None:
-            target = run_dir / Path(frame.name).with_suffix(".png")
+            target = run_dir / drawn_name(frame.name, ".png")
             target.parent.mkdir(parents=True, exist_ok=True)
             cv2.imwrite(str(target), bgr)
         else:
             if frame.name not in videos:
                 height, width = bgr.shape[:2]
-                target = run_dir / Path(frame.name).with_suffix(".mp4").name
+                target = run_dir / drawn_name(Path(frame.name).name, ".mp4")
                 videos[frame.name] = cv2.VideoWriter(
                     str(target), cv2.VideoWriter_fourcc(*"mp4v"), 25.0, (width, height)
                 )
@@ -295,6 +313,10 @@ def run(opts: argparse.Namespace) -> int:
     spec = trained.joint_spec
     root = Path(opts.predict)
     images = [] if is_video(root) else find_images(root)
+    if root.is_dir() and not images:
+        fail(
+            f"-predict: folder {root} has no images (looked below it for {', '.join(sorted(IMAGE_SUFFIXES))})"
+        )
     progress = EpochProgress("predict", count_frames(root, images), opts.progress)
     skipped: list[str] = []
     entries: list[dict[str, Any]] = []

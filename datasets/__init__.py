@@ -56,7 +56,10 @@ def build_datasets(
     COCO-format training; ``joint_spec`` is the custom dataset's joint set (``inference.joint_spec_of``).
     ``skip_bad_samples``, ``max_bad_fraction`` and ``allow_outside_paths`` say what to do with bad
     records and images (:class:`datasets.validation.BadDataPolicy`). ``image_cache``: a folder where
-    decoded images are kept between epochs (:class:`datasets.base.DecodedCache`)."""
+    decoded images are kept between epochs (:class:`datasets.base.DecodedCache`).
+
+    An empty validation (or training) set is a DataError saying what emptied it (no detections,
+    all of another category or below the threshold, no labelled person), before anything runs."""
     try:
         entry = get_dataset_entry(name)
     except KeyError as error:
@@ -68,8 +71,13 @@ def build_datasets(
         BadDataPolicy(bool(skip_bad_samples), float(max_bad_fraction), bool(allow_outside_paths)),
     )  # fmt: skip
     val = entry.build(request, train=False)
+    # known before anything trains: an epoch whose validation has nothing to score is lost
+    if len(val) == 0:
+        raise DataError(f"empty validation set: {val.empty_reason()}")
     # -test needs no training split, which users often do not have on the evaluation machine
     train = entry.build(request, train=True) if with_train else None
+    if train is not None and len(train) == 0:
+        raise DataError(f"empty training set: {train.empty_reason()}")
     if image_cache:
         for dataset in (train, val):
             if dataset is not None:

@@ -56,6 +56,21 @@ class DataError(RuntimeError):
     record) and what is wrong or expected."""
 
 
+_PRINTED_NOTES: set[str] = set()
+
+
+def print_note(line: str) -> None:
+    """``note: line`` on stderr, once per process (training and validation may read one file),
+    from the first process of a torchrun only."""
+    import os
+    import sys
+
+    if line in _PRINTED_NOTES or os.environ.get("RANK", "0") != "0":
+        return
+    _PRINTED_NOTES.add(line)
+    print(f"note: {line}", file=sys.stderr)
+
+
 def check_record_in_image(record: dict[str, Any], shape: tuple[int, ...]) -> None:
     """DataError if the record's labelled joints or centre lie far outside its decoded image."""
     from datasets.validation import BadRecord, check_inside
@@ -249,6 +264,7 @@ class KeypointDataset(Dataset, ABC):
         policy: BadDataPolicy | None = None,
         dropped: Sequence[str] = (),
         source: str | Path = "",
+        notes: Sequence[str] = (),
     ) -> None:
         self.records = records
         self.codec = codec
@@ -265,6 +281,11 @@ class KeypointDataset(Dataset, ABC):
         self.policy = policy or BadDataPolicy()
         self.source = str(source) or type(self).__name__
         self.dropped = list(dropped)
+        # what the reader passed over or mended without an error, one line each: printed here,
+        # and written to log.txt when the run's first pass starts (datasets.loading.BadSampleReport)
+        self.notes = list(dict.fromkeys(notes))
+        for line in self.notes:
+            print_note(line)
         total = len(self.dropped) + len(records)
         if self.policy.too_many(len(self.dropped), total):
             raise DataError(self._too_many_message(len(self.dropped), total, self.dropped[0]))
@@ -334,10 +355,28 @@ class KeypointDataset(Dataset, ABC):
         """The annotation file and the record of sample ``index``, for messages."""
         return f"{self.source}: record {index}"
 
+    def empty_reason(self) -> str:
+        """Why the dataset has no samples, on one line naming its file (readers say more)."""
+        return f"{self.source}: no records"
+
     def _too_many_message(self, bad: int, total: int, example: str) -> str:
+        """When the file is read, every record is checked: ``bad`` is the file's count."""
         return (
             f"too many bad samples: {bad} of {total} records of {self.source} are bad ({bad / total:.1%}), "
             f"more than --maxBadFraction {self.policy.max_fraction:g}; e.g. {example}"
+        )
+
+    def _stopped_early_message(self, total: int, example: str) -> str:
+        """While samples load, the count is what was found so far: the run stops at the first bad
+        sample over the limit, before the other images are loaded."""
+        images = int(self.bad_flags.sum())
+        bad = len(self.dropped) + images
+        allowed = int(self.policy.max_fraction * total)
+        return (
+            f"too many bad samples: stopped early, at {bad} bad of the {total} records of {self.source} "
+            f"({len(self.dropped)} dropped when the file was read, {images} with a bad image among those "
+            f"loaded so far; the rest were not checked), more than the {allowed} --maxBadFraction "
+            f"{self.policy.max_fraction:g} allows; e.g. {example}"
         )
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -390,7 +429,7 @@ class KeypointDataset(Dataset, ABC):
         self.bad_flags[index] = 1
         bad, total = len(self.dropped) + int(self.bad_flags.sum()), len(self.dropped) + len(self.records)
         if self.policy.too_many(bad, total):
-            raise DataError(self._too_many_message(bad, total, problem))
+            raise DataError(self._stopped_early_message(total, problem))
 
     def bad_indices(self) -> list[int]:
         """Samples whose image was found bad so far (by any worker of this process)."""

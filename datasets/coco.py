@@ -17,13 +17,22 @@ Supported layouts (``data_dir``)::
 or any annotation file given by ``annotation_file`` with images in ``image_dir`` (default
 ``data_dir/images/{split}`` if it exists, else the annotation file's folder, e.g. the flat
 fixture folder holding ``test_coco.json`` beside its images).
+
+The ground truth COCOeval scores against is read by the same code (``metrics.coco.load_gt``,
+:func:`read_ground_truth`): an id used twice is a bad record, ``num_keypoints`` is counted from
+the keypoints, and the records dropped as bad are left out, so the persons scored are the
+persons read. What a reading passes over (crowd regions, other categories, detections below the
+threshold, ...) is counted in one note per file (``dataset.notes``), and an empty reading says
+why (:meth:`COCODataset.empty_reason`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +172,37 @@ def keypoint_category(coco: Any, num_joints: int, source: Path | str) -> int:
     return category_id
 
 
+# why a ground-truth annotation or a detection gave no record, as counted in a Tally
+SKIP_REASONS = {
+    "crowd": "marked as crowd (iscrowd 1)",
+    "category": "not of category",
+    "orphan": "of images not in the file",
+    "unlabelled": "without a labelled keypoint (v > 0)",
+    "no_area": "of area 0",
+    "outside": "with a box outside the image",
+    "threshold": "below --detScoreThreshold",
+    "no_box": "with width or height <= 0",
+    "unknown_image": "of images not in the annotation file",
+}
+
+
+class Tally(dict):
+    """How many annotations (or detections) gave no record, and why: reason -> count, the reasons
+    of :data:`SKIP_REASONS`; plus ``seen``, how many were read at all."""
+
+    def count(self, reason: str) -> None:
+        self[reason] = self.get(reason, 0) + 1
+
+    def parts(self, **extra: str) -> list[str]:
+        """'3 marked as crowd (iscrowd 1)', ... for every reason counted (``extra`` adds words to a
+        reason, e.g. the threshold's value)."""
+        return [
+            f"{self[reason]} {SKIP_REASONS[reason]}{extra.get(reason, '')}"
+            for reason in SKIP_REASONS
+            if self.get(reason)
+        ]
+
+
 def load_gt_records(
     coco: Any,
     image_dir: Path,
@@ -171,30 +211,46 @@ def load_gt_records(
     num_joints: int = NUM_JOINTS,
     category_id: int = PERSON_CATEGORY,
     checker: RecordChecker | None = None,
+    tally: Tally | None = None,
+    bad_ids: list[Any] | None = None,
 ) -> RecordTable:
     """One record per usable ground-truth person box, images in id order.
 
-    Skipped: crowd regions, other categories than ``category_id``, annotations of area 0, boxes
-    with no area left after clipping to the image, and (with ``skip_empty``) persons with no
-    labelled keypoint. Bad records (keypoints of the wrong count, NaN or inf, visibility not
-    0/1/2, labelled keypoints far outside the image, boxes with width or height <= 0, a bad
-    image size or path) go to ``checker`` (default: a DataError naming the first).
+    Skipped, and counted in ``tally``: crowd regions, other categories than ``category_id``,
+    annotations of images the file does not list, annotations of area 0, boxes with no area
+    left after clipping to the image, and (with ``skip_empty``) persons with no labelled
+    keypoint. Bad records (keypoints of the wrong count, NaN or inf, visibility not 0/1/2,
+    labelled keypoints far outside the image, boxes with width or height <= 0, a bad image size
+    or path) go to ``checker`` (default: a DataError naming the first), and their annotation ids
+    to ``bad_ids`` (so the evaluation's ground truth leaves them out too).
     """
     own = checker is None
     checker = checker or RecordChecker("annotations", BadDataPolicy())
+    tally = Tally() if tally is None else tally
     records = RecordTableBuilder()  # columns, not a dict per person (datasets/records.py)
+    for image_id, anns in coco.imgToAnns.items():
+        if image_id not in coco.imgs:
+            for _ in anns:
+                tally.count("orphan")
     for image_id in sorted(coco.imgs):
         info = coco.imgs[image_id]
         path, size, image_problem = _image_info(image_dir, info, checker.policy)
         for ann in coco.imgToAnns.get(image_id, []):
-            if ann.get("iscrowd", 0) or ann.get("category_id", category_id) != category_id:
+            if ann.get("iscrowd", 0):
+                tally.count("crowd")
+                continue
+            if ann.get("category_id", category_id) != category_id:
+                tally.count("category")
                 continue
             try:
                 record = _gt_record(ann, path, size, image_problem, aspect_ratio, num_joints, skip_empty)
             except BadRecord as problem:
                 checker.bad(_where(ann, info), str(problem))
+                if bad_ids is not None:
+                    bad_ids.append(ann.get("id"))
                 continue
-            if record is None:
+            if isinstance(record, str):
+                tally.count(record)
                 continue
             records.append(record | {"image_id": int(image_id)})
     if own:
@@ -205,9 +261,9 @@ def load_gt_records(
 def _gt_record(
     ann: dict[str, Any], path: str, size: tuple[int, int] | None, image_problem: str, aspect_ratio: float,
     num_joints: int, skip_empty: bool,
-) -> dict[str, Any] | None:  # fmt: skip
-    """The record of one person annotation; None to skip it (HRNet's rules, ``skip_empty``);
-    BadRecord if bad."""
+) -> dict[str, Any] | str:  # fmt: skip
+    """The record of one person annotation; the reason to skip it (HRNet's rules, ``skip_empty``;
+    a key of :data:`SKIP_REASONS`); BadRecord if bad."""
     flat = numbers(
         ann.get("keypoints", [0] * 3 * num_joints), 3 * num_joints, f"keypoints ({num_joints} x [x, y, v])"
     )
@@ -215,7 +271,7 @@ def _gt_record(
     check_visibility(keypoints[:, 2], "keypoint visibility")
     visible = keypoints[:, 2] > 0
     if skip_empty and not visible.any():
-        return None
+        return "unlabelled"
     if image_problem:
         raise BadRecord(image_problem)
     if size is None:
@@ -230,10 +286,10 @@ def _gt_record(
     if box[2] <= 0 or box[3] <= 0:
         raise BadRecord(f"bbox {show(ann.get('bbox'))} has width or height <= 0")
     if area == 0:
-        return None
+        return "no_area"
     box = _clean_gt_box(box, width, height)
     if box is None:
-        return None
+        return "outside"
     center, box_height = box_to_center_scale(box, aspect_ratio)
     if not (np.isfinite(center).all() and np.isfinite(box_height)):
         raise BadRecord(f"bbox {show(ann.get('bbox'))} is too large to crop")
@@ -259,14 +315,17 @@ def load_detection_records(
     num_joints: int = NUM_JOINTS,
     category_id: int = PERSON_CATEGORY,
     checker: RecordChecker | None = None,
+    tally: Tally | None = None,
 ) -> RecordTable:
     """One record per detected person box with ``score >= score_threshold``, in file order.
 
     Boxes of images missing from the annotation file are dropped: they could be neither loaded
     (no file name) nor scored (COCOeval rejects unknown image ids); so are boxes with width or
-    height <= 0. Joints are all zeros and unlabelled; ``box_score`` is the detector score and
-    ``area`` the box area. A detection without a finite score and box, or whose image has a bad
-    size or path, goes to ``checker`` (default: a DataError naming the first).
+    height <= 0, and boxes of other categories. Each is counted in ``tally`` (with ``seen``, the
+    detections read, and ``highest``, the best score of a person box). Joints are all zeros and
+    unlabelled; ``box_score`` is the detector score and ``area`` the box area. A detection
+    without a finite score and box, or whose image has a bad size or path, goes to ``checker``
+    (default: a DataError naming the first).
     """
     from metrics.coco import read_json
 
@@ -278,19 +337,28 @@ def load_detection_records(
         raise DataError(f"{path}: expected a JSON list of {{image_id, category_id, bbox, score}} detections")
     own = checker is None
     checker = checker or RecordChecker(path, BadDataPolicy())
+    tally = Tally() if tally is None else tally
+    tally["seen"] = len(detections)
     records = RecordTableBuilder()
     for row, det in enumerate(detections):
         try:
             if not isinstance(det, dict):
                 raise BadRecord(f"is {show(det)}, not an object with image_id, category_id, bbox, score")
             if det.get("category_id", category_id) != category_id:
+                tally.count("category")
                 continue
             score = float(finite(numbers(det.get("score"), 1, "score"), "score")[0])
             image_id = det.get("image_id")
-            if score < score_threshold or not isinstance(image_id, int) or image_id not in coco.imgs:
+            tally["highest"] = max(tally.get("highest", -math.inf), score)
+            if score < score_threshold:
+                tally.count("threshold")
+                continue
+            if not isinstance(image_id, int) or image_id not in coco.imgs:
+                tally.count("unknown_image")
                 continue
             box = finite(numbers(det.get("bbox"), 4, "bbox [x, y, w, h]"), "bbox")
             if box[2] <= 0 or box[3] <= 0:
+                tally.count("no_box")
                 continue
             info = coco.imgs[image_id]
             image, size, image_problem = _image_info(image_dir, info, checker.policy)
@@ -319,6 +387,110 @@ def load_detection_records(
     if own:
         checker.finish()
     return records.build()
+
+
+def _metrics_module_file() -> str:
+    import metrics.coco
+
+    return metrics.coco.__file__
+
+
+def parse_annotations(path: Path, num_joints: int, report: Any) -> tuple[Any, int]:
+    """(the annotation file as a ``pycocotools.coco.COCO`` object, its keypoint category id),
+    checked by ``metrics.coco.load_gt`` (duplicate ids go to ``report``, a
+    ``metrics.coco.GroundTruthReport``; ``num_keypoints`` is recounted); DataError naming the
+    file for anything that is not a COCO keypoint file."""
+    from metrics.coco import load_gt
+
+    try:
+        coco = load_gt(path, report=report)  # quiet: pycocotools' prints are swallowed
+        check_structure(coco.dataset, path)
+        return coco, keypoint_category(coco, num_joints, path)
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
+    except RecursionError:
+        raise DataError(f"{path}: not valid JSON (nested too deeply)") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except (KeyError, TypeError, AttributeError) as exc:
+        # pycocotools indexes images, annotations and categories by their ids
+        raise DataError(
+            f"{path}: not a COCO keypoint file: an image, annotation or category "
+            f"lacks a key or has the wrong type ({type(exc).__name__}: {show(exc.args[0] if exc.args else '')})"
+        ) from None
+
+
+@dataclass
+class GroundTruthReading:
+    """A COCO-format annotation file read and checked (:func:`read_ground_truth_file`)."""
+
+    coco: Any  # pycocotools.coco.COCO, the later of two entries with one id left out
+    category_id: int
+    records: RecordTable  # the usable persons
+    tally: Tally  # the annotations that gave no record, and why
+    drop_ids: list[Any]  # ids of the annotations that were bad records (left out of evaluation too)
+    notes: list[str]  # lines worth one note each, without the file's name
+
+
+def read_ground_truth_file(
+    path: Path,
+    image_dir: Path,
+    aspect_ratio: float,
+    skip_empty: bool,
+    num_joints: int,
+    checker: RecordChecker,
+) -> GroundTruthReading:
+    """Parse a COCO-format annotation file and check every record; bad records and duplicate
+    ids go to ``checker`` (the later of two entries with one id is the bad one)."""
+    from metrics.coco import GroundTruthReport, show_id
+
+    report = GroundTruthReport()
+    coco, category_id = parse_annotations(path, num_joints, report)
+    for duplicate in report.duplicates:
+        if duplicate.kind == "annotation":
+            where = f"annotation {show_id(duplicate.id)} (image {duplicate.image})"
+        else:
+            where = f"image {show_id(duplicate.id)} ({duplicate.image})"
+        checker.bad(where, duplicate.problem())
+    tally, drop_ids = Tally(seen=len(coco.dataset["annotations"])), []
+    records = load_gt_records(
+        coco, image_dir, aspect_ratio, skip_empty, num_joints, category_id, checker, tally, drop_ids
+    )
+    notes = [note] if (note := report.recount_note()) else []
+    return GroundTruthReading(coco, category_id, records, tally, drop_ids, notes)
+
+
+def read_ground_truth(
+    path: str | Path, policy: BadDataPolicy | None = None, num_joints: int | None = None
+) -> tuple[Any, list[str], list[str]]:
+    """(``pycocotools.coco.COCO`` object to score against, notes, dropped bad records) of a
+    COCO-format annotation file, read and checked as the readers read it, so COCOeval scores the
+    persons training and validation use: what ``python -m metrics.coco`` scores against.
+
+    ``num_joints``: default the keypoint category's count (17 if no category lists keypoints).
+    Image paths are checked as the readers check them, but no image is opened. A bad record or a
+    duplicate id is a DataError naming the file and the record, unless ``policy.skip``: then it
+    is left out and listed in the dropped lines."""
+    from metrics.coco import GroundTruthReport, index_ground_truth, read_gt_json
+
+    path = Path(path)
+    policy = policy or BadDataPolicy()
+    if num_joints is None:
+        try:
+            categories = read_gt_json(path)["categories"]
+        except (OSError, ValueError) as exc:
+            raise DataError(str(exc)) from None
+        listed = [
+            c["keypoints"] for c in categories if isinstance(c, dict) and isinstance(c.get("keypoints"), list)
+        ]
+        num_joints = len(listed[0]) if len(listed) == 1 else NUM_JOINTS
+    checker = RecordChecker(path, policy)
+    reading = read_ground_truth_file(path, path.parent, 0.75, True, num_joints, checker)
+    dropped = checker.finish()
+    coco = index_ground_truth(
+        reading.coco.dataset, path, report=GroundTruthReport(), drop_ids=reading.drop_ids
+    )
+    return coco, [f"{path}: {note}" for note in reading.notes], dropped
 
 
 def half_body_box(
@@ -425,53 +597,50 @@ class COCODataset(KeypointDataset):
         num_joints = self.joint_spec.num_joints
         self.aspect_ratio = input_size[0] / input_size[1]
         self.bbox_file = None if bbox_file is None else data_dir / Path(bbox_file)
+        if self.bbox_file is not None and not self.bbox_file.is_file():
+            raise DataError(
+                f"{self.label} person detections not found: expected {self.bbox_file} "
+                f"(a JSON list of image_id, category_id, bbox, score)"
+            )
         policy = policy or BadDataPolicy()
+        self.half_body_prob = float(half_body_prob)
+        self.half_body_min_joints = half_body_min_joints(num_joints)
+        notes = []
+        if self.half_body_prob > 0 and not self.joint_spec.has_half_body:
+            notes.append(
+                f"halfBodyProb {self.half_body_prob:g} has no effect: joint set "
+                f"'{self.joint_spec.name}' has no upper/lower body split (give \"upper_body\" in its "
+                f"spec, or use COCO joint names from both halves)"
+            )
+        # the annotation file's bad records (and duplicate ids), then the detection file's
+        checkers = {"gt": RecordChecker(self.annotation_file, policy)}
+        if self.bbox_file is not None:
+            checkers["det"] = RecordChecker(self.bbox_file, policy)
         # A later start with the same files and options reads the records from a cache instead
         # of parsing the JSON (datasets/index_cache.py); the key is taken before reading.
         cache = self._index_cache(skip_empty, det_score_threshold, policy)
         cached = cache.load()
         self._coco = None
         if cached is None:
-            self._coco = self._parse_annotations(num_joints)
+            records, extra = self._read(skip_empty, det_score_threshold, checkers)
+            # the cache keeps lines without the files' names: another run may name them otherwise
+            extra["problems"] = {
+                key: [problem.removeprefix(f"{checker.source}: ") for problem in checker.problems]
+                for key, checker in checkers.items()
+            }
+            cache.store(records, extra)
         else:
             records, extra = cached
-            self.category_id = int(extra["category_id"])
-        self.half_body_prob = float(half_body_prob)
-        self.half_body_min_joints = half_body_min_joints(num_joints)
-        if self.half_body_prob > 0 and not self.joint_spec.has_half_body:
-            print(
-                f"note: halfBodyProb {self.half_body_prob:g} has no effect: joint set "
-                f"'{self.joint_spec.name}' has no upper/lower body split (give \"upper_body\" in its "
-                f"spec, or use COCO joint names from both halves)",
-                file=sys.stderr,
-            )
-        checker = RecordChecker(self.annotation_file if self.bbox_file is None else self.bbox_file, policy)
-        # the cache keeps the problems without this prefix: another run may name the file otherwise
-        prefix = f"{checker.source}: "
-        if cached is not None:
-            checker.problems.extend(prefix + problem for problem in extra["problems"])
-        elif self.bbox_file is None:
-            records = load_gt_records(
-                self._coco, self.image_dir, self.aspect_ratio, skip_empty, num_joints, self.category_id,
-                checker,
-            )  # fmt: skip
-        else:
-            if not self.bbox_file.is_file():
-                raise DataError(
-                    f"{self.label} person detections not found: expected {self.bbox_file} "
-                    f"(a JSON list of image_id, category_id, bbox, score)"
-                )
-            records = load_detection_records(
-                self.bbox_file, self._coco, self.image_dir, self.aspect_ratio, det_score_threshold,
-                num_joints, self.category_id, checker,
-            )  # fmt: skip
-        if cached is None:
-            problems = [problem.removeprefix(prefix) for problem in checker.problems]
-            cache.store(records, {"category_id": self.category_id, "problems": problems})
-            # Indexed: free the parsed JSON (a GB for COCO train2017) before DataLoader workers
-            # fork; evaluation reloads it through the ``coco`` property.
-            self._coco = None
-        dropped = checker.finish()
+            for key, checker in checkers.items():
+                checker.problems.extend(f"{checker.source}: {problem}" for problem in extra["problems"][key])
+        self.category_id = int(extra["category_id"])
+        # annotations left out of the evaluation's ground truth as they were of the records
+        self._drop_ids = list(extra["drop_ids"])
+        notes += [f"{checkers[key].source}: {text}" for key, text in extra["notes"]]
+        self._empty_reason = (
+            f"{checkers[extra['empty'][0]].source}: {extra['empty'][1]}" if extra["empty"] else None
+        )
+        dropped = [line for checker in checkers.values() for line in checker.finish()]
         # fail at construction, not in a worker halfway through the first epoch
         probe = records[:20] if policy.skip else records[:1]
         if probe and not any(Path(r["path"]).is_file() for r in probe):
@@ -486,8 +655,78 @@ class COCODataset(KeypointDataset):
             seed,
             policy=policy,
             dropped=dropped,
-            source=checker.source,
+            source=checkers.get("det", checkers["gt"]).source,
+            notes=notes,
         )
+
+    def _read(
+        self, skip_empty: bool, det_score_threshold: float, checkers: dict[str, RecordChecker]
+    ) -> tuple[RecordTable, dict[str, Any]]:
+        """Parse and check the files: (records, what the index cache keeps besides them)."""
+        reading = read_ground_truth_file(
+            self.annotation_file, self.image_dir, self.aspect_ratio, skip_empty, self.joint_spec.num_joints,
+            checkers["gt"],
+        )  # fmt: skip
+        notes = [("gt", note) for note in reading.notes]
+        if self.bbox_file is None:
+            records, tally, what = reading.records, reading.tally, "gt"
+            parts = tally.parts(category=f" {reading.category_id}")
+            if len(records) and parts:
+                notes.append(("gt", f"read {len(records)} persons; not read: {', '.join(parts)}"))
+        else:
+            # the ground truth's records were read for their checks; the detections are the records
+            tally, what = Tally(), "det"
+            records = load_detection_records(
+                self.bbox_file, reading.coco, self.image_dir, self.aspect_ratio, det_score_threshold,
+                self.joint_spec.num_joints, reading.category_id, checkers["det"], tally,
+            )  # fmt: skip
+            parts = tally.parts(
+                **self._detection_words(det_score_threshold, tally, reading.category_id, False)
+            )
+            if len(records) and parts:
+                notes.append(
+                    (
+                        "det",
+                        f"{len(records)} of {tally['seen']} detections used; not used: {', '.join(parts)}",
+                    )
+                )
+        # Indexed: the parsed JSON (a GB for COCO train2017) is freed with ``reading`` before
+        # DataLoader workers fork; evaluation reloads it through the ``coco`` property.
+        extra = {
+            "category_id": reading.category_id,
+            "drop_ids": reading.drop_ids,
+            "notes": notes,
+            "empty": None
+            if len(records)
+            else [what, self._why_empty(what, tally, det_score_threshold, reading)],
+        }
+        return records, extra
+
+    @staticmethod
+    def _detection_words(threshold: float, tally: Tally, category_id: int, empty: bool) -> dict[str, str]:
+        highest = tally.get("highest")
+        best = f" (the highest score is {highest:g})" if empty and highest is not None else ""
+        return {"threshold": f" {threshold:g}{best}", "category": f" {category_id}"}
+
+    def _why_empty(self, what: str, tally: Tally, threshold: float, reading: GroundTruthReading) -> str:
+        """Why no record came out of the file (one phrase, after its name)."""
+        if what == "det":
+            if not tally["seen"]:
+                return "holds no detections (an empty list)"
+            parts = tally.parts(**self._detection_words(threshold, tally, reading.category_id, True))
+            if not parts:  # every detection was a bad record
+                return f"all {tally['seen']} detections are bad"
+            return f"no usable person box among its {tally['seen']} detections: {', '.join(parts)}"
+        total = tally["seen"]
+        if not total:
+            return "holds no annotations"
+        parts = tally.parts(category=f" {reading.category_id}")
+        if not parts:
+            return f"all {total} annotations are bad"
+        return f"no usable person among its {total} annotations: {', '.join(parts)}"
+
+    def empty_reason(self) -> str:
+        return self._empty_reason or super().empty_reason()
 
     def _index_cache(self, skip_empty: bool, det_score_threshold: float, policy: BadDataPolicy) -> IndexCache:
         """The cache entry of this reading: the files and every option that changes the records
@@ -495,37 +734,17 @@ class COCODataset(KeypointDataset):
         options: dict[str, Any] = {
             "image_dir": str(self.image_dir), "aspect_ratio": self.aspect_ratio,
             "num_joints": self.joint_spec.num_joints, "allow_outside_paths": policy.allow_outside_paths,
+            "skip_empty": bool(skip_empty),
         }  # fmt: skip
         sources = [self.annotation_file]
-        if self.bbox_file is None:
-            options["skip_empty"] = bool(skip_empty)
-        else:
+        if self.bbox_file is not None:
             options["det_score_threshold"] = float(det_score_threshold)
             sources.append(self.bbox_file)
-        modules = [__file__, sys.modules[BadRecord.__module__].__file__]
+        modules = [
+            __file__, sys.modules[BadRecord.__module__].__file__, sys.modules[Tally.__module__].__file__,
+            _metrics_module_file(),
+        ]  # fmt: skip
         return IndexCache(self.annotation_file.stem, sources, options, modules)
-
-    def _parse_annotations(self, num_joints: int) -> Any:
-        """The annotation file as a ``pycocotools.coco.COCO`` object, checked; sets ``category_id``."""
-        from metrics.coco import load_gt
-
-        try:
-            coco = load_gt(self.annotation_file)  # quiet: pycocotools' prints are swallowed
-            check_structure(coco.dataset, self.annotation_file)
-            self.category_id = keypoint_category(coco, num_joints, self.annotation_file)
-        except ValueError as exc:
-            raise DataError(str(exc)) from None
-        except RecursionError:
-            raise DataError(f"{self.annotation_file}: not valid JSON (nested too deeply)") from None
-        except OSError as exc:
-            raise DataError(f"{self.annotation_file}: cannot read ({exc.strerror or exc})") from None
-        except (KeyError, TypeError, AttributeError) as exc:
-            # pycocotools indexes images, annotations and categories by their ids
-            raise DataError(
-                f"{self.annotation_file}: not a COCO keypoint file: an image, annotation or category "
-                f"lacks a key or has the wrong type ({type(exc).__name__}: {show(exc.args[0] if exc.args else '')})"
-            ) from None
-        return coco
 
     def describe(self, index: int) -> str:
         record = self.records[index]
@@ -536,11 +755,14 @@ class COCODataset(KeypointDataset):
 
     @property
     def coco(self) -> Any:
-        """The ground truth as a ``pycocotools.coco.COCO`` object (for metrics.coco)."""
+        """The ground truth as a ``pycocotools.coco.COCO`` object (for metrics.coco), as the reader
+        read it (see :func:`read_ground_truth`)."""
         if self._coco is None:
-            from metrics.coco import load_gt
+            from metrics.coco import GroundTruthReport, load_gt
 
-            self._coco = load_gt(self.annotation_file)
+            # checked and mended as the reader did (recounted num_keypoints), less the records
+            # it dropped: COCOeval scores the persons the reader kept
+            self._coco = load_gt(self.annotation_file, report=GroundTruthReport(), drop_ids=self._drop_ids)
         return self._coco
 
     def evaluate(self, results: dict[str, np.ndarray], output_dir: Path | None = None) -> dict[str, float]:

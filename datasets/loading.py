@@ -14,7 +14,9 @@
   (the records dropped when the annotations were read, then the bad images found so far,
   re-checked in the main process for their message), when a pass over a loader starts and ends,
   and adds a line to ``log.txt`` whenever the count changes. Under ``torchrun`` the flags are
-  combined over ranks (a max all-reduce) at the end of each pass.
+  combined over ranks (a max all-reduce) at the end of each pass. The datasets' notes (what a
+  reader passed over or mended without an error, ``dataset.notes``) go to ``log.txt`` when the
+  first pass starts.
 """
 
 from __future__ import annotations
@@ -143,12 +145,19 @@ class BadSampleReport:
         # not visited again before the next one)
         self.earlier = self.path.read_text().splitlines() if is_main and self.path.is_file() else []
         self.written: list[str] = list(self.earlier)
+        self.notes_written = False
 
     def update(self, dataset: Any, end_of_pass: bool) -> None:
         if end_of_pass and isinstance(dataset, KeypointDataset):
             self._combine_ranks(dataset)
         if not self.is_main or not self.path.parent.is_dir():
             return
+        if not self.notes_written:  # the readers' notes, printed when they read, into log.txt once
+            self.notes_written = True
+            notes = list(dict.fromkeys(line for d in self.datasets for line in getattr(d, "notes", [])))
+            if notes:
+                with open(self.path.parent / "log.txt", "a") as stream:
+                    stream.writelines(f"note: {line}\n" for line in notes)
         records, images = self.lines()
         lines = list(dict.fromkeys(records + images + self.earlier))
         if lines == self.written:

@@ -267,6 +267,17 @@ def load_mpii_records(
     return read_mpii(data_dir, split, head_boxes_mat, annotation_file, image_dir, policy)[0]
 
 
+def unlabel_negative_joints(fields: dict[str, Any]) -> int:
+    """Read joints marked annotated at negative x and y (the file's 1-based frame) as unlabelled:
+    that is where converters put MPII's missing joints ((-1, -1) in the HRNet JSON files), which a
+    wrong ``joints_vis`` or ``visible`` would otherwise have trained on as a real point (within
+    the image-bounds margin). Returns how many."""
+    with np.errstate(invalid="ignore"):
+        negative = fields["annotated"] & (fields["joints"] < 0).all(axis=2)
+    fields["annotated"] = fields["annotated"] & ~negative
+    return int(negative.sum())
+
+
 def read_mpii(
     data_dir: str | Path,
     split: str,
@@ -274,7 +285,7 @@ def read_mpii(
     annotation_file: str | Path | None = None,
     image_dir: str | Path | None = None,
     policy: BadDataPolicy | None = None,
-) -> tuple[RecordTable, list[str], Path]:
+) -> tuple[RecordTable, list[str], Path, list[str]]:
     """Read one MPII split into records.
 
     Args:
@@ -294,7 +305,8 @@ def read_mpii(
         float32 annotation mask, ``center`` (2,) float32 px, ``scale`` box height px,
         ``head_size`` (px, NaN if unknown), ``image_id`` = row in the file (= row in
         gt_valid.mat), ``image`` (file name) and ``path``; the bad
-        records dropped (one line each, with ``policy.skip``); the annotation file.
+        records dropped (one line each, with ``policy.skip``); the annotation file; notes (one
+        line each: joints at negative x and y read as unlabelled, validation without head sizes).
     """
     if split not in SPLITS:
         raise ValueError(f"MPII split must be one of {SPLITS}, got {split!r}")
@@ -302,6 +314,13 @@ def read_mpii(
     data_dir = Path(data_dir)
     path = _find_annotation_file(data_dir, split, annotation_file)
     fields = _read_hdf5(path) if path.suffix.lower() in (".h5", ".hdf5") else _read_json(path)
+    notes = []
+    negative = unlabel_negative_joints(fields)
+    if negative:
+        notes.append(
+            f"{path}: {negative} joint{'s' if negative > 1 else ''} marked annotated at negative x and y "
+            f"(where MPII's missing joints are put, (-1, -1)) read as unlabelled"
+        )
 
     if image_dir is not None:
         images = _resolve(data_dir, image_dir)
@@ -331,6 +350,16 @@ def read_mpii(
         head_sizes = _head_sizes_from_mat(_resolve(data_dir, head_boxes_mat), joints0, annotated)
     elif head_sizes is None and (path.parent / f"gt_{split}.mat").is_file():
         head_sizes = _head_sizes_from_mat(path.parent / f"gt_{split}.mat", joints0, annotated)
+    if split == "valid":
+        known = 0 if head_sizes is None else int(np.isfinite(np.asarray(head_sizes)[good]).sum())
+        if known < len(good):
+            source = "HDF5 'normalize'" if fields["head_sizes"] is not None else "head sizes"
+            missing = (
+                f"no head sizes (no HDF5 'normalize', no --headBoxesMat, no gt_{split}.mat beside it)"
+                if head_sizes is None
+                else f"{len(good) - known} of {len(good)} persons have no head size ({source} missing or <= 0)"
+            )
+            notes.append(f"{path}: {missing}: PCKh cannot be scored, so PCK is reported (and picks best.pth)")
     if head_sizes is None:
         head_sizes = np.full(len(names), np.nan)
 
@@ -348,7 +377,7 @@ def read_mpii(
         }
         for i in good
     )
-    return records, dropped, path
+    return records, dropped, path, notes
 
 
 class MPIIDataset(KeypointDataset):
@@ -371,13 +400,14 @@ class MPIIDataset(KeypointDataset):
         policy: BadDataPolicy | None = None,
     ) -> None:
         self.split = split
-        records, dropped, path = read_mpii(
+        records, dropped, path, notes = read_mpii(
             data_dir, split, head_boxes_mat, annotation_file, image_dir, policy
         )
         self.file_rows = len(records) + len(dropped)  # persons in the annotation file, bad ones included
         super().__init__(
-            records, codec, input_size, augmentation, seed, policy=policy, dropped=dropped, source=path
-        )
+            records, codec, input_size, augmentation, seed, policy=policy, dropped=dropped, source=path,
+            notes=notes,
+        )  # fmt: skip
 
     def describe(self, index: int) -> str:
         record = self.records[index]

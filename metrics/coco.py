@@ -11,6 +11,11 @@ Usage as a script::
     python -m metrics.coco GT.json RESULTS.json --jointSpec SPEC.json   # another joint set's sigmas
     python -m metrics.coco GT.json RESULTS.json --sigmas 0.026,0.025,...  # the same, typed
 
+The command line reads GT.json as training and validation read it (``datasets.coco``): a bad
+record or a duplicate id is an error naming it (``--skipBadSamples 1`` leaves it out, as training
+does), and ``num_keypoints`` is counted from the keypoints, so the persons scored are the persons
+the readers keep.
+
 Another joint set than COCO's 17 (``--dataset custom``) is scored with its own OKS sigmas
 (pycocotools' ``params.kpt_oks_sigmas``); COCO's are never applied to another number of joints.
 """
@@ -25,6 +30,7 @@ import json
 import math
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -328,10 +334,144 @@ def read_json(path: str | Path) -> Any:
         raise ValueError(f"{path}: not valid JSON ({' '.join(str(exc).split())})") from None
 
 
-def load_gt(path: str | Path, verbose: bool = False) -> Any:
-    """Load a COCO ground-truth JSON into a ``pycocotools.coco.COCO`` object, with clear errors."""
-    from pycocotools.coco import COCO
+@dataclass
+class Duplicate:
+    """A later ``images`` or ``annotations`` entry reusing an earlier one's id (positions in the
+    file's list). pycocotools indexes both by id, so the later entry replaces the earlier one
+    in ``anns`` / ``imgs`` while ``imgToAnns`` keeps both: COCOeval would score an image against
+    another image's person, or count one person twice."""
 
+    kind: str  # "annotation" or "image"
+    position: int
+    first: int  # the earlier entry's position
+    id: Any
+    detail: str  # the images of the two annotations, or the differing key of the two images
+    image: Any  # the later entry's image: its file name (or id)
+
+    def message(self, source: str | Path) -> str:
+        """One line naming the file, the id and both entries."""
+        return f"{source}: {self.problem()}"
+
+    def problem(self) -> str:
+        """The duplicate, both entries and why it matters."""
+        where = "annotations" if self.kind == "annotation" else "images"
+        consequence = (
+            "COCOeval would score an image against another image's person, or one person twice"
+            if self.kind == "annotation"
+            else "the two could not be told apart"
+        )
+        return (
+            f"duplicate {self.kind} id {show_id(self.id)}: {self.detail}; {self.kind} ids must be unique, "
+            f"pycocotools indexes {where} by id ({consequence})"
+        )
+
+
+@dataclass
+class GroundTruthReport:
+    """What :func:`load_gt` found and mended: the duplicate entries it left out, and the ids of the
+    annotations whose ``num_keypoints`` disagreed with their keypoints (the count of labelled
+    keypoints, v > 0, which it wrote into ``num_keypoints``)."""
+
+    duplicates: list[Duplicate] = field(default_factory=list)
+    recounted: list[Any] = field(default_factory=list)
+
+    def recount_note(self) -> str | None:
+        """One line (to follow the file's name) for the annotations whose ``num_keypoints`` was
+        recounted, or None."""
+        if not self.recounted:
+            return None
+        count = len(self.recounted)
+        first = ", ".join(show_id(i) for i in self.recounted[:5]) + (", ..." if count > 5 else "")
+        return (
+            f"num_keypoints disagrees with the labelled keypoints (v > 0) of {count} "
+            f"annotation{'s' if count > 1 else ''} (id{'s' if count > 1 else ''} {first}); the count from the "
+            f"keypoints is used, for training and COCOeval alike"
+        )
+
+
+def show_id(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 30 else text[:27] + "..."
+
+
+def _hashable(value: Any) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
+
+
+def find_duplicates(dataset: dict[str, Any]) -> list[Duplicate]:
+    """Every later annotation whose id an earlier one has, and every later image whose id an
+    earlier one has with other contents (an exact copy is harmless), in file order."""
+    found: list[Duplicate] = []
+    images = [i if isinstance(i, dict) else {} for i in dataset.get("images", [])]
+    names = {i.get("id"): i.get("file_name", i.get("id")) for i in images if _hashable(i.get("id"))}
+    first_of: dict[Any, int] = {}
+    for position, info in enumerate(images):
+        key = info.get("id")
+        if not _hashable(key) or key is None:
+            continue
+        first = first_of.setdefault(key, position)
+        if first != position and info != images[first]:
+            other = images[first]
+            differing = next(k for k in (*other, *info) if other.get(k, ...) != info.get(k, ...))
+            detail = (
+                f"images[{first}] and images[{position}] differ in {differing!r}: "
+                f"{_short(other.get(differing, '(absent)'))} vs {_short(info.get(differing, '(absent)'))}"
+            )
+            found.append(Duplicate("image", position, first, key, detail, info.get("file_name", key)))
+    first_of = {}
+    annotations = dataset.get("annotations", [])
+    for position, ann in enumerate(annotations):
+        if not isinstance(ann, dict) or not _hashable(ann.get("id")) or ann.get("id") is None:
+            continue
+        first = first_of.setdefault(ann["id"], position)
+        if first != position:
+            image_a, image_b = (annotations[p].get("image_id") for p in (first, position))
+            name_a, name_b = (names.get(i, i) if _hashable(i) else i for i in (image_a, image_b))
+            detail = f"annotations[{first}] in image {_short(name_a)}, annotations[{position}] in image {_short(name_b)}"
+            found.append(Duplicate("annotation", position, first, ann["id"], detail, name_b))
+    return found
+
+
+def _short(value: Any) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    text = " ".join(text.split())
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def labelled_count(keypoints: Any) -> int | None:
+    """The number of labelled keypoints (v > 0) in a flat ``[x, y, v, ...]`` list; None if it is
+    not such a list (the readers' record checks say so)."""
+    if not isinstance(keypoints, list) or len(keypoints) % 3:
+        return None
+    flags = keypoints[2::3]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in flags):
+        return None
+    return sum(1 for v in flags if v > 0)
+
+
+def recount_keypoints(annotations: list[Any]) -> list[Any]:
+    """Set each annotation's ``num_keypoints`` to its labelled keypoints (v > 0), which is what the
+    readers go by; COCOeval reads the field (0 makes a person ignored). Returns the ids of those
+    whose field disagreed (a missing field is filled in without counting as a disagreement)."""
+    disagreed = []
+    for ann in annotations:
+        if not isinstance(ann, dict):
+            continue
+        count = labelled_count(ann.get("keypoints"))
+        if count is None:
+            continue
+        if "num_keypoints" in ann and ann["num_keypoints"] != count:
+            disagreed.append(ann.get("id"))
+        ann["num_keypoints"] = count
+    return disagreed
+
+
+def read_gt_json(path: str | Path) -> dict[str, Any]:
+    """The parsed ground-truth file, checked to be an object with the lists COCO needs."""
     dataset = read_json(path)
     if not isinstance(dataset, dict) or not isinstance(dataset.get("annotations"), list):
         raise ValueError(
@@ -340,11 +480,71 @@ def load_gt(path: str | Path, verbose: bool = False) -> Any:
     for key in ("images", "categories"):
         if not isinstance(dataset.get(key), list):
             raise ValueError(f"{path}: not a COCO ground-truth file (no '{key}' list)")
+    return dataset
+
+
+def load_gt(
+    path: str | Path,
+    verbose: bool = False,
+    *,
+    report: GroundTruthReport | None = None,
+    drop_ids: Sequence[Any] = (),
+) -> Any:
+    """Load a COCO ground-truth JSON into a ``pycocotools.coco.COCO`` object, checked and mended the
+    way the readers read it (see :func:`index_ground_truth`), with clear errors."""
+    return index_ground_truth(read_gt_json(path), path, verbose, report=report, drop_ids=drop_ids)
+
+
+def index_ground_truth(
+    dataset: dict[str, Any],
+    source: str | Path,
+    verbose: bool = False,
+    *,
+    report: GroundTruthReport | None = None,
+    drop_ids: Sequence[Any] = (),
+) -> Any:
+    """The ``pycocotools.coco.COCO`` object of a parsed ground-truth file (changed in place), so
+    COCOeval scores the persons the readers keep:
+
+    - a duplicate annotation id, or image id with other contents, is a ValueError naming the file
+      and the ids; with ``report`` the later entry is left out and listed there instead;
+    - ``num_keypoints`` is recounted from the keypoints (disagreements listed in ``report``);
+    - the annotations whose ids are in ``drop_ids`` (records a reader dropped as bad) are left out.
+    """
+    from pycocotools.coco import COCO
+
+    duplicates = find_duplicates(dataset)
+    if duplicates and report is None:
+        more = f"; {len(duplicates) - 1} more duplicate ids in this file" if len(duplicates) > 1 else ""
+        raise ValueError(duplicates[0].message(source) + more)
+    later = {(d.kind, d.position) for d in duplicates}
+    if later:
+        dataset["images"] = [i for p, i in enumerate(dataset["images"]) if ("image", p) not in later]
+        dataset["annotations"] = [
+            a for p, a in enumerate(dataset["annotations"]) if ("annotation", p) not in later
+        ]
+    if drop_ids:
+        dropped = set(drop_ids)
+        dataset["annotations"] = [
+            a
+            for a in dataset["annotations"]
+            if not (isinstance(a, dict) and _hashable(a.get("id")) and a.get("id") in dropped)
+        ]
+    recounted = recount_keypoints(dataset["annotations"])
+    if report is not None:
+        report.duplicates, report.recounted = duplicates, recounted
     coco = COCO()
     coco.dataset = dataset
     with _quiet(verbose):
         coco.createIndex()
     return coco
+
+
+def keypoint_category_ids(coco_gt: Any) -> list[int]:
+    """The ids of the categories that list keypoints (COCO: [1], person)."""
+    return [
+        c["id"] for c in coco_gt.dataset.get("categories", []) if isinstance(c, dict) and "keypoints" in c
+    ]
 
 
 def load_results(path: str | Path) -> list[dict[str, Any]]:
@@ -360,11 +560,15 @@ def _check_results(results: list[Any], coco_gt: Any, source: str) -> int:
     if not results:
         raise ValueError(f"{source}: no keypoint results to evaluate (empty list)")
     num_kpts = None
-    cats = coco_gt.loadCats(coco_gt.getCatIds())
+    keypoint_ids = keypoint_category_ids(coco_gt)
+    cats = coco_gt.loadCats(keypoint_ids or coco_gt.getCatIds())
     if cats and "keypoints" in cats[0]:
         num_kpts = len(cats[0]["keypoints"])
-    # COCOeval would fail with a bare KeyError deep inside computeOks otherwise.
-    if any("keypoints" not in a for a in coco_gt.dataset.get("annotations", [])):
+    # COCOeval would fail with a bare KeyError deep inside computeOks otherwise (annotations of
+    # other categories are not scored: evaluate_keypoints restricts COCOeval to this one)
+    scored = set(keypoint_ids) if keypoint_ids else None
+    annotations = coco_gt.dataset.get("annotations", [])
+    if any("keypoints" not in a for a in annotations if scored is None or a.get("category_id") in scored):
         raise ValueError("ground truth has annotations without 'keypoints': not a person_keypoints file")
     gt_ids = set(coco_gt.getImgIds())
     for i, r in enumerate(results):
@@ -394,8 +598,11 @@ def evaluate_keypoints(
 ) -> dict[str, float]:
     """COCO keypoint AP/AR with pycocotools ``COCOeval(iouType='keypoints')``.
 
+    Only the categories that list keypoints are scored (the readers read one: COCO's person).
+
     Args:
-        gt: ground-truth JSON path or a ``pycocotools.coco.COCO`` object.
+        gt: ground-truth JSON path (read by :func:`load_gt`: a duplicate id is an error and
+            ``num_keypoints`` is recounted) or a ``pycocotools.coco.COCO`` object.
         results: results JSON path or a list of result dicts (see :func:`make_results`). The list
             is deep-copied because pycocotools adds fields to it.
         verbose: let pycocotools print its progress and summary.
@@ -426,6 +633,8 @@ def evaluate_keypoints(
     with _quiet(verbose):
         coco_dt = coco_gt.loadRes(dets)
         ev = COCOeval(coco_gt, coco_dt, "keypoints")
+        if keypoint_category_ids(coco_gt):  # only the keypoint category: the one the readers read
+            ev.params.catIds = keypoint_category_ids(coco_gt)
         if sigmas is not None:
             ev.params.kpt_oks_sigmas = np.asarray(sigmas, dtype=np.float64)
         ev.evaluate()
@@ -475,10 +684,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--jointSpec", default=None, help="joint spec JSON (--dataset custom): score with its OKS sigmas"
     )
     parser.add_argument("--sigmas", default=None, help="comma-separated OKS sigmas, one per keypoint")
+    parser.add_argument(
+        "--skipBadSamples", type=int, choices=(0, 1), default=0,
+        help="1: leave out the ground truth's bad records and duplicate ids, as training does with it",
+    )  # fmt: skip
+    parser.add_argument(
+        "--allowOutsidePaths", type=int, choices=(0, 1), default=0,
+        help="1: accept image paths that are absolute or leave the image folder, as training does with it",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     try:
         sigmas = _cli_sigmas(args.jointSpec, args.sigmas)
-        stats = evaluate_keypoints(args.gt, args.results, verbose=args.verbose, sigmas=sigmas)
+        # the ground truth the readers keep (imported here: it loads the datasets and torch)
+        from datasets.base import DataError
+        from datasets.coco import read_ground_truth
+        from datasets.validation import BadDataPolicy
+
+        policy = BadDataPolicy(
+            skip=bool(args.skipBadSamples), allow_outside_paths=bool(args.allowOutsidePaths)
+        )
+        try:
+            coco_gt, notes, dropped = read_ground_truth(
+                args.gt, policy, None if sigmas is None else len(sigmas)
+            )
+        except DataError as exc:
+            raise ValueError(str(exc)) from None
+        for line in notes:
+            print(f"note: {line}", file=sys.stderr)
+        if dropped:
+            print(
+                f"note: {len(dropped)} bad record{'s' if len(dropped) > 1 else ''} of {args.gt} left out "
+                f"(--skipBadSamples 1), the first: {dropped[0]}",
+                file=sys.stderr,
+            )
+        stats = evaluate_keypoints(coco_gt, args.results, verbose=args.verbose, sigmas=sigmas)
     except (OSError, ValueError) as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2

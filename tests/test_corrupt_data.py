@@ -314,7 +314,11 @@ def test_bad_image_is_replaced_by_the_next_good_sample(coco_copy):
     assert sorted(dataset[0]) == ["image", "meta", "target", "target_weight"]
     # the limit counts every bad sample found so far, the replacements' included
     strict = build("coco", coco_copy, policy=BadDataPolicy(skip=True, max_fraction=0.2))
-    one_line_error(lambda: strict[0], "too many bad samples: 3 of 12 records", "--maxBadFraction 0.2")
+    one_line_error(
+        lambda: strict[0], "too many bad samples: stopped early, at 3 bad of the 12 records",
+        "0 dropped when the file was read, 3 with a bad image among those loaded so far; the rest were not checked",
+        "more than the 2 --maxBadFraction 0.2 allows",
+    )  # fmt: skip
 
 
 def test_too_many_bad_records_stop_when_the_file_is_read(coco_copy):
@@ -427,7 +431,8 @@ def test_too_many_bad_images_stop_a_running_epoch_in_one_line(coco_copy, tmp_pat
     args = coco_run_args(coco_copy, tmp_path / "exp", "--skipBadSamples", "1", "--maxBadFraction", "0.1")
     status, lines = run_cli(monkeypatch, capsys, [*args, "--nThreads", "1", "--expID", "images"])
     assert status == 2 and len(lines) == 1, lines
-    assert "main.py: error: too many bad samples: 2 of 12 records" in lines[0]
+    assert "main.py: error: too many bad samples: stopped early, at 2 bad of the 12 records" in lines[0]
+    assert "the rest were not checked), more than the 1 --maxBadFraction 0.1 allows" in lines[0]
     assert str(coco_copy / "test_coco.json") in lines[0]
 
 
