@@ -301,6 +301,12 @@ def write_outputs(frames: list[Frame], run_dir: Path, skeleton, left_joints, vid
 
 
 def run(opts: argparse.Namespace) -> int:
+    root = Path(opts.predict)
+    images = [] if is_video(root) else find_images(root)
+    if root.is_dir() and not images:  # before anything is loaded or written
+        fail(
+            f"-predict: folder {root} has no images (looked below it for {', '.join(sorted(IMAGE_SUFFIXES))})"
+        )
     device = choose_device(opts.gpuid)
     # onnxruntime runs the network on the CPU; the PyTorch model only lends its codec and joints
     trained = load_trained(opts, "cpu" if opts.onnx else device)
@@ -311,12 +317,6 @@ def run(opts: argparse.Namespace) -> int:
     run_dir: Path = opts.run_dir
     run_dir.mkdir(parents=True, exist_ok=False)
     spec = trained.joint_spec
-    root = Path(opts.predict)
-    images = [] if is_video(root) else find_images(root)
-    if root.is_dir() and not images:
-        fail(
-            f"-predict: folder {root} has no images (looked below it for {', '.join(sorted(IMAGE_SUFFIXES))})"
-        )
     progress = EpochProgress("predict", count_frames(root, images), opts.progress)
     skipped: list[str] = []
     entries: list[dict[str, Any]] = []

@@ -98,6 +98,7 @@ def test_an_empty_folder_says_it_has_no_images(tmp_path: Path, checkpoint: Path,
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith(f"main.py: error: -predict: folder {folder} has no images (looked below it for ")
+    assert not (tmp_path / "out").exists()  # stopped before a run directory was made
     assert "neither an image nor a video" not in err
 
 
