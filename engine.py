@@ -17,8 +17,6 @@ from torch.utils.data import DataLoader
 
 from datasets.base import IMAGENET_MEAN, IMAGENET_STD
 from datasets.codecs import Codec
-from metrics import mpii
-from metrics.pck import pck_summary
 from utils.distributed import DistributedContext, all_ranks, gather_arrays, reduce_sums
 from utils.logging import EpochProgress
 from utils.transforms import apply_affine
@@ -393,25 +391,3 @@ def predict(
     if keep and kept["crop_images"]:
         results.update({key: np.concatenate(value, axis=0) for key, value in kept.items()})
     return results
-
-
-def score_predictions(results: dict[str, np.ndarray]) -> dict[str, float]:
-    """Validation metrics over all samples at once: loss; for MPII's joint set with head sizes,
-    the official PCKh table (``PCKh`` is its Mean, ``PCKh_<column>`` the other columns); and PCK@0.5
-    with normaliser heatmap size / 10. None of these when no sample has a labelled joint (crops
-    from a detector's boxes): there is nothing to compare with, and the dataset's own metric
-    (COCO AP) does the scoring."""
-    if not np.any(results["visible"] > 0):
-        return {}
-    metrics: dict[str, float] = {
-        "loss": float(np.mean(results["loss"])) if len(results["loss"]) else math.nan
-    }
-    preds, gt, visible = results["preds"], results["joints"], results["visible"]
-    if preds.shape[1] == mpii.NUM_JOINTS and np.isfinite(results["head_size"]).all():
-        columns = mpii.pckh_table(preds, gt, visible <= 0, results["head_size"])["columns"]
-        metrics["PCKh"] = columns["Mean"]
-        metrics.update({f"PCKh_{name}": value for name, value in columns.items() if name != "Mean"})
-    # heatmap height / 10 in heatmap pixels is the crop's box height / 10 in image pixels,
-    # because the crop is a similarity transform
-    metrics["PCK"], _ = pck_summary(preds, gt, visible, results["scale"] / 10.0)
-    return metrics

@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
+from checkpoints import load_weights
 from datasets.codecs import Codec, make_codec
 from datasets.registry import get_dataset_entry, joint_spec_for, list_datasets
 from datasets.skeletons import JointSpec
 from models import build_model
-from utils.checkpoint import CheckpointError, load_checkpoint
-from utils.options import COMMAND_KEYS, DATASET_JOINTS, STEERING_KEYS, fail
 
 # the registered datasets' own joint sets; custom's comes from its spec, so ask joint_spec_of(opts)
 JOINT_SPECS = {
@@ -38,49 +36,6 @@ def joint_spec_of(opts: argparse.Namespace) -> JointSpec:
     """The run's joint set: its dataset's, or for custom the spec ``jointSpec`` holds (the JSON a
     run records, so a checkpoint's options are enough)."""
     return joint_spec_for(opts.dataset, getattr(opts, "jointSpec", None))
-
-
-def describe(config: dict[str, Any]) -> str:
-    """'PyraNet, 16 joints, 256x256' (model, joints, input height x width) from a run's options."""
-    height = config.get("inputRes")
-    width = round(height * config.get("aspectRatio", 1.0)) if height else "?"
-    joints = config.get("nJoints") or DATASET_JOINTS.get(config.get("dataset"), "?")
-    return f"{config.get('model')}, {joints} joints, {height}x{width}"
-
-
-def first_mismatch(error: RuntimeError) -> str:
-    """The first missing, unexpected or mis-shaped tensor in load_state_dict's (long) message."""
-    for line in str(error).splitlines()[1:]:
-        line = line.strip()
-        if line.startswith("size mismatch"):
-            return line.rstrip(".")
-        if ":" in line:
-            kind, keys = line.split(":", 1)
-            return f"{kind.strip().lower()} {keys.split(',')[0].strip()}"
-    return str(error).splitlines()[0]
-
-
-def load_weights(model: nn.Module, opts: argparse.Namespace) -> dict[str, Any]:
-    """Load ``--loadModel`` into ``model``; one line naming what differs if the weights do not fit.
-    Returns the whole checkpoint (optimizer, epoch, ... for a resume)."""
-    try:
-        state = load_checkpoint(opts.loadModel)
-    except CheckpointError as error:
-        fail(f"loadModel: {error}")
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as error:
-        stored = state.get("config") or {}
-        differing = [
-            f"{k} {stored[k]} vs {v}"
-            for k, v in opts.config.items()
-            if k in stored and stored[k] != v and k not in COMMAND_KEYS + STEERING_KEYS
-        ]
-        fail(
-            f"loadModel: the weights do not fit: checkpoint: {describe(stored)}; config: {describe(opts.config)}"
-            f"{'; options: ' + ', '.join(differing) if differing else ''}; first difference: {first_mismatch(error)}"
-        )
-    return state
 
 
 @dataclass

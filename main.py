@@ -4,6 +4,7 @@ python main.py                                  # demo: synthetic people, small 
 python main.py -DataConfig conf/datasets/mpii.defconf -ModelConfig conf/models/StackedHourGlass.defconf
 python main.py --loadModel exp/run/last.pth      # resume that run
 python main.py -test --loadModel exp/run/best.pth
+python main.py ... --browse 16                   # look at augmented training samples
 torchrun --nproc_per_node 4 main.py ...          # DistributedDataParallel
 
 This file only reads the options and hands them to the mode's module, so ``--help`` and option
@@ -28,6 +29,14 @@ def main(argv: list[str] | None = None) -> int:
         import predict
 
         return predict.run(opts)
+    if opts.test:
+        import evaluate
+
+        return evaluate.run(opts)
+    if opts.browse:
+        import browse
+
+        return browse.run(opts)
     import train
 
     return train.run(opts)

@@ -6,6 +6,7 @@ is shared, so the same crop, augmentation and target code serves all of them.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from torch.utils.data import Dataset
 from datasets.codecs import Codec
 from datasets.skeletons import JointSpec
 from datasets.validation import SKIP_HINT, BadDataPolicy
+from metrics.pck import pck_summary
 from utils.transforms import apply_affine, compose_affine, crop_affine, invert_affine, warp_image
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -237,6 +239,19 @@ class DecodedCache:
             pass  # a full or read-only disk costs speed, not the sample
 
 
+def generic_metrics(results: dict[str, np.ndarray]) -> dict[str, float]:
+    """Loss and PCK@0.5 with normaliser heatmap size / 10, over all samples at once; none of these
+    when no sample has a labelled joint (crops from a detector's boxes): there is nothing to
+    compare with, and the dataset's own metric (COCO AP) does the scoring."""
+    if "visible" not in results or not np.any(results["visible"] > 0):
+        return {}
+    loss = float(np.mean(results["loss"])) if len(results["loss"]) else math.nan
+    # heatmap height / 10 in heatmap pixels is the crop's box height / 10 in image pixels,
+    # because the crop is a similarity transform
+    pck, _ = pck_summary(results["preds"], results["joints"], results["visible"], results["scale"] / 10.0)
+    return {"loss": loss, "PCK": pck}
+
+
 class KeypointDataset(Dataset, ABC):
     """Records are dicts with ``joints`` (K, 2) 0-based px, ``visible`` (K,), ``center`` (2,) px,
     ``scale`` (box height in px), and optionally ``head_size``, ``image_id``, ``area``,
@@ -306,14 +321,15 @@ class KeypointDataset(Dataset, ABC):
 
     @property
     def main_metric(self) -> str:
-        """The metric that picks best.pth."""
-        return "PCKh" if self.has_head_sizes else "PCK"
+        """The metric that picks best.pth (a dataset with an official metric names it)."""
+        return "PCK"
 
     def evaluate(self, results: dict[str, np.ndarray], output_dir: Path | None = None) -> dict[str, float]:
-        """Dataset-specific official metrics of gathered predictions (see engine.predict), and
-        their files written into ``output_dir`` when given. PCK and PCKh need nothing extra."""
-        del results, output_dir
-        return {}
+        """Metrics of gathered predictions (see engine.predict), with any files written into
+        ``output_dir``. Here the ones every dataset has, :func:`generic_metrics`; a dataset with
+        an official metric (MPII's PCKh, COCO's AP) adds it."""
+        del output_dir
+        return generic_metrics(results)
 
     @property
     def epoch(self) -> int:

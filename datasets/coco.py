@@ -766,7 +766,7 @@ class COCODataset(KeypointDataset):
         return self._coco
 
     def evaluate(self, results: dict[str, np.ndarray], output_dir: Path | None = None) -> dict[str, float]:
-        """COCO keypoint AP/AR: poses rescored by box score x mean confident keypoint score,
+        """Loss and PCK where the crops have ground truth, and COCO keypoint AP/AR: poses rescored by box score x mean confident keypoint score,
         OKS-NMS per image, then COCOeval, both with the joint set's OKS sigmas; ``results.json``
         is written into ``output_dir``."""
         from metrics.coco import evaluate_keypoints, postprocess_results
@@ -782,7 +782,7 @@ class COCODataset(KeypointDataset):
         if output_dir is not None:
             with open(Path(output_dir) / "results.json", "w", encoding="utf-8") as stream:
                 json.dump(detections, stream)
-        return evaluate_keypoints(self.coco, detections, sigmas=sigmas)
+        return super().evaluate(results) | evaluate_keypoints(self.coco, detections, sigmas=sigmas)
 
     def __getstate__(self) -> dict[str, Any]:
         # DataLoader workers need only the records; the full train2017 index is large to copy.

@@ -15,6 +15,7 @@ images are re-rendered on demand, so nothing is written to disk and workers need
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -24,6 +25,7 @@ from datasets.base import Augmentation, KeypointDataset
 from datasets.codecs import Codec
 from datasets.registry import DataRequest, register_dataset
 from datasets.skeletons import MPII_JOINTS
+from metrics.mpii import pckh_of
 
 SPLIT_IDS = {"train": 0, "val": 1}
 
@@ -172,6 +174,11 @@ class SyntheticPeople(KeypointDataset):
     """``size`` synthetic persons of a split ("train" or "val"), one per ``image_size`` image."""
 
     joint_spec = MPII_JOINTS
+    main_metric = "PCKh"  # MPII's joints, with head sizes from the drawing
+
+    def evaluate(self, results: dict[str, np.ndarray], output_dir: Path | None = None) -> dict[str, float]:
+        """Loss, PCK and MPII's PCKh table."""
+        return super().evaluate(results, output_dir) | pckh_of(results)
 
     def __init__(
         self,

@@ -454,3 +454,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def pckh_metrics(
+    preds: np.ndarray, joints: np.ndarray, missing: np.ndarray, head_sizes: np.ndarray
+) -> dict[str, float]:
+    """The official table as flat metrics: ``PCKh`` (its Mean) and ``PCKh_<column>`` for the
+    others (``PCKh_Head``, ..., ``PCKh_Mean@0.1``), in percent."""
+    columns = pckh_table(preds, joints, missing, head_sizes)["columns"]
+    return {"PCKh": columns["Mean"]} | {
+        f"PCKh_{name}": value for name, value in columns.items() if name != "Mean"
+    }
+
+
+def pckh_of(results: dict[str, np.ndarray]) -> dict[str, float]:
+    """:func:`pckh_metrics` of gathered predictions of MPII's joints (``preds``, ``joints``,
+    ``visible``, ``head_size``), or nothing when a sample has no head size or none has a
+    labelled joint."""
+    if not np.any(results["visible"] > 0) or not np.isfinite(results["head_size"]).all():
+        return {}
+    return pckh_metrics(results["preds"], results["joints"], results["visible"] <= 0, results["head_size"])

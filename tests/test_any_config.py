@@ -27,8 +27,8 @@ import torch
 from hypothesis import HealthCheck, event, given, seed, settings
 from hypothesis import strategies as st
 
+import build
 import main as entry
-import train
 from conftest import REPO_ROOT, parse_error
 from models import build_model, get_entry, list_models
 from models.complexity import profile_model
@@ -308,16 +308,16 @@ def test_predictions_png_reuses_the_last_validation(tmp_path, monkeypatch, capsy
     """The model sees each validation image once (the synthetic config has no flip test), and
     nothing after: predictions.png is drawn from the validation's own outputs."""
     seen: list[tuple[bool, int]] = []  # (training, images) per forward call after the profile
-    build = train.build_profiled
+    real_build = build.build_profiled
 
     def counted(opts, input_size):
-        model, profile = build(opts, input_size)
+        model, profile = real_build(opts, input_size)
         model.register_forward_hook(
             lambda module, inputs, output: seen.append((module.training, len(inputs[0])))
         )
         return model, profile
 
-    monkeypatch.setattr(train, "build_profiled", counted)
+    monkeypatch.setattr(build, "build_profiled", counted)
     argv = ["--syntheticTrain", "8", "--syntheticVal", "6", "--data_loader_size", "4", "--inputRes", "32",
             "--outputRes", "8", "--nReductions", "2", "--nChannels", "8", "--nStack", "1", *QUICK_RUN,
             "--expDir", str(tmp_path)]  # fmt: skip

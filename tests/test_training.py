@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import build
 import main as entry
-import train
 from conftest import TINY_RUN
 from engine import NonFiniteLossError
 from utils.checkpoint import load_checkpoint
@@ -114,13 +114,13 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
     run(tmp_path, "--nEpochs", "1", "--expID", "diverge")
     good = load_checkpoint(tmp_path / "diverge" / "last.pth")
 
-    original = train.make_loss
+    original = build.make_loss
 
     def exploding_loss(target_type):
         loss = original(target_type)
         return lambda outputs, target, weight: loss(outputs, target, weight) * float("nan")
 
-    monkeypatch.setattr(train, "make_loss", exploding_loss)
+    monkeypatch.setattr(build, "make_loss", exploding_loss)
     with pytest.raises(NonFiniteLossError, match="at epoch 2, step 1.*the last good checkpoint is kept"):
         entry.main([*TINY_RUN, "--expDir", str(tmp_path), "--nEpochs", "2",
                     "--loadModel", str(tmp_path / "diverge" / "last.pth")])  # fmt: skip

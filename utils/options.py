@@ -15,11 +15,19 @@ import difflib
 import math
 import re
 import sys
-import time
 from pathlib import Path
 from typing import Any, NoReturn
 
 import configargparse
+
+from checkpoints import (
+    COMMAND_KEYS,
+    is_resume,
+    plan_run_dir,
+    read_stored_config,
+    refused_resume_changes,
+    resume_changes,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_CONFIG = REPO_ROOT / "conf" / "datasets" / "synthetic.defconf"
@@ -617,21 +625,6 @@ def validate(opts: argparse.Namespace) -> None:
         raise OptionError(f"loadModel: no checkpoint file at {opts.loadModel}")
 
 
-# Keys a checkpoint's stored config does not pass on: they say what this command does with it.
-COMMAND_KEYS = (
-    "expID", "loadModel", "loadOptim", "loadEpoch", "dropPreLoaded", "dropMagPreLoaded", "test", "browse",
-    "predict", "export", "onnx", "detector", "detectorWeights",
-)  # fmt: skip
-# Keys a resumed run may change: they steer training or the machine, not what is trained on.
-STEERING_KEYS = (
-    "nEpochs", "dropLR", "dropMag", "lrMilestones", "lrSchedule", "valInterval", "saveInterval",
-    "nThreads", "progress", "gpuid", "dont_pin_memory", "amp", "flipTest", "expDir", "dataDir",
-    "imageDir", "allowConfigChange", "saveEveryMinutes", "tensorboard", "visdom",
-    "skipBadSamples", "maxBadFraction", "allowOutsidePaths", "imageCache", "channelsLast", "compile",
-    "postProcess", "deterministic", "syncBN",
-)  # fmt: skip
-
-
 def _option_value(argv: list[str], flag: str) -> str | None:
     """The value given to ``flag`` on the command line (``--flag v`` or ``--flag=v``), if any."""
     for position, item in enumerate(argv):
@@ -640,69 +633,6 @@ def _option_value(argv: list[str], flag: str) -> str | None:
         if item.startswith(flag + "="):
             return item.split("=", 1)[1]
     return None
-
-
-def read_stored_config(path: str | Path) -> dict[str, Any]:
-    """The options a checkpoint was trained with (its ``config``), read with ``weights_only=True``."""
-    from utils.checkpoint import CheckpointError, load_checkpoint
-
-    try:
-        state = load_checkpoint(path, mmap=True)  # the weights are read once, when they are loaded
-    except CheckpointError as error:
-        fail(f"loadModel: {error}")
-    config = state.get("config")
-    if not isinstance(config, dict):
-        fail(f"loadModel: {path} stores no config; give the model's options (-ModelConfig) to use it")
-    return config
-
-
-def _show(value: Any) -> str:
-    return repr(value) if isinstance(value, str) else str(value)
-
-
-def resume_changes(opts: argparse.Namespace, stored: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """{key: (stored, now)} for every option that differs from the checkpoint's, command keys aside."""
-    return {
-        key: (stored[key], value)
-        for key, value in opts.config.items()
-        if key in stored and key not in COMMAND_KEYS and value != stored[key]
-    }
-
-
-def is_resume(opts: argparse.Namespace) -> bool:
-    """A true resume continues the same run: weights, optimizer and epoch all restored."""
-    evaluates = opts.test or opts.browse or opts.predict or opts.export
-    return bool(opts.loadModel) and opts.loadOptim and opts.loadEpoch and not evaluates
-
-
-def plan_run_dir(opts: argparse.Namespace) -> Path:
-    """Where this command writes. Runs are append-only: only a resume writes into an existing
-    run (the checkpoint's own, when no --expID names another); every other command gets a new
-    directory, and a new run never takes over an existing one."""
-    if is_resume(opts):
-        own = Path(opts.loadModel).resolve().parent
-        if not opts.expID or (Path(opts.expDir) / opts.expID).resolve() == own:
-            return own
-    root = Path(opts.expDir)
-    if opts.expID:
-        path = root / opts.expID
-        if path.exists():
-            free = next(
-                f"{opts.expID}-{n}" for n in range(2, 10**6) if not (root / f"{opts.expID}-{n}").exists()
-            )
-            raise OptionError(
-                f"expID: run directory {path} already exists and only a resume of its own checkpoint may "
-                f"write there; choose a new name, e.g. --expID {free}"
-            )
-        return path
-    kinds = (("test", "-test"), ("browse", "-browse"), ("predict", "-predict"), ("loadModel", "-finetune"))
-    kind = next((suffix for key, suffix in kinds if getattr(opts, key)), "")
-    base = f"{opts.model}-{opts.dataset}{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return next(
-        root / name
-        for name in (base, *(f"{base}-{n}" for n in range(2, 10**6)))
-        if not (root / name).exists()
-    )
 
 
 def apply_visdom(parser: configargparse.ArgParser, opts: argparse.Namespace) -> None:
@@ -813,13 +743,9 @@ def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
     opts.resume_changes = {}
     if stored is not None and is_resume(opts):
         changes = resume_changes(opts, stored)
-        refused = {k: v for k, v in changes.items() if k not in STEERING_KEYS}
-        if refused and not opts.allowConfigChange:
-            listed = "; ".join(f"{k} stored {_show(a)}, typed {_show(b)}" for k, (a, b) in refused.items())
-            fail(
-                f"loadModel: a resume continues the same run, but this command changes what it trains: "
-                f"{listed} (fine-tune instead with --loadOptim 0 --loadEpoch 0, or pass --allowConfigChange 1)"
-            )
+        refusal = refused_resume_changes(changes)
+        if refusal and not opts.allowConfigChange:
+            fail(refusal)
         opts.resume_changes = changes
     try:
         # after the resume check, so a resume that changes sizes is named as a resume

@@ -1,0 +1,295 @@
+"""The objects a run needs, built from the options in one place: the device and process group,
+the network (profiled, its output checked against the targets), the codec and loss its target type
+implies, the datasets and their loaders, the optimizer and its schedule. Every mode (training,
+-test, --browse) starts with :func:`build_run`; -predict and -export with ``inference.load_trained``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from datasets import Augmentation, KeypointDataset, build_datasets, make_codec
+from datasets.codecs import Codec
+from datasets.loading import BadSampleReport, GuardedDataLoader
+from engine import Precision
+from inference import frame_sizes, joint_spec_of
+from losses import make_loss
+from models import build_model
+from models.complexity import ModelProfile, profile_model
+from models.registry import option_to_parameter
+from utils.distributed import DistributedContext, setup_distributed
+from utils.options import fail
+
+
+@dataclass
+class RunParts:
+    """What every mode that reads a dataset works with."""
+
+    context: DistributedContext
+    say: Callable[..., None]  # print on rank 0, nothing elsewhere
+    model: nn.Module  # on the device, in its dtype and memory format
+    profile: ModelProfile
+    precision: Precision
+    channels_last: bool
+    codec: Codec
+    loss_fn: nn.Module
+    train_set: KeypointDataset | None
+    val_set: KeypointDataset
+    train_loader: DataLoader | None
+    val_loader: DataLoader
+
+
+def build_run(opts: argparse.Namespace, with_train: bool) -> RunParts:
+    """Device, seed, network, codec, loss, datasets and loaders, in that order."""
+    configure_numerics(opts.deterministic)  # before CUDA starts: cuBLAS reads its workspace setting once
+    context = setup_distributed(opts.gpuid)
+    # the same seed on every rank gives identical initial weights; augmentation and data order
+    # have their own (seed, epoch, index) generators, so ranks still see different samples
+    seed_everything(opts.seed)
+    say = print if context.is_main else (lambda *a, **k: None)
+    if context.device.type == "cuda" and not opts.deterministic:
+        torch.backends.cudnn.benchmark = with_train  # fixed crop sizes: the fastest kernels, found once
+
+    input_size, heatmap_size = frame_sizes(opts)  # (width, height)
+    model, profile = build_profiled(opts, input_size)
+    check_output_shape(profile.output_shapes, opts, heatmap_size)
+    say(
+        f"model {opts.model}: {profile.parameters / 1e6:.2f} M parameters, {profile.gflops:.2f} GFLOPs per image"
+    )
+    if opts.amp == "fp16" and context.device.type == "cpu":
+        say("note: --amp fp16 on the CPU is slow and gains nothing; bf16 is the CPU's mixed precision")
+    model = with_sync_batchnorm(model, opts.syncBN and with_train, context, say)
+    precision = Precision(opts.amp, torch.float64 if opts.usedouble else torch.float32)
+    model = model.to(context.device, dtype=precision.dtype)
+    # channels_last was the fastest correct variant for all seven models on a 2-core CPU (1.06x to
+    # 1.57x a training step, benchmarks/training_step.py) and is what cuDNN's NHWC kernels want
+    channels_last = bool(opts.channelsLast)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+
+    codec = make_codec(
+        opts.target_type, input_size, heatmap_size, opts.hmGauss, opts.coordConvention, opts.postProcess
+    )
+    train_set, val_set = build_data(opts, codec, input_size, with_train)
+    # a training batch of one gives BatchNorm a single value per channel where a feature map is 1x1
+    min_batch = 2 if profile.norm_values == 1 and not opts.browse else 1
+    train_loader, val_loader = make_loaders(train_set, val_set, opts, context, min_batch)
+    return RunParts(
+        context, say, model, profile, precision, channels_last, codec, make_loss(opts.target_type),
+        train_set, val_set, train_loader, val_loader,
+    )  # fmt: skip
+
+
+def build_data(
+    opts: argparse.Namespace, codec: Codec, input_size: tuple[int, int], with_train: bool
+) -> tuple[KeypointDataset | None, KeypointDataset]:
+    augmentation = Augmentation(
+        opts.maxScale, opts.maxRotate, opts.rotateProb, opts.maxTranslate, opts.flipProb, opts.colorJitter
+    )
+    return build_datasets(
+        opts.dataset, codec, input_size, augmentation, opts.seed,
+        with_train=with_train, data_dir=opts.dataDir,
+        train_annotation=opts.trainAnnotation, val_annotation=opts.valAnnotation, image_dir=opts.imageDir,
+        head_boxes_mat=opts.headBoxesMat, bbox_file=opts.bboxFile, det_score_threshold=opts.detScoreThreshold,
+        half_body_prob=opts.halfBodyProb, joint_spec=joint_spec_of(opts),
+        synthetic_sizes=(opts.syntheticTrain, opts.syntheticVal), synthetic_image_size=opts.imageRes,
+        skip_bad_samples=opts.skipBadSamples, max_bad_fraction=opts.maxBadFraction,
+        allow_outside_paths=opts.allowOutsidePaths, image_cache=opts.imageCache,
+    )  # fmt: skip
+
+
+def build_optimizer(
+    opts: argparse.Namespace, model: nn.Module, device: torch.device
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler, torch.amp.GradScaler | None]:
+    """The optimizer, its LR schedule and, for --amp fp16, the GradScaler (the same one on every
+    device, so the CPU tests run the save and restore a GPU run takes)."""
+    optimizer = getattr(torch.optim, opts.optimizer_type)(
+        model.parameters(), lr=opts.LR, **opts.optimizer_kwargs
+    )
+    scaler = torch.amp.GradScaler(device.type) if opts.amp == "fp16" else None
+    return optimizer, make_scheduler(optimizer, opts), scaler
+
+
+def configure_numerics(deterministic: bool) -> None:
+    """``--deterministic 1``: the same weights from the same seed on CUDA too, at a cost in speed
+    (docs/gpus.md): deterministic kernels only (an op without one stops the run naming it),
+    cuDNN's autotuner off, TF32 off for convolutions and matrix products. Set both ways, since
+    the switches are process-wide and a caller may run several commands in one process."""
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's deterministic mode
+        torch.backends.cuda.matmul.fp32_precision = "ieee"
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.conv.fp32_precision = "ieee" if deterministic else "tf32"  # PyTorch's default: tf32
+    torch.backends.cudnn.benchmark = False  # build_run turns it on for non-deterministic CUDA training
+
+
+def with_sync_batchnorm(model: nn.Module, wanted: bool, context: DistributedContext, say) -> nn.Module:
+    """``--syncBN 1``: BatchNorm statistics over the whole batch of all GPUs (pose batches per GPU
+    are small). Same state_dict names, so checkpoints are interchangeable with plain BatchNorm."""
+    if not wanted:
+        return model
+    if context.world_size < 2:
+        say("note: --syncBN 1 has no effect on one process (BatchNorm already sees the whole batch)")
+        return model
+    if context.device.type != "cuda":
+        say(
+            "note: --syncBN 1 needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel); plain BatchNorm is used"
+        )
+        return model
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_profiled(opts: argparse.Namespace, input_size: tuple[int, int]) -> tuple[nn.Module, ModelProfile]:
+    """The model and its profile (one forward pass at ``input_size``, (width, height)). A builder
+    refusing a value (a kernel size, a backbone name, an input too small for it) stops in one line
+    that names the config keys."""
+    try:
+        model = build_model(opts.model, **vars(opts))
+        return model, profile_model(model, input_size[::-1])
+    except (ValueError, FileNotFoundError) as error:
+        # builders name their parameters (hh_kernel), the user wrote config keys (hhKernel)
+        keys = {option_to_parameter(key): key for key in opts.config}
+        message = re.sub(r"\b[a-z]\w*_\w+\b", lambda found: keys.get(found[0], found[0]), str(error))
+        fail(f"model {opts.model}: {message}")
+
+
+def check_output_shape(
+    shapes: list[tuple[int, ...]], opts: argparse.Namespace, heatmap_size: tuple[int, int]
+) -> None:
+    """The model's last stage must match what the codec encodes, else training is meaningless."""
+    expected = (
+        (1, opts.nJoints, heatmap_size[1], heatmap_size[0])
+        if opts.target_type == "heatmap"
+        else (1, opts.nJoints, 2)
+    )
+    if tuple(shapes[-1]) != expected:
+        fail(
+            f"outputRes: model {opts.model} outputs {tuple(shapes[-1])[1:]} for inputRes {opts.inputRes} "
+            f"but the targets are {expected[1:]}; set outputRes to the model's output height"
+        )
+
+
+def make_loaders(
+    train_set: KeypointDataset | None,
+    val_set: KeypointDataset,
+    opts: argparse.Namespace,
+    context: DistributedContext,
+    min_batch: int = 1,
+) -> tuple[DataLoader | None, DataLoader]:
+    """Validation and training loaders. A last training batch smaller than ``min_batch`` (the
+    smallest batch the model can train on) is left out of every epoch; a batch size or training
+    set that leaves no such batch at all is refused in one line."""
+    pin = context.device.type == "cuda" and not opts.dont_pin_memory
+    common = {"batch_size": opts.data_loader_size, "num_workers": opts.nThreads, "pin_memory": pin}
+    # bad samples go to <run>/bad_samples.txt; a dead worker's error names its sample (datasets/loading.py)
+    common["report"] = BadSampleReport(opts.run_dir, [train_set, val_set], context.is_main, context.device)
+    if opts.nThreads > 0:
+        common["worker_init_fn"] = _quiet_worker
+        # workers (and their imports, open files, decoded-image maps) live for the whole run; a
+        # dataset's epoch is in shared memory, so they follow set_epoch
+        common["persistent_workers"] = True
+    # each rank scores a disjoint strided share of the validation set, without padding duplicates
+    val_loader = GuardedDataLoader(
+        val_set, sampler=range(context.rank, len(val_set), context.world_size), **common
+    )
+    if train_set is None:
+        return None, val_loader
+    # DistributedSampler with one replica is a seeded shuffle; its (seed, epoch) order replays on resume
+    sampler = ResumableSampler(
+        train_set, num_replicas=context.world_size, rank=context.rank, shuffle=opts.shuffle, seed=opts.seed
+    )
+    if opts.data_loader_size < min_batch:
+        fail(
+            f"data_loader_size: {opts.data_loader_size} gives BatchNorm in {opts.model} a single value per "
+            f"channel (a feature map is 1x1 at inputRes {opts.inputRes}); use data_loader_size >= {min_batch} "
+            f"or a larger inputRes"
+        )
+    per_rank = len(sampler)  # the same on every rank: DistributedSampler pads the shares to equal length
+    if per_rank < min_batch:
+        size_key = "syntheticTrain" if opts.dataset == "synthetic" else "trainAnnotation"
+        fail(
+            f"{size_key}: {len(train_set)} training samples give {per_rank} per process, fewer than the "
+            f"{min_batch} a batch of {opts.model} needs at inputRes {opts.inputRes} (BatchNorm would see a "
+            f"single value per channel)"
+        )
+    short = per_rank % opts.data_loader_size
+    sampler.tail = short if short < min_batch else 0  # every rank drops the same last batch
+    return GuardedDataLoader(train_set, sampler=sampler, drop_last=False, **common), val_loader
+
+
+def data_notes(parts: RunParts, opts: argparse.Namespace) -> list[str]:
+    """What the sampler does to the training set that a user should know, one line each."""
+    loader, train_set, context = parts.train_loader, parts.train_set, parts.context
+    if loader is None:
+        return []
+    notes = []
+    if loader.sampler.tail:
+        notes.append(
+            f"dropping the last training batch of every epoch, {loader.sampler.tail} sample(s) per process "
+            f"of {len(train_set)}: a batch that small gives BatchNorm in {opts.model} a single value per channel"
+        )
+    if context.world_size > 1:
+        effective = opts.data_loader_size * opts.mini_batch_count * context.world_size
+        padding = -len(train_set) % context.world_size
+        repeated = (
+            f"; the distributed sampler repeats {padding} of the {len(train_set)} training samples every epoch "
+            f"so that each process gets {len(loader.sampler) + loader.sampler.tail}"
+        )
+        notes.append(
+            f"{context.world_size} processes: effective batch {effective} (data_loader_size "
+            f"{opts.data_loader_size} x mini_batch_count {opts.mini_batch_count} x processes)"
+            + (repeated if padding else "")
+        )
+    return notes
+
+
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler that can skip the first ``skip`` indices of its next pass: the batches an
+    interrupted epoch already trained on (the order is a function of (seed, epoch), so the rest
+    of the epoch is exactly what the uninterrupted run saw). The last ``tail`` indices of every
+    pass are left out (a last batch too small to train on)."""
+
+    skip = 0
+    tail = 0
+
+    def __iter__(self):
+        skip, self.skip = self.skip, 0
+        order = list(super().__iter__())
+        return iter(order[skip : len(order) - self.tail])
+
+    def __len__(self) -> int:
+        return super().__len__() - self.skip - self.tail
+
+
+def _quiet_worker(_: int) -> None:
+    # Ctrl-C reaches the whole process group; the main process decides how to stop
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    cv2.setNumThreads(0)  # workers are already one process per core; OpenCV threads would oversubscribe
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, opts: argparse.Namespace
+) -> torch.optim.lr_scheduler.LRScheduler:
+    if opts.lrSchedule == "multistep":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=opts.milestones, gamma=opts.dropMag)
+    step = opts.dropLR if opts.dropLR > 0 else 10**9  # dropLR 0: never drop
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step, gamma=opts.dropMag)

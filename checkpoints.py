@@ -1,0 +1,400 @@
+"""The checkpoint and its policy, in one place: what a training checkpoint holds, how a run saves
+and restores it, which keys a resume may change, how weights are loaded into a network, and which
+run directory a command writes (runs are append-only: only a resume writes into an existing run).
+
+The policy parts (keys, run directories) import no torch, so ``--help`` and option errors stay
+fast; the atomic file I/O is :mod:`utils.checkpoint`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from engine import EpochState
+    from utils.distributed import DistributedContext
+
+# Keys a checkpoint's stored config does not pass on: they say what this command does with it.
+COMMAND_KEYS = (
+    "expID", "loadModel", "loadOptim", "loadEpoch", "dropPreLoaded", "dropMagPreLoaded", "test", "browse",
+    "predict", "export", "onnx", "detector", "detectorWeights",
+)  # fmt: skip
+# Keys a resumed run may change: they steer training or the machine, not what is trained on.
+STEERING_KEYS = (
+    "nEpochs", "dropLR", "dropMag", "lrMilestones", "lrSchedule", "valInterval", "saveInterval",
+    "nThreads", "progress", "gpuid", "dont_pin_memory", "amp", "flipTest", "expDir", "dataDir",
+    "imageDir", "allowConfigChange", "saveEveryMinutes", "tensorboard", "visdom",
+    "skipBadSamples", "maxBadFraction", "allowOutsidePaths", "imageCache", "channelsLast", "compile",
+    "postProcess", "deterministic", "syncBN",
+)  # fmt: skip
+
+
+def _fail(message: str) -> NoReturn:
+    from utils.options import fail  # options imports this module
+
+    fail(message)
+
+
+# --- which run, which keys -------------------------------------------------------------------------
+
+
+def read_stored_config(path: str | Path) -> dict[str, Any]:
+    """The options a checkpoint was trained with (its ``config``), read with ``weights_only=True``."""
+    from utils.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        state = load_checkpoint(path, mmap=True)  # the weights are read once, when they are loaded
+    except CheckpointError as error:
+        _fail(f"loadModel: {error}")
+    config = state.get("config")
+    if not isinstance(config, dict):
+        _fail(f"loadModel: {path} stores no config; give the model's options (-ModelConfig) to use it")
+    return config
+
+
+def is_resume(opts: argparse.Namespace) -> bool:
+    """A true resume continues the same run: weights, optimizer and epoch all restored."""
+    evaluates = opts.test or opts.browse or opts.predict or opts.export
+    return bool(opts.loadModel) and opts.loadOptim and opts.loadEpoch and not evaluates
+
+
+def resume_changes(opts: argparse.Namespace, stored: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """{key: (stored, now)} for every option that differs from the checkpoint's, command keys aside."""
+    return {
+        key: (stored[key], value)
+        for key, value in opts.config.items()
+        if key in stored and key not in COMMAND_KEYS and value != stored[key]
+    }
+
+
+def refused_resume_changes(changes: dict[str, tuple[Any, Any]]) -> str | None:
+    """The one line refusing a resume that changes what it trains (keys beyond STEERING_KEYS)."""
+    refused = {k: v for k, v in changes.items() if k not in STEERING_KEYS}
+    if not refused:
+        return None
+    listed = "; ".join(f"{k} stored {_show(a)}, typed {_show(b)}" for k, (a, b) in refused.items())
+    return (
+        f"loadModel: a resume continues the same run, but this command changes what it trains: "
+        f"{listed} (fine-tune instead with --loadOptim 0 --loadEpoch 0, or pass --allowConfigChange 1)"
+    )
+
+
+def _show(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def plan_run_dir(opts: argparse.Namespace) -> Path:
+    """Where this command writes. Runs are append-only: only a resume writes into an existing
+    run (the checkpoint's own, when no --expID names another); every other command gets a new
+    directory, and a new run never takes over an existing one."""
+    from utils.options import OptionError
+
+    if is_resume(opts):
+        own = Path(opts.loadModel).resolve().parent
+        if not opts.expID or (Path(opts.expDir) / opts.expID).resolve() == own:
+            return own
+    root = Path(opts.expDir)
+    if opts.expID:
+        path = root / opts.expID
+        if path.exists():
+            free = next(
+                f"{opts.expID}-{n}" for n in range(2, 10**6) if not (root / f"{opts.expID}-{n}").exists()
+            )
+            raise OptionError(
+                f"expID: run directory {path} already exists and only a resume of its own checkpoint may "
+                f"write there; choose a new name, e.g. --expID {free}"
+            )
+        return path
+    kinds = (("test", "-test"), ("browse", "-browse"), ("predict", "-predict"), ("loadModel", "-finetune"))
+    kind = next((suffix for key, suffix in kinds if getattr(opts, key)), "")
+    base = f"{opts.model}-{opts.dataset}{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return next(
+        root / name
+        for name in (base, *(f"{base}-{n}" for n in range(2, 10**6)))
+        if not (root / name).exists()
+    )
+
+
+def make_run_dir(opts: argparse.Namespace, is_main: bool) -> Path:
+    """Create the run directory ``plan_run_dir`` chose. A resume continues in its own run and
+    leaves its config.defconf as it was (log.txt notes what changed); every other command gets a
+    new directory whose config.defconf names the checkpoint it started from (``loadModel``)."""
+    from utils.options import config_file_keys
+
+    run_dir = opts.run_dir
+    if is_main and is_resume(opts) and run_dir.is_dir():
+        for stale in run_dir.glob(".*.pth.*.tmp"):  # a checkpoint write cut off by kill -9
+            stale.unlink(missing_ok=True)
+    if is_main and not (is_resume(opts) and run_dir.is_dir()):
+        run_dir.mkdir(parents=True, exist_ok=False)
+        settable = config_file_keys()
+        with open(run_dir / "config.defconf", "w") as stream:
+            for key, value in opts.config.items():
+                if value is None or key not in settable:
+                    continue
+                # false is written too: several flags (flipTest, tensorboard, shuffle) default to on
+                text = (
+                    f"[{', '.join(value)}]"
+                    if isinstance(value, list)
+                    else ("true" if value is True else "false" if value is False else value)
+                )
+                stream.write(f"{key}: {text}\n")
+    return run_dir
+
+
+# --- weights into a network --------------------------------------------------------------------------
+
+
+def describe(config: dict[str, Any]) -> str:
+    """'PyraNet, 16 joints, 256x256' (model, joints, input height x width) from a run's options."""
+    from utils.options import DATASET_JOINTS
+
+    height = config.get("inputRes")
+    width = round(height * config.get("aspectRatio", 1.0)) if height else "?"
+    joints = config.get("nJoints") or DATASET_JOINTS.get(config.get("dataset"), "?")
+    return f"{config.get('model')}, {joints} joints, {height}x{width}"
+
+
+def first_mismatch(error: RuntimeError) -> str:
+    """The first missing, unexpected or mis-shaped tensor in load_state_dict's (long) message."""
+    for line in str(error).splitlines()[1:]:
+        line = line.strip()
+        if line.startswith("size mismatch"):
+            return line.rstrip(".")
+        if ":" in line:
+            kind, keys = line.split(":", 1)
+            return f"{kind.strip().lower()} {keys.split(',')[0].strip()}"
+    return str(error).splitlines()[0]
+
+
+def load_weights(model: nn.Module, opts: argparse.Namespace) -> dict[str, Any]:
+    """Load ``--loadModel`` into ``model``; one line naming what differs if the weights do not fit.
+    Returns the whole checkpoint (optimizer, epoch, ... for a resume)."""
+    from utils.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        state = load_checkpoint(opts.loadModel)
+    except CheckpointError as error:
+        _fail(f"loadModel: {error}")
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as error:
+        stored = state.get("config") or {}
+        differing = [
+            f"{k} {stored[k]} vs {v}"
+            for k, v in opts.config.items()
+            if k in stored and stored[k] != v and k not in COMMAND_KEYS + STEERING_KEYS
+        ]
+        _fail(
+            f"loadModel: the weights do not fit: checkpoint: {describe(stored)}; config: {describe(opts.config)}"
+            f"{'; options: ' + ', '.join(differing) if differing else ''}; first difference: {first_mismatch(error)}"
+        )
+    return state
+
+
+# --- a training run's checkpoint ---------------------------------------------------------------------
+
+
+@dataclass
+class Resumed:
+    """Where a run continues from a checkpoint, and what a resume must say about it."""
+
+    start_epoch: int = 1
+    best: float = -math.inf
+    partial: EpochState | None = None  # a mid-epoch checkpoint: the batches already done
+    pending: dict[str, Any] | None = None  # the run stopped while validating this epoch
+    notes: list[str] = field(default_factory=list)  # for the terminal
+    logged: list[str] = field(default_factory=list)  # the notes that also go to log.txt
+
+
+class TrainingCheckpoint:
+    """Everything needed to continue a run, and nothing that needs code to load: the model,
+    optimizer, LR schedule and fp16 GradScaler states, the epoch and best metric, every rank's
+    random generators (its own GPU's included), the batches done of an interrupted epoch, an epoch
+    waiting for its validation, the number of processes and the launch command, and the options.
+    ``save`` is a collective: every rank calls it and rank 0 writes."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+        scaler: torch.amp.GradScaler | None,
+        opts: argparse.Namespace,
+        context: DistributedContext,
+    ) -> None:
+        self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
+        self.opts, self.context = opts, context
+
+    def save(
+        self,
+        path: Path,
+        epoch: int,
+        best: float,
+        partial: EpochState | None = None,
+        pending_validation: dict[str, Any] | None = None,
+    ) -> None:
+        """Checkpoint after ``epoch`` completed epochs; with ``partial``, also the batches done of
+        the next epoch (resumed at the next batch); with ``pending_validation``, an epoch whose
+        validation has not run yet (a resume runs it first). Each rank's generators and running
+        sums reach rank 0 in one gather."""
+        from utils.checkpoint import CheckpointWriteError, capture_rng_state, save_checkpoint
+        from utils.distributed import barrier, gather_objects
+
+        context = self.context
+        own = {"rng": capture_rng_state(context.device)}
+        if partial is not None:
+            own["sums"] = (partial.loss_sum, partial.pck_sum)
+        ranks = gather_objects(own, context)
+        if context.is_main:
+            state = self._state(epoch, best, ranks)
+            if pending_validation is not None:
+                state["pending_validation"] = pending_validation
+            if partial is not None:
+                state["mid_epoch"] = {
+                    "epoch": partial.epoch,
+                    "step": partial.step,
+                    "loss_sum": [float(entry["sums"][0]) for entry in ranks],  # one per rank, in rank order
+                    "pck_sum": [float(entry["sums"][1]) for entry in ranks],
+                }
+            try:
+                save_checkpoint(state, path)
+            except OSError as error:
+                reason = error.strerror or str(error)
+                raise CheckpointWriteError(
+                    f"cannot write checkpoint {path}: {reason}; the previous checkpoint there is intact"
+                ) from None
+        barrier(context)
+
+    def _state(self, epoch: int, best: float, ranks: list[dict[str, Any]]) -> dict[str, Any]:
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": epoch,
+            "best": best,
+            "rng": {"ranks": [entry["rng"] for entry in ranks]},  # one per rank, in rank order
+            # the data order is a function of (seed, epoch), so these two replay it exactly
+            "data_order": {"seed": self.opts.seed, "next_epoch": epoch + 1},
+            "world_size": self.context.world_size,
+            "launch": self.context.launch_command,
+            "config": self.opts.config,
+        }
+        if self.scaler is not None:
+            state["grad_scaler"] = self.scaler.state_dict()
+        return state
+
+    def restore(self) -> Resumed:
+        """Load --loadModel; --loadOptim, --loadEpoch and --dropPreLoaded choose what is kept."""
+        opts = self.opts
+        state = load_weights(self.model, opts)
+        resumed = Resumed()
+        if opts.loadOptim and "optimizer" in state and self.optimizer is not None:
+            self._restore_optimizer(state, resumed)
+        if opts.dropPreLoaded and self.optimizer is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] *= opts.dropMagPreLoaded
+        if not opts.loadEpoch:
+            resumed.notes.append(f"loaded weights from {opts.loadModel}; counting epochs from 1")
+            return resumed
+        if "rng" in state:
+            from utils.checkpoint import restore_rng_state
+
+            note = restore_rng_state(
+                state["rng"], self.context.rank, self.context.world_size, self.context.device
+            )
+            if note:
+                resumed.notes.append(note)
+                resumed.logged.append(note)
+        resumed.best = float(state.get("best", -math.inf))
+        middle = state.get("mid_epoch")
+        if middle and not opts.test:
+            self._restore_mid_epoch(state, middle, resumed)
+        else:
+            resumed.start_epoch = int(state["epoch"]) + 1
+            if not opts.test and state.get("pending_validation"):
+                resumed.pending = state["pending_validation"]
+            verb = "evaluating" if opts.test else "resumed"
+            resumed.notes.append(f"{verb} {opts.loadModel} after epoch {state['epoch']}")
+        change = None if opts.test else world_size_change(state, opts, self.context.world_size)
+        if change:
+            resumed.notes.append(change)
+            resumed.logged.append(change)
+        return resumed
+
+    def _restore_optimizer(self, state: dict[str, Any], resumed: Resumed) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        # keep the schedule's progress but this run's dropLR / dropMag / lrMilestones
+        progress = {
+            k: v for k, v in state["scheduler"].items() if k not in ("step_size", "gamma", "milestones")
+        }
+        self.scheduler.load_state_dict({**self.scheduler.state_dict(), **progress})
+        if self.scaler is None or self.opts.test:
+            return
+        if state.get("grad_scaler"):
+            self.scaler.load_state_dict(state["grad_scaler"])
+        else:
+            note = (
+                "the checkpoint holds no GradScaler state (not trained with --amp fp16): "
+                f"the loss scale starts at {self.scaler.get_scale():g}"
+            )
+            resumed.notes.append(note)
+            resumed.logged.append(note)
+
+    def _restore_mid_epoch(self, state: dict[str, Any], middle: dict[str, Any], resumed: Resumed) -> None:
+        """The batches done of an interrupted epoch. The running sums and sample positions are per
+        rank, so only the number of processes that wrote the checkpoint continues it."""
+        from engine import EpochState
+
+        opts, context = self.opts, self.context
+        written_by = int(state.get("world_size", len(middle["loss_sum"])))
+        if written_by != context.world_size:
+            launch = state.get("launch") or (
+                "python main.py" if written_by == 1 else f"torchrun --nproc_per_node {written_by} main.py"
+            )
+            stop_run(
+                f"loadModel: {opts.loadModel} was written in the middle of epoch {middle['epoch']} by {written_by} "
+                f"process(es) and this run has {context.world_size}; a mid-epoch checkpoint continues only on the "
+                f"same number: {launch} --loadModel {opts.loadModel} (end-of-epoch checkpoints may change it)",
+                context.is_main,
+            )
+        rank = context.rank
+        resumed.partial = EpochState(
+            int(middle["epoch"]), int(middle["step"]), middle["loss_sum"][rank], middle["pck_sum"][rank]
+        )
+        resumed.start_epoch = resumed.partial.epoch
+        resumed.notes.append(
+            f"resumed {opts.loadModel} in epoch {resumed.partial.epoch} after batch {resumed.partial.step}"
+        )
+
+
+def world_size_change(state: dict[str, Any], opts: argparse.Namespace, world_size: int) -> str | None:
+    """One line when a resume runs on another number of processes: the effective batch changes."""
+    written_by = int(state.get("world_size", 1))
+    if written_by == world_size:
+        return None
+    stored = state.get("config") or {}
+    before = int(stored.get("data_loader_size", opts.data_loader_size)) * int(
+        stored.get("mini_batch_count", opts.mini_batch_count)
+    )
+    after = opts.data_loader_size * opts.mini_batch_count
+    return (
+        f"resumed on {world_size} process(es) a run written by {written_by}: effective batch "
+        f"{before * written_by} -> {after * world_size} (data_loader_size x mini_batch_count x "
+        f"processes); the learning rate is as configured, not rescaled"
+    )
+
+
+def stop_run(message: str, is_main: bool) -> NoReturn:
+    """Stop every rank with status 2; rank 0 prints the one line."""
+    if is_main:
+        _fail(message)
+    raise SystemExit(2)

@@ -1,0 +1,74 @@
+"""-test: score a checkpoint on its validation set with the dataset's official metrics.
+
+    python main.py -test --loadModel exp/<run>/best.pth
+
+Reads top to bottom: the run's objects (build.build_run), the weights, a new run directory, one
+validation pass, the metrics. Training validates with the same :func:`validate`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+import numpy as np
+
+from build import RunParts, build_run
+from checkpoints import TrainingCheckpoint, make_run_dir
+from engine import predict
+from metrics import coco, mpii
+from utils.distributed import broadcast_buffers
+from utils.logging import RunRecorder
+
+
+def run(opts: argparse.Namespace) -> int:
+    parts = build_run(opts, with_train=False)
+    resumed = TrainingCheckpoint(parts.model, None, None, None, opts, parts.context).restore()
+    for note in resumed.notes:
+        parts.say(note)
+    run_dir = make_run_dir(opts, parts.context.is_main)
+    results = validate(parts, opts.flipTest, opts.progress)
+    metrics = parts.val_set.evaluate(results, run_dir if parts.context.is_main else None)
+    RunRecorder(run_dir, enabled=parts.context.is_main).log_metrics(resumed.start_epoch - 1, "test", metrics)
+    parts.say(format_metrics(metrics))
+    parts.say(f"run directory: {run_dir}")
+    return 0
+
+
+def validate(
+    parts: RunParts,
+    flip_test: bool,
+    progress_mode: str,
+    keep: int = 0,
+    should_stop: Callable[[], bool] | None = None,
+) -> dict[str, np.ndarray] | None:
+    """Every rank's predictions for its share of the validation set, with rank 0's weights and
+    BatchNorm statistics (see engine.predict); None when ``should_stop`` ended it early."""
+    broadcast_buffers(parts.model, parts.context)
+    flip = parts.val_set.joint_spec.flip_permutation() if flip_test else None
+    return predict(
+        parts.model, parts.val_loader, parts.codec, parts.context,
+        loss_fn=parts.loss_fn, precision=parts.precision, progress_mode=progress_mode, flip_permutation=flip,
+        keep=keep, channels_last=parts.channels_last, should_stop=should_stop,
+    )  # fmt: skip
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    """The official MPII PCKh table when present, then the other numbers."""
+    lines = []
+    if "PCKh" in metrics:
+        columns = {name: metrics[f"PCKh_{name}"] for name in mpii.PART_JOINTS}
+        columns |= {"Mean": metrics["PCKh"], "Mean@0.1": metrics["PCKh_Mean@0.1"]}
+        lines += ["PCKh (official MPII table):", mpii.format_table(columns)]
+    if "AP" in metrics:
+        lines += [
+            "COCO keypoints (official COCOeval):",
+            coco.format_table({k: metrics[k] for k in coco.STAT_NAMES}),
+        ]
+    shown = {*coco.STAT_NAMES} if "AP" in metrics else set()
+    lines += [
+        f"{key}: {value:.4g}"
+        for key, value in metrics.items()
+        if not key.startswith("PCKh") and key not in shown
+    ]
+    return "\n".join(lines)
