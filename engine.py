@@ -197,23 +197,19 @@ def train_one_epoch(
                 loss = loss_fn(outputs, target, weight)
             pck = _batch_pck(codec, outputs[-1], target, weight)
             window_finite = window_finite & torch.isfinite(loss.detach())
-            read = [loss.detach().double(), pck.double()]
-            if stepping:  # (non-finite anywhere, stop asked, save due): agreed over ranks
-                flags = torch.stack(
-                    [
-                        (~window_finite).double(),
-                        torch.tensor(float(requests.stop()), dtype=torch.float64).to(
-                            device, non_blocking=True
-                        ),
-                        torch.tensor(float(requests.save_due()), dtype=torch.float64).to(
-                            device, non_blocking=True
-                        ),
-                    ]
-                )
+            read = [loss.detach().double(), pck.double(), (~window_finite).double()]
+            asked = (requests.stop(), requests.save_due()) if stepping else (False, False)
+            if stepping and context.is_distributed:
+                # (non-finite anywhere, stop asked, save due), agreed over ranks in one all-reduce;
+                # the host's two flags cross to the device in one copy
+                host = torch.tensor([float(flag) for flag in asked], dtype=torch.float64)
+                flags = torch.cat([read.pop().reshape(1), host.to(device, non_blocking=True)])
                 read.append(_max_over_ranks(flags, context))
             # The one host synchronisation of a batch: the optimizer must not apply a non-finite
             # loss, and reading the loss, the PCK and the flags with it costs nothing more.
             value, batch_pck, *agreed = torch.cat([v.reshape(-1) for v in read]).tolist()
+            if not context.is_distributed:
+                agreed += [float(flag) for flag in asked]
             if stepping and agreed[0]:
                 raise NonFiniteLossError(f"loss became non-finite at epoch {epoch}, step {step}; stopping")
             scaled = loss / accumulation

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -95,8 +96,12 @@ def _needs_deterministic_kernel(x: torch.Tensor) -> bool:
     return x.is_cuda and torch.are_deterministic_algorithms_enabled() and torch.is_grad_enabled()
 
 
-def _bilinear_matrix(size_in: int, size_out: int, align_corners: bool, like: torch.Tensor) -> torch.Tensor:
-    """(size_out, size_in) weights of 1-D linear interpolation with F.interpolate's sampling rule."""
+@functools.lru_cache(maxsize=64)
+def _bilinear_matrix(
+    size_in: int, size_out: int, align_corners: bool, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """(size_out, size_in) weights of 1-D linear interpolation with F.interpolate's sampling rule,
+    made once per size, device and dtype (no host-to-device copy per call)."""
     out = torch.arange(size_out, dtype=torch.float64)
     if align_corners:
         source = out * ((size_in - 1) / (size_out - 1)) if size_out > 1 else torch.zeros_like(out)
@@ -108,7 +113,7 @@ def _bilinear_matrix(size_in: int, size_out: int, align_corners: bool, like: tor
     weights = torch.zeros(size_out, size_in, dtype=torch.float64)
     weights[out.long(), lower] += 1.0 - fraction
     weights[out.long(), upper] += fraction
-    return weights.to(device=like.device, dtype=like.dtype)
+    return weights.to(device=device, dtype=dtype)
 
 
 def bilinear_resize(
@@ -121,8 +126,8 @@ def bilinear_resize(
         matrix_form = _needs_deterministic_kernel(x)
     if not matrix_form:
         return F.interpolate(x, size=size, mode="bilinear", align_corners=align_corners)
-    rows = _bilinear_matrix(x.shape[-2], size[0], align_corners, x)  # (h, H)
-    cols = _bilinear_matrix(x.shape[-1], size[1], align_corners, x)  # (w, W)
+    rows = _bilinear_matrix(x.shape[-2], size[0], align_corners, x.device, x.dtype)  # (h, H)
+    cols = _bilinear_matrix(x.shape[-1], size[1], align_corners, x.device, x.dtype)  # (w, W)
     return rows @ x @ cols.T  # (N, C, h, w)
 
 

@@ -60,3 +60,13 @@ def index_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory, monkeypatch: py
     folder = tmp_path_factory.mktemp("index-cache")
     monkeypatch.setenv("POSE_CACHE_DIR", str(folder))
     return folder
+
+
+@pytest.fixture(autouse=True)
+def cpu_unless_marked_cuda(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The suite checks the CPU's exact numbers (resumes bit for bit, two runs alike), so on a GPU
+    machine every test not marked ``cuda`` still runs on the CPU: in this process and in the
+    main.py and torchrun processes it starts. tests/test_cuda.py has the GPU's own checks."""
+    if request.node.get_closest_marker("cuda") is None:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

@@ -27,7 +27,7 @@ from losses import make_loss
 from utils.checkpoint import load_checkpoint, restore_rng_state, save_checkpoint
 from utils.distributed import DeviceSetupError, DistributedContext, setup_distributed
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # gloo on the CPU, GPUs or not
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
 
 
@@ -360,7 +360,10 @@ def test_a_rank_without_its_gpu_stops_in_one_line(monkeypatch, capsys) -> None:
     assert (
         "LOCAL_RANK 2" in message and "2 GPU(s) visible" in message and "CUDA_VISIBLE_DEVICES=0,1" in message
     )
-    assert "torchrun --nproc_per_node 2" in message
+    assert (
+        "torchrun --nproc_per_node 2" in message
+        and "CUDA_VISIBLE_DEVICES=) to run every process on the CPU" in message
+    )
     # rank 0 of the same launch has a GPU, but the launch itself is wrong: it stops too, before NCCL
     monkeypatch.setenv("LOCAL_RANK", "0")
     monkeypatch.setenv("RANK", "0")

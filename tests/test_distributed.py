@@ -14,7 +14,7 @@ import main as entry
 from conftest import REPO_ROOT, TINY_RUN
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "main.py"]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # gloo on the CPU, GPUs or not
 
 
 def torchrun(*args: str) -> subprocess.CompletedProcess:

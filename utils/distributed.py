@@ -75,7 +75,8 @@ def choose_device(gpuid: int, local_rank: int | None = None, local_world_size: i
             raise DeviceSetupError(
                 f"LOCAL_RANK {local_rank}: {local_world_size} processes on this node and {count} GPU(s) visible "
                 f"(CUDA_VISIBLE_DEVICES={visible_devices()}); every process needs a GPU of its own: start at "
-                f"most {count} (torchrun --nproc_per_node {count}) or make more GPUs visible"
+                f"most {count} (torchrun --nproc_per_node {count}), make more GPUs visible, or hide them all "
+                f"(CUDA_VISIBLE_DEVICES=) to run every process on the CPU"
             )
         index = local_rank
     torch.cuda.set_device(index)
