@@ -11,7 +11,7 @@ the demo) at its inputRes; HRNet and SimpleBaseline at COCO's 256x192 with 17 jo
 benchmarks/model_complexity.py. A training step is what the training loop does: channels_last
 weights and input, forward and the project's loss under autocast (bf16, or fp16 with a GradScaler),
 backward and the conf file's optimizer. The deterministic variant is float32 under the switches
-``--deterministic 1`` sets (train.configure_numerics: deterministic kernels, no cuDNN autotuning, no
+``--deterministic 1`` sets (build.configure_numerics: deterministic kernels, no cuDNN autotuning, no
 TF32), turned off again after it. Input and targets are random tensors already on the GPU,
 so the data pipeline is not measured. Each variant runs on a fresh copy of the same weights: some
 warm-up steps (cuDNN's autotuning with ``cudnn.benchmark`` happens there), then timed steps between
@@ -43,11 +43,11 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.cpu_models import CONF_DIR, conf_file  # noqa: E402
 from benchmarks.model_complexity import COCO_SETTINGS, CONF_NAMES  # noqa: E402
+from build import configure_numerics  # noqa: E402
 from inference import frame_sizes  # noqa: E402
 from losses import make_loss  # noqa: E402
 from models import build_model, list_models  # noqa: E402
 from models.complexity import profile_model  # noqa: E402
-from train import configure_numerics  # noqa: E402
 from utils.options import parse_options  # noqa: E402
 
 VARIANTS = ("none", "bf16", "fp16", "deterministic")  # training: --amp, or float32 with --deterministic 1
