@@ -303,7 +303,7 @@ def flip_averaged(
 
 
 @torch.no_grad()
-def predict(
+def predict_all(
     model: nn.Module,
     loader: DataLoader,
     codec: Codec,

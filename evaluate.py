@@ -15,7 +15,7 @@ import numpy as np
 
 from build import RunParts, build_run
 from checkpoints import TrainingCheckpoint, make_run_dir
-from engine import predict
+from engine import predict_all
 from metrics import coco, mpii
 from utils.distributed import broadcast_buffers
 from utils.logging import RunRecorder
@@ -43,10 +43,10 @@ def validate(
     should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, np.ndarray] | None:
     """Every rank's predictions for its share of the validation set, with rank 0's weights and
-    BatchNorm statistics (see engine.predict); None when ``should_stop`` ended it early."""
+    BatchNorm statistics (see engine.predict_all); None when ``should_stop`` ended it early."""
     broadcast_buffers(parts.model, parts.context)
     flip = parts.val_set.joint_spec.flip_permutation() if flip_test else None
-    return predict(
+    return predict_all(
         parts.model, parts.val_loader, parts.codec, parts.context,
         loss_fn=parts.loss_fn, precision=parts.precision, progress_mode=progress_mode, flip_permutation=flip,
         keep=keep, channels_last=parts.channels_last, should_stop=should_stop,

@@ -92,7 +92,7 @@ class EpochLoop:
         self.pictured: dict[str, np.ndarray] = {}  # the last validation's first crops and predictions
         self.main_metric = parts.val_set.main_metric
         context = parts.context
-        # validation runs `model` itself, never the wrapper (engine.predict says why); checkpoints
+        # validation runs `model` itself, never the wrapper (engine.predict_all says why); checkpoints
         # always hold `model`'s own names
         net = DistributedDataParallel(parts.model) if context.is_distributed else parts.model
         # compiled for training only: validation runs the eager module (eval-mode BatchNorm would

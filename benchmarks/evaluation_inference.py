@@ -194,7 +194,7 @@ def inference_row(name: str, quick: bool) -> str:
     images = torch.randn(32, 3, height, width)  # a normalised batch, as engine.prepare_images gives
 
     def infer(batch: torch.Tensor, flip: bool) -> None:
-        # what engine.predict does per batch: last stage, optional flip test, decode
+        # what engine.predict_all does per batch: last stage, optional flip test, decode
         with torch.inference_mode():
             last = model(batch)[-1].float()
             if flip:

@@ -325,7 +325,7 @@ class KeypointDataset(Dataset, ABC):
         return "PCK"
 
     def evaluate(self, results: dict[str, np.ndarray], output_dir: Path | None = None) -> dict[str, float]:
-        """Metrics of gathered predictions (see engine.predict), with any files written into
+        """Metrics of gathered predictions (see engine.predict_all), with any files written into
         ``output_dir``. Here the ones every dataset has, :func:`generic_metrics`; a dataset with
         an official metric (MPII's PCKh, COCO's AP) adds it."""
         del output_dir
