@@ -83,37 +83,6 @@ def _to_device(
     return image, target, weight
 
 
-def _argmax_joints(heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, K, H, W) -> x, y (N, K) heatmap px: the first maximum plus a quarter pixel towards the
-    higher neighbour, as HeatmapCodec.decode's quarter rule, computed where the heatmaps are and
-    in their own precision (argmax and the neighbours' signs do not change with widening)."""
-    n, k, height, width = heatmaps.shape
-    flat = heatmaps.reshape(n, k, -1)
-    peak = flat.argmax(dim=2)  # (N, K)
-    x, y = peak % width, peak // width
-
-    def value_at(xx: torch.Tensor, yy: torch.Tensor) -> torch.Tensor:
-        xx, yy = xx.clamp(0, width - 1), yy.clamp(0, height - 1)
-        return flat.gather(2, (yy * width + xx)[..., None])[..., 0]
-
-    dx = torch.where((x > 0) & (x < width - 1), torch.sign(value_at(x + 1, y) - value_at(x - 1, y)), 0.0)
-    dy = torch.where((y > 0) & (y < height - 1), torch.sign(value_at(x, y + 1) - value_at(x, y - 1)), 0.0)
-    return x + 0.25 * dx.double(), y + 0.25 * dy.double()
-
-
-def _to_input_px(codec: Codec, output: torch.Tensor) -> torch.Tensor:
-    """Decoded joints (N, K, 2) in input pixels from a heatmap or regression output; the frame
-    sizes stay Python numbers, so no step copies constants to the device."""
-    width, height = codec.input_size
-    if codec.target_type == "regression":
-        x, y = output[..., 0].double(), output[..., 1].double()
-        return torch.stack([(x + 0.5) * width - 0.5, (y + 0.5) * height - 0.5], dim=-1)
-    x, y = _argmax_joints(output)
-    anchor = codec.convention.anchor
-    stride_x, stride_y = width / codec.heatmap_size[0], height / codec.heatmap_size[1]
-    return torch.stack([(x + anchor) * stride_x - anchor, (y + anchor) * stride_y - anchor], dim=-1)
-
-
 def _batch_pck(
     codec: Codec, output: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
 ) -> torch.Tensor:
@@ -121,10 +90,12 @@ def _batch_pck(
     the step costs no extra host synchronisation): PCK@0.5 in percent of the last stage on this
     batch, against the joints decoded from the batch's own targets, with normaliser heatmap size
     / 10 (input height / 10 in input pixels: the heatmap spans the whole crop). NaN when no joint
-    of the batch is supervised. metrics.pck.pck_summary is the same number in numpy."""
+    of the batch is supervised. metrics.pck.pck_summary is the same number in numpy; the joints
+    come from the codec's own decoding (the quarter rule for heatmaps, see
+    ``HeatmapCodec.decode_tensor``), where the outputs are."""
     with torch.no_grad():
-        pred = _to_input_px(codec, output.detach().float())
-        truth = _to_input_px(codec, target.float())
+        pred, _ = codec.decode_tensor(output.detach().float())
+        truth, _ = codec.decode_tensor(target.float())
         labelled = weight.reshape(weight.shape[0], -1) > 0  # (N, K)
         close = (pred - truth).norm(dim=-1) <= 0.5 * codec.input_size[1] / 10.0
         return 100.0 * (close & labelled).sum().double() / labelled.sum()
