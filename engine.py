@@ -274,9 +274,22 @@ def flip_averaged(
     shift: int = 0,
 ) -> torch.Tensor:
     """The flip test: ``last``, the model's final output for ``image`` (N, 3, h, w), averaged with
-    its final output for the mirrored image, mapped back by :func:`unflip_output`."""
+    its final output for the mirrored image (:func:`average_with_mirrored`)."""
     mirrored = model(image.flip(-1))[-1].float()
-    return (last + unflip_output(mirrored, flip_permutation, target_type, shift)) / 2
+    return average_with_mirrored(last, mirrored, flip_permutation, target_type, shift)
+
+
+def average_with_mirrored(
+    output: torch.Tensor,
+    mirrored: torch.Tensor,
+    flip_permutation: np.ndarray,
+    target_type: str,
+    shift: int = 0,
+) -> torch.Tensor:
+    """The flip test's output: ``output`` for an image, averaged with ``mirrored``, the output
+    for the mirrored image, mapped back by :func:`unflip_output`; however either was computed
+    (validation's model, -predict's PyTorch or ONNX Runtime)."""
+    return (output + unflip_output(mirrored, flip_permutation, target_type, shift)) / 2
 
 
 @torch.no_grad()
