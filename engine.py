@@ -3,7 +3,6 @@ outputs (a list of stages) and the codec chosen from its target type."""
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -15,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from datasets.base import IMAGENET_MEAN, IMAGENET_STD
+from datasets.base import normalise_batch
 from datasets.codecs import Codec
 from metrics import mpii
 from metrics.pck import pck_summary
@@ -41,15 +40,6 @@ class Precision:
         return torch.autocast(device.type, dtype=torch.bfloat16 if self.amp == "bf16" else torch.float16)
 
 
-@functools.cache
-def _normalisation(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(1 / (255 std), mean / std), each (1, 3, 1, 1) on ``device``: made once per device, so a
-    batch costs no host-to-device copy of constants."""
-    std = torch.from_numpy(IMAGENET_STD).view(1, 3, 1, 1)
-    mean = torch.from_numpy(IMAGENET_MEAN).view(1, 3, 1, 1)
-    return (1.0 / (255.0 * std)).to(device), (mean / std).to(device)
-
-
 def prepare_images(
     images: torch.Tensor,
     gains: torch.Tensor | None,
@@ -57,19 +47,14 @@ def prepare_images(
     dtype: torch.dtype = torch.float32,
     channels_last: bool = False,
 ) -> torch.Tensor:
-    """uint8 crops (N, 3, h, w) and colour gains (N, 3) -> the network input on ``device``:
-    scaled to [0, 1], times the gain, minus the ImageNet mean, over its std (the same numbers as
-    datasets.base.normalise). Done here, not in the workers, so a quarter of the bytes cross
-    worker shared memory and the host-to-device copy, and the arithmetic runs on the device."""
-    non_blocking = device.type == "cuda"
-    images = images.to(device, non_blocking=non_blocking)
-    if images.dtype != torch.uint8:  # already normalised (a caller's own float batch)
-        pixels = images.to(dtype)
-    else:
-        scale, shift = _normalisation(device)
-        if gains is not None:
-            scale = gains.to(device, dtype=torch.float32, non_blocking=non_blocking).view(-1, 3, 1, 1) * scale
-        pixels = (images.float() * scale - shift).to(dtype)
+    """uint8 crops (N, 3, h, w) and colour gains (N, 3) -> the network input on ``device``, by
+    datasets.base.normalise_batch (as -predict's crops): scaled to [0, 1], times the gain, minus
+    the ImageNet mean, over its std. Done here, not in the workers, so a quarter of the bytes
+    cross worker shared memory and the host-to-device copy, and the arithmetic runs on the device
+    (its constants made once per device). A float batch is taken as already normalised."""
+    images = images.to(device, non_blocking=device.type == "cuda")
+    normalised = images if images.dtype != torch.uint8 else normalise_batch(images, gains)
+    pixels = normalised.to(dtype)
     return pixels.contiguous(memory_format=torch.channels_last) if channels_last else pixels
 
 
