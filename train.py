@@ -745,11 +745,3 @@ def draw_predictions(images: np.ndarray, joints: np.ndarray, spec: JointSpec, pa
         for image, pose in zip(images, joints, strict=True)
     ]
     return save_grid(drawn, path)
-
-
-def one_line(error: Exception) -> str:
-    """The error's own message; a DataLoader worker wraps it in a traceback whose last line it is."""
-    text = str(error).strip()
-    if "Original Traceback" in text:
-        text = text.splitlines()[-1].split(": ", 1)[-1]
-    return text
