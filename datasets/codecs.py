@@ -10,6 +10,7 @@ through the same code.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -322,6 +323,52 @@ class HeatmapCodec:
         joints, scores = quarter_step(heatmaps)
         return self.to_input_frame(joints), scores
 
+    def describe_decoding(self) -> dict[str, Any]:
+        """This decoding for a reader without this code (-export's notes beside an ONNX graph
+        that ends at the heatmaps): the convention's numbers, the sizes, and in words the
+        post-process, the change of frame and the flip test."""
+        convention = self.convention
+        heatmap_width, heatmap_height = self.heatmap_size
+        return {
+            "convention": convention.name,
+            "crop_center": convention.crop_center,
+            "anchor": convention.anchor,
+            "flip_shift": convention.flip_shift,
+            "heatmap_size": [heatmap_width, heatmap_height],
+            "stride": [self.input_size[0] / heatmap_width, self.input_size[1] / heatmap_height],
+            "sigma": self.sigma,
+            "post_process": self.post_process,
+            "rule": self._post_process_in_words()
+            + f" Then input px = (u + anchor) * stride - anchor per axis (anchor {convention.anchor}).",
+            "flip_test": (
+                "Optional: run the horizontally mirrored input too; mirror its heatmaps back (reverse "
+                "the width axis, swap the channels of each flip pair), move them flip_shift columns "
+                "right keeping the first column, and average with the direct output before decoding."
+            ),
+        }
+
+    def _post_process_in_words(self) -> str:
+        """``quarter_step`` or ``dark_peaks`` in words, from heatmap px (u, v)."""
+        if self.post_process == "quarter":
+            return (
+                "For each joint take the argmax (u, v) of its heatmap; its value is the joint's score. "
+                "Move u by 0.25 toward the higher of its left and right neighbours, and v by 0.25 toward "
+                "the higher of the rows above and below (no step at the map's border or on a tie)."
+            )
+        return (
+            "DARK (Zhang et al., CVPR 2020). For each joint the heatmap's maximum is the joint's score. "
+            "Smooth the heatmap with a Gaussian of sigma heatmap px truncated at 3 sigma (zero beyond the "
+            "map) and rescale it to the heatmap's maximum; take its argmax (u, v). If u or v lies less than "
+            f"{DARK_EDGE_REACH} sigma from the map's edge, use the unsmoothed heatmap and its argmax instead. "
+            f"With L = log(max(map, {LOG_FLOOR:g})) at the 3x3 pixels around (u, v): gradient g = "
+            "((L[u+1] - L[u-1]) / 2, (L[v+1] - L[v-1]) / 2), Hessian H = [[L[u+1] - 2 L + L[u-1], c], "
+            "[c, L[v+1] - 2 L + L[v-1]]] with c = (L[u+1, v+1] - L[u+1, v-1] - L[u-1, v+1] + L[u-1, v-1]) / 4. "
+            f"Where both axes have both neighbours and second differences below -{MIN_CURVATURE:g}, and "
+            f"det H > {MIN_CURVATURE**2:g}, (u, v) += -H^-1 g; otherwise each axis with both neighbours and a "
+            f"second difference h below -{MIN_CURVATURE:g} moves by -g / h. An axis whose step is longer "
+            "than 1 keeps its argmax."
+        )
+
 
 class RegressionCodec:
     """Joint coordinates normalised to the crop, (x + 0.5) / width - 0.5, so the crop spans
@@ -349,6 +396,22 @@ class RegressionCodec:
         return joints, (torch if _is_tensor(joints) else np).ones_like(joints[..., 0])
 
     decode_tensor = decode  # the same on the device
+
+    def describe_decoding(self) -> dict[str, Any]:
+        """This decoding for a reader without this code (-export's notes): in words, the change
+        of frame and the flip test."""
+        width, height = self.input_size
+        return {
+            "rule": (
+                "The output (N, K, 2) is (x, y) normalised to the crop, which spans [-0.5, 0.5]: input px = "
+                f"(v + 0.5) * size - 0.5 per axis, size = (width, height) = ({width}, {height}). A regressor "
+                "gives no confidence: every score is 1."
+            ),
+            "flip_test": (
+                "Optional: run the horizontally mirrored input too; negate x of its output, swap the rows "
+                "of each flip pair, and average with the direct output before decoding."
+            ),
+        }
 
 
 Codec = HeatmapCodec | RegressionCodec
