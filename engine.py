@@ -3,7 +3,6 @@ outputs (a list of stages) and the codec chosen from its target type."""
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -15,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from datasets.base import IMAGENET_MEAN, IMAGENET_STD
+from datasets.base import normalise_batch
 from datasets.codecs import Codec
 from utils.distributed import DistributedContext, all_ranks, gather_arrays, reduce_sums
 from utils.logging import EpochProgress
@@ -39,15 +38,6 @@ class Precision:
         return torch.autocast(device.type, dtype=torch.bfloat16 if self.amp == "bf16" else torch.float16)
 
 
-@functools.cache
-def _normalisation(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(1 / (255 std), mean / std), each (1, 3, 1, 1) on ``device``: made once per device, so a
-    batch costs no host-to-device copy of constants."""
-    std = torch.from_numpy(IMAGENET_STD).view(1, 3, 1, 1)
-    mean = torch.from_numpy(IMAGENET_MEAN).view(1, 3, 1, 1)
-    return (1.0 / (255.0 * std)).to(device), (mean / std).to(device)
-
-
 def prepare_images(
     images: torch.Tensor,
     gains: torch.Tensor | None,
@@ -55,19 +45,14 @@ def prepare_images(
     dtype: torch.dtype = torch.float32,
     channels_last: bool = False,
 ) -> torch.Tensor:
-    """uint8 crops (N, 3, h, w) and colour gains (N, 3) -> the network input on ``device``:
-    scaled to [0, 1], times the gain, minus the ImageNet mean, over its std (the same numbers as
-    datasets.base.normalise). Done here, not in the workers, so a quarter of the bytes cross
-    worker shared memory and the host-to-device copy, and the arithmetic runs on the device."""
-    non_blocking = device.type == "cuda"
-    images = images.to(device, non_blocking=non_blocking)
-    if images.dtype != torch.uint8:  # already normalised (a caller's own float batch)
-        pixels = images.to(dtype)
-    else:
-        scale, shift = _normalisation(device)
-        if gains is not None:
-            scale = gains.to(device, dtype=torch.float32, non_blocking=non_blocking).view(-1, 3, 1, 1) * scale
-        pixels = (images.float() * scale - shift).to(dtype)
+    """uint8 crops (N, 3, h, w) and colour gains (N, 3) -> the network input on ``device``, by
+    datasets.base.normalise_batch (as -predict's crops): scaled to [0, 1], times the gain, minus
+    the ImageNet mean, over its std. Done here, not in the workers, so a quarter of the bytes
+    cross worker shared memory and the host-to-device copy, and the arithmetic runs on the device
+    (its constants made once per device). A float batch is taken as already normalised."""
+    images = images.to(device, non_blocking=device.type == "cuda")
+    normalised = images if images.dtype != torch.uint8 else normalise_batch(images, gains)
+    pixels = normalised.to(dtype)
     return pixels.contiguous(memory_format=torch.channels_last) if channels_last else pixels
 
 
@@ -81,37 +66,6 @@ def _to_device(
     return image, target, weight
 
 
-def _argmax_joints(heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, K, H, W) -> x, y (N, K) heatmap px: the first maximum plus a quarter pixel towards the
-    higher neighbour, as HeatmapCodec.decode's quarter rule, computed where the heatmaps are and
-    in their own precision (argmax and the neighbours' signs do not change with widening)."""
-    n, k, height, width = heatmaps.shape
-    flat = heatmaps.reshape(n, k, -1)
-    peak = flat.argmax(dim=2)  # (N, K)
-    x, y = peak % width, peak // width
-
-    def value_at(xx: torch.Tensor, yy: torch.Tensor) -> torch.Tensor:
-        xx, yy = xx.clamp(0, width - 1), yy.clamp(0, height - 1)
-        return flat.gather(2, (yy * width + xx)[..., None])[..., 0]
-
-    dx = torch.where((x > 0) & (x < width - 1), torch.sign(value_at(x + 1, y) - value_at(x - 1, y)), 0.0)
-    dy = torch.where((y > 0) & (y < height - 1), torch.sign(value_at(x, y + 1) - value_at(x, y - 1)), 0.0)
-    return x + 0.25 * dx.double(), y + 0.25 * dy.double()
-
-
-def _to_input_px(codec: Codec, output: torch.Tensor) -> torch.Tensor:
-    """Decoded joints (N, K, 2) in input pixels from a heatmap or regression output; the frame
-    sizes stay Python numbers, so no step copies constants to the device."""
-    width, height = codec.input_size
-    if codec.target_type == "regression":
-        x, y = output[..., 0].double(), output[..., 1].double()
-        return torch.stack([(x + 0.5) * width - 0.5, (y + 0.5) * height - 0.5], dim=-1)
-    x, y = _argmax_joints(output)
-    anchor = codec.convention.anchor
-    stride_x, stride_y = width / codec.heatmap_size[0], height / codec.heatmap_size[1]
-    return torch.stack([(x + anchor) * stride_x - anchor, (y + anchor) * stride_y - anchor], dim=-1)
-
-
 def _batch_pck(
     codec: Codec, output: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
 ) -> torch.Tensor:
@@ -119,10 +73,12 @@ def _batch_pck(
     the step costs no extra host synchronisation): PCK@0.5 in percent of the last stage on this
     batch, against the joints decoded from the batch's own targets, with normaliser heatmap size
     / 10 (input height / 10 in input pixels: the heatmap spans the whole crop). NaN when no joint
-    of the batch is supervised. metrics.pck.pck_summary is the same number in numpy."""
+    of the batch is supervised. metrics.pck.pck_summary is the same number in numpy; the joints
+    come from the codec's own decoding (the quarter rule for heatmaps, see
+    ``HeatmapCodec.decode_tensor``), where the outputs are."""
     with torch.no_grad():
-        pred = _to_input_px(codec, output.detach().float())
-        truth = _to_input_px(codec, target.float())
+        pred, _ = codec.decode_tensor(output.detach().float())
+        truth, _ = codec.decode_tensor(target.float())
         labelled = weight.reshape(weight.shape[0], -1) > 0  # (N, K)
         close = (pred - truth).norm(dim=-1) <= 0.5 * codec.input_size[1] / 10.0
         return 100.0 * (close & labelled).sum().double() / labelled.sum()
@@ -297,9 +253,22 @@ def flip_averaged(
     shift: int = 0,
 ) -> torch.Tensor:
     """The flip test: ``last``, the model's final output for ``image`` (N, 3, h, w), averaged with
-    its final output for the mirrored image, mapped back by :func:`unflip_output`."""
+    its final output for the mirrored image (:func:`average_with_mirrored`)."""
     mirrored = model(image.flip(-1))[-1].float()
-    return (last + unflip_output(mirrored, flip_permutation, target_type, shift)) / 2
+    return average_with_mirrored(last, mirrored, flip_permutation, target_type, shift)
+
+
+def average_with_mirrored(
+    output: torch.Tensor,
+    mirrored: torch.Tensor,
+    flip_permutation: np.ndarray,
+    target_type: str,
+    shift: int = 0,
+) -> torch.Tensor:
+    """The flip test's output: ``output`` for an image, averaged with ``mirrored``, the output
+    for the mirrored image, mapped back by :func:`unflip_output`; however either was computed
+    (validation's model, -predict's PyTorch or ONNX Runtime)."""
+    return (output + unflip_output(mirrored, flip_permutation, target_type, shift)) / 2
 
 
 @torch.no_grad()

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from datasets.base import IMAGENET_MEAN, IMAGENET_STD
-from datasets.codecs import DARK_EDGE_REACH, LOG_FLOOR, MIN_CURVATURE, HeatmapCodec
+from datasets.codecs import HeatmapCodec
 from inference import TrainedModel, load_trained
 from utils.options import fail
 
@@ -51,76 +51,29 @@ class LastStage(nn.Module):
         return self.model(image)[-1]
 
 
-def heatmap_rule(codec: HeatmapCodec) -> str:
-    """The codec's ``post_process`` in words (the graph ends at the heatmaps: consumers decode)."""
-    if codec.post_process == "quarter":
-        return (
-            "For each joint take the argmax (u, v) of its heatmap; its value is the joint's score. "
-            "Move u by 0.25 toward the higher of its left and right neighbours, and v by 0.25 toward "
-            "the higher of the rows above and below (no step at the map's border or on a tie)."
-        )
-    return (
-        "DARK (Zhang et al., CVPR 2020). For each joint the heatmap's maximum is the joint's score. "
-        "Smooth the heatmap with a Gaussian of sigma heatmap px truncated at 3 sigma (zero beyond the "
-        "map) and rescale it to the heatmap's maximum; take its argmax (u, v). If u or v lies less than "
-        f"{DARK_EDGE_REACH} sigma from the map's edge, use the unsmoothed heatmap and its argmax instead. "
-        f"With L = log(max(map, {LOG_FLOOR:g})) at the 3x3 pixels around (u, v): gradient g = "
-        "((L[u+1] - L[u-1]) / 2, (L[v+1] - L[v-1]) / 2), Hessian H = [[L[u+1] - 2 L + L[u-1], c], "
-        "[c, L[v+1] - 2 L + L[v-1]]] with c = (L[u+1, v+1] - L[u+1, v-1] - L[u-1, v+1] + L[u-1, v-1]) / 4. "
-        f"Where both axes have both neighbours and second differences below -{MIN_CURVATURE:g}, and "
-        f"det H > {MIN_CURVATURE**2:g}, (u, v) += -H^-1 g; otherwise each axis with both neighbours and a "
-        f"second difference h below -{MIN_CURVATURE:g} moves by -g / h. An axis whose step is longer "
-        "than 1 keeps its argmax."
-    )
-
-
 def decoding_of(trained: TrainedModel) -> dict[str, Any]:
-    """How to turn the ONNX output into joints in input-crop pixels (pixel centres at integers)."""
+    """How to turn the ONNX output into joints in input-crop pixels (pixel centres at integers):
+    the codec's own description of its decoding, and how a person box becomes the crop."""
     codec = trained.codec
     width, height = trained.input_size
     if isinstance(codec, HeatmapCodec):
-        convention = codec.convention
-        heatmap_width, heatmap_height = codec.heatmap_size
-        return {
-            "convention": convention.name,
-            "crop_center": convention.crop_center,
-            "anchor": convention.anchor,
-            "flip_shift": convention.flip_shift,
-            "heatmap_size": [heatmap_width, heatmap_height],
-            "stride": [width / heatmap_width, height / heatmap_height],
-            "sigma": codec.sigma,
-            "post_process": codec.post_process,
-            "rule": heatmap_rule(codec)
-            + f" Then input px = (u + anchor) * stride - anchor per axis (anchor {convention.anchor}).",
-            "crop": (
-                f"A person box [x, y, w, h] keeps its centre, grows in one dimension to the input aspect "
-                f"ratio (width / height = {width / height:g}), then both sides grow {BOX_PADDING}x; the "
-                f"box height maps to the input height. The box centre lands at ((W - 1) / 2 + "
-                f"crop_center, (H - 1) / 2 + crop_center) in the input crop (crop_center "
-                f"{convention.crop_center}). Map joints back to the image with the inverse of that affine."
-            ),
-            "flip_test": (
-                "Optional: run the horizontally mirrored input too; mirror its heatmaps back (reverse "
-                "the width axis, swap the channels of each flip pair), move them flip_shift columns "
-                "right keeping the first column, and average with the direct output before decoding."
-            ),
-        }
-    return {
-        "rule": (
-            "The output (N, K, 2) is (x, y) normalised to the crop, which spans [-0.5, 0.5]: input px = "
-            f"(v + 0.5) * size - 0.5 per axis, size = (width, height) = ({width}, {height}). A regressor "
-            "gives no confidence: every score is 1."
-        ),
-        "crop": (
+        crop_center = codec.convention.crop_center
+        crop = (
+            f"A person box [x, y, w, h] keeps its centre, grows in one dimension to the input aspect "
+            f"ratio (width / height = {width / height:g}), then both sides grow {BOX_PADDING}x; the "
+            f"box height maps to the input height. The box centre lands at ((W - 1) / 2 + "
+            f"crop_center, (H - 1) / 2 + crop_center) in the input crop (crop_center "
+            f"{crop_center}). Map joints back to the image with the inverse of that affine."
+        )
+    else:
+        crop = (
             f"A person box [x, y, w, h] keeps its centre, grows in one dimension to the input aspect "
             f"ratio (width / height = {width / height:g}), then both sides grow {BOX_PADDING}x; the box "
             "height maps to the input height and its centre lands at ((W - 1) / 2, (H - 1) / 2)."
-        ),
-        "flip_test": (
-            "Optional: run the horizontally mirrored input too; negate x of its output, swap the rows "
-            "of each flip pair, and average with the direct output before decoding."
-        ),
-    }
+        )
+    decoding = codec.describe_decoding()
+    flip_test = decoding.pop("flip_test")
+    return {**decoding, "crop": crop, "flip_test": flip_test}  # the notes' order: crop before flip
 
 
 def describe_export(trained: TrainedModel, opts: argparse.Namespace, onnx_path: Path) -> dict[str, Any]:

@@ -29,7 +29,7 @@ import torch
 
 from datasets.base import DataError, normalise, read_image
 from datasets.coco import box_to_center_scale
-from engine import Precision, unflip_output
+from engine import Precision, average_with_mirrored
 from inference import TrainedModel, load_trained
 from utils.distributed import choose_device
 from utils.drawing import draw_pose
@@ -254,8 +254,9 @@ class PoseRunner:
         if self.flip_test:
             mirrored = self._forward(np.ascontiguousarray(crops[..., ::-1], dtype=np.float32))
             permutation = self.trained.joint_spec.flip_permutation()
-            back = unflip_output(mirrored, permutation, codec.target_type, codec.convention.flip_shift)
-            output = (output + back) / 2
+            output = average_with_mirrored(
+                output, mirrored, permutation, codec.target_type, codec.convention.flip_shift
+            )
         joints, scores = codec.decode(output.numpy())  # (N, K, 2) input px, (N, K)
         return np.concatenate([apply_affine(joints, inverses), scores[..., None]], axis=-1)
 

@@ -6,6 +6,7 @@ is shared, so the same crop, augmentation and target code serves all of them.
 
 from __future__ import annotations
 
+import functools
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -46,11 +47,32 @@ class Augmentation:
     color_jitter: float = 0.0  # per-channel gain 1 +- color_jitter, uniform
 
 
+@functools.cache
+def _normalisation(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1 / (255 std), mean / std), each (1, 3, 1, 1) on ``device``: made once per device, so a
+    batch costs no host-to-device copy of constants."""
+    std = torch.from_numpy(IMAGENET_STD).view(1, 3, 1, 1)
+    mean = torch.from_numpy(IMAGENET_MEAN).view(1, 3, 1, 1)
+    return (1.0 / (255.0 * std)).to(device), (mean / std).to(device)
+
+
+def normalise_batch(images: torch.Tensor, gains: torch.Tensor | None = None) -> torch.Tensor:
+    """The one pixel normalisation: uint8 RGB crops (N, 3, h, w) and the augmentation's colour
+    gains (N, 3) -> (N, 3, h, w) float32 network input, computed where the crops are: scaled to
+    [0, 1], times the gain, minus the ImageNet mean, over its std."""
+    scale, shift = _normalisation(images.device)
+    if gains is not None:
+        gains = gains.to(images.device, dtype=torch.float32, non_blocking=images.device.type == "cuda")
+        scale = gains.view(-1, 3, 1, 1) * scale
+    return images.float() * scale - shift
+
+
 def normalise(crop: np.ndarray, gain: np.ndarray | float = 1.0) -> np.ndarray:
-    """(h, w, 3) uint8 RGB crop -> (3, h, w) float32 network input: scaled to [0, 1] (times the
-    colour ``gain`` of augmentation), minus the ImageNet mean, over its std."""
-    image = (crop.astype(np.float32) * (gain / 255.0) - IMAGENET_MEAN) / IMAGENET_STD
-    return np.ascontiguousarray(image.transpose(2, 0, 1))
+    """(h, w, 3) uint8 RGB crop -> (3, h, w) float32 network input, by :func:`normalise_batch`
+    (``gain``: the colour gain of augmentation, one number or one per channel)."""
+    image = torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1)))[None]
+    gains = torch.from_numpy(np.broadcast_to(np.asarray(gain, dtype=np.float32), (3,)).copy())[None]
+    return normalise_batch(image, gains)[0].numpy()
 
 
 class DataError(RuntimeError):

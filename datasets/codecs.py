@@ -1,15 +1,20 @@
 """Codecs turn joints into training targets and network outputs back into joints.
 
 A model declares its target type; ``make_codec`` picks the codec from that, never from the
-model's name. All arrays are numpy; joints are in input-crop pixels (pixel centres at integers).
+model's name. Arrays are numpy; joints are in input-crop pixels (pixel centres at integers). The
+quarter rule and the changes of frame are written once, in torch, so that they also decode a
+batch where it is (``decode_tensor``, the running training PCK on the device) and numpy goes
+through the same code.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
+import torch
 
 
 @dataclass(frozen=True)
@@ -54,10 +59,6 @@ def get_convention(name: str) -> CoordinateConvention:
         ) from None
 
 
-def _frame_scale(src: tuple[int, int], dst: tuple[int, int]) -> np.ndarray:
-    return np.array([dst[0] / src[0], dst[1] / src[1]], dtype=np.float64)
-
-
 # How a heatmap becomes a sub-pixel position (``--postProcess``): see quarter_peaks and dark_peaks.
 POST_PROCESSES = ("quarter", "dark")
 # DARK's log needs positive values: maps are floored here (about exp(-23), far below any peak a
@@ -70,43 +71,85 @@ MIN_CURVATURE = 1e-5
 DARK_EDGE_REACH = 1.5
 
 
-def argmax_peaks(heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+# The quarter rule and the changes of frame run on numpy arrays and on tensors alike (where a
+# tensor is, on its device), written once with the operations both share; these name the few
+# that differ.
+Array = np.ndarray | torch.Tensor
+
+
+def _is_tensor(values: Array) -> bool:
+    return isinstance(values, torch.Tensor)
+
+
+def _float64(values: Array) -> Array:
+    return values.double() if _is_tensor(values) else np.asarray(values, dtype=np.float64)
+
+
+def _take(flat: Array, index: Array) -> Array:
+    """flat (N, K, P), index (N, K, 1) -> flat[n, k, index[n, k]] (N, K, 1)."""
+    return flat.gather(2, index) if _is_tensor(flat) else np.take_along_axis(flat, index, axis=2)
+
+
+def _rescale(points: Array, anchor: float, scale: tuple[float, float], inverse: bool = False) -> Array:
+    """points (..., 2) -> (p + anchor) * scale - anchor per axis, or (p + anchor) / scale - anchor
+    with ``inverse``, float64: every change of frame of the codecs. The scale stays Python
+    numbers, so a tensor's change of frame copies no constant to its device."""
+    values = _float64(points)
+    axes = [
+        (values[..., axis] + anchor) / factor - anchor
+        if inverse
+        else (values[..., axis] + anchor) * factor - anchor
+        for axis, factor in enumerate(scale)
+    ]
+    return (torch if _is_tensor(values) else np).stack(axes, -1)
+
+
+def argmax_peaks(heatmaps: Array) -> tuple[Array, Array, Array]:
     """heatmaps (N, K, H, W) -> column x (N, K), row y (N, K) of each map's maximum (the first
     one on a tie), and its value (N, K)."""
     n, k, height, width = heatmaps.shape
     flat = heatmaps.reshape(n, k, -1)
-    peak = flat.argmax(axis=2)  # (N, K)
-    scores = np.take_along_axis(flat, peak[..., None], axis=2)[..., 0]
+    peak = flat.argmax(2)  # (N, K)
+    scores = _take(flat, peak[..., None])[..., 0]
     return peak % width, peak // width, scores
 
 
-def _value_at(maps: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+def _value_at(maps: Array, x: Array, y: Array) -> Array:
     """maps (N, K, H, W), x and y (N, K) -> maps[n, k, y, x] (N, K), indices clipped to the map."""
     n, k, height, width = maps.shape
-    x, y = np.clip(x, 0, width - 1), np.clip(y, 0, height - 1)
-    return np.take_along_axis(maps.reshape(n, k, -1), (y * width + x)[..., None], axis=2)[..., 0]
+    x, y = x.clip(0, width - 1), y.clip(0, height - 1)
+    return _take(maps.reshape(n, k, -1), (y * width + x)[..., None])[..., 0]
 
 
-def quarter_peaks(heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """heatmaps (N, K, H, W) -> joints (N, K, 2) heatmap px, scores (N, K) peak values.
+def quarter_step(heatmaps: Array) -> tuple[Array, Array]:
+    """The quarter rule: heatmaps (N, K, H, W) -> joints (N, K, 2) heatmap px, scores (N, K) peak
+    values, float64; numpy for numpy, tensors on the heatmaps' device for a tensor.
 
     The argmax moved a quarter pixel towards the higher neighbour on each axis (Newell et al.'s
     refinement, which bounds the round-trip error of a target by 0.25 px); no step at the map's
     border or on a tie."""
     # The maps keep their own float type: widening every pixel to float64 cost 10x the rest, and
-    # argmax and the neighbours' comparison come out the same (widening is exact and monotonic).
-    heatmaps = np.asarray(heatmaps)
-    if not np.issubdtype(heatmaps.dtype, np.floating):
-        heatmaps = heatmaps.astype(np.float64)
+    # argmax and the neighbours' comparison come out the same (widening is exact and monotonic,
+    # and the difference of two distinct floats is never zero).
+    floating = (
+        heatmaps.is_floating_point() if _is_tensor(heatmaps) else np.issubdtype(heatmaps.dtype, np.floating)
+    )
+    if not floating:
+        heatmaps = _float64(heatmaps)
+    xp = torch if _is_tensor(heatmaps) else np
     _, _, height, width = heatmaps.shape
     x, y, scores = argmax_peaks(heatmaps)
+    right, left = _value_at(heatmaps, x + 1, y), _value_at(heatmaps, x - 1, y)
+    below, above = _value_at(heatmaps, x, y + 1), _value_at(heatmaps, x, y - 1)
+    dx = _float64(xp.where((x > 0) & (x < width - 1), xp.sign(right - left), 0.0))
+    dy = _float64(xp.where((y > 0) & (y < height - 1), xp.sign(below - above), 0.0))
+    return xp.stack([x + 0.25 * dx, y + 0.25 * dy], -1), _float64(scores)
 
-    def value_at(xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
-        return _value_at(heatmaps, xx, yy).astype(np.float64)
 
-    dx = np.where((x > 0) & (x < width - 1), np.sign(value_at(x + 1, y) - value_at(x - 1, y)), 0.0)
-    dy = np.where((y > 0) & (y < height - 1), np.sign(value_at(x, y + 1) - value_at(x, y - 1)), 0.0)
-    return np.stack([x + 0.25 * dx, y + 0.25 * dy], axis=-1), scores.astype(np.float64)
+def quarter_peaks(heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """heatmaps (N, K, H, W) -> joints (N, K, 2) heatmap px, scores (N, K) peak values, by the
+    quarter rule (:func:`quarter_step`): the numpy decoding of ``post_process`` "quarter"."""
+    return quarter_step(np.asarray(heatmaps))
 
 
 def modulate(heatmaps: np.ndarray, sigma: float) -> np.ndarray:
@@ -223,15 +266,20 @@ class HeatmapCodec:
         self.sigma = float(sigma)
         self.convention = get_convention(convention)
         self.post_process = post_process
-        self._to_heatmap = _frame_scale(self.input_size, self.heatmap_size)
+        # heatmap px per input px, (x, y)
+        self._to_heatmap = (
+            self.heatmap_size[0] / self.input_size[0],
+            self.heatmap_size[1] / self.input_size[1],
+        )
 
-    def to_heatmap_frame(self, joints: np.ndarray) -> np.ndarray:
-        anchor = self.convention.anchor  # 0.5 for the project: scale pixel edges, not centres
-        return (np.asarray(joints, dtype=np.float64) + anchor) * self._to_heatmap - anchor
+    def to_heatmap_frame(self, joints: Array) -> Array:
+        """joints (..., 2) input px -> heatmap px (float64; numpy or a tensor, as given)."""
+        # anchor 0.5 for the project: scale pixel edges, not centres
+        return _rescale(joints, self.convention.anchor, self._to_heatmap)
 
-    def to_input_frame(self, joints: np.ndarray) -> np.ndarray:
-        anchor = self.convention.anchor
-        return (np.asarray(joints, dtype=np.float64) + anchor) / self._to_heatmap - anchor
+    def to_input_frame(self, joints: Array) -> Array:
+        """joints (..., 2) heatmap px -> input px (float64; numpy or a tensor, as given)."""
+        return _rescale(joints, self.convention.anchor, self._to_heatmap, inverse=True)
 
     def encode(self, joints: np.ndarray, visible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """joints (K, 2) input px, visible (K,) -> heatmaps (K, H, W) float32, weight (K,) float32.
@@ -268,6 +316,59 @@ class HeatmapCodec:
             joints, scores = quarter_peaks(heatmaps)
         return self.to_input_frame(joints), scores
 
+    def decode_tensor(self, heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """heatmaps (N, K, H, W) tensor -> joints (N, K, 2) input px, scores (N, K), float64 on
+        the heatmaps' device, by the quarter rule whatever ``post_process`` (DARK's smoothing runs
+        in numpy): the running training PCK, which costs no copy to the host."""
+        joints, scores = quarter_step(heatmaps)
+        return self.to_input_frame(joints), scores
+
+    def describe_decoding(self) -> dict[str, Any]:
+        """This decoding for a reader without this code (-export's notes beside an ONNX graph
+        that ends at the heatmaps): the convention's numbers, the sizes, and in words the
+        post-process, the change of frame and the flip test."""
+        convention = self.convention
+        heatmap_width, heatmap_height = self.heatmap_size
+        return {
+            "convention": convention.name,
+            "crop_center": convention.crop_center,
+            "anchor": convention.anchor,
+            "flip_shift": convention.flip_shift,
+            "heatmap_size": [heatmap_width, heatmap_height],
+            "stride": [self.input_size[0] / heatmap_width, self.input_size[1] / heatmap_height],
+            "sigma": self.sigma,
+            "post_process": self.post_process,
+            "rule": self._post_process_in_words()
+            + f" Then input px = (u + anchor) * stride - anchor per axis (anchor {convention.anchor}).",
+            "flip_test": (
+                "Optional: run the horizontally mirrored input too; mirror its heatmaps back (reverse "
+                "the width axis, swap the channels of each flip pair), move them flip_shift columns "
+                "right keeping the first column, and average with the direct output before decoding."
+            ),
+        }
+
+    def _post_process_in_words(self) -> str:
+        """``quarter_step`` or ``dark_peaks`` in words, from heatmap px (u, v)."""
+        if self.post_process == "quarter":
+            return (
+                "For each joint take the argmax (u, v) of its heatmap; its value is the joint's score. "
+                "Move u by 0.25 toward the higher of its left and right neighbours, and v by 0.25 toward "
+                "the higher of the rows above and below (no step at the map's border or on a tie)."
+            )
+        return (
+            "DARK (Zhang et al., CVPR 2020). For each joint the heatmap's maximum is the joint's score. "
+            "Smooth the heatmap with a Gaussian of sigma heatmap px truncated at 3 sigma (zero beyond the "
+            "map) and rescale it to the heatmap's maximum; take its argmax (u, v). If u or v lies less than "
+            f"{DARK_EDGE_REACH} sigma from the map's edge, use the unsmoothed heatmap and its argmax instead. "
+            f"With L = log(max(map, {LOG_FLOOR:g})) at the 3x3 pixels around (u, v): gradient g = "
+            "((L[u+1] - L[u-1]) / 2, (L[v+1] - L[v-1]) / 2), Hessian H = [[L[u+1] - 2 L + L[u-1], c], "
+            "[c, L[v+1] - 2 L + L[v-1]]] with c = (L[u+1, v+1] - L[u+1, v-1] - L[u-1, v+1] + L[u-1, v-1]) / 4. "
+            f"Where both axes have both neighbours and second differences below -{MIN_CURVATURE:g}, and "
+            f"det H > {MIN_CURVATURE**2:g}, (u, v) += -H^-1 g; otherwise each axis with both neighbours and a "
+            f"second difference h below -{MIN_CURVATURE:g} moves by -g / h. An axis whose step is longer "
+            "than 1 keeps its argmax."
+        )
+
 
 class RegressionCodec:
     """Joint coordinates normalised to the crop, (x + 0.5) / width - 0.5, so the crop spans
@@ -278,22 +379,39 @@ class RegressionCodec:
 
     def __init__(self, input_size: tuple[int, int]) -> None:
         self.input_size = tuple(input_size)
-        self._size = np.array(self.input_size, dtype=np.float64)
+        self._size = (float(self.input_size[0]), float(self.input_size[1]))
 
     def encode(self, joints: np.ndarray, visible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """joints (K, 2) input px, visible (K,) -> target (K, 2) float32, weight (K,) float32."""
-        normalised = (np.asarray(joints, dtype=np.float64) + 0.5) / self._size - 0.5
+        normalised = _rescale(joints, 0.5, self._size, inverse=True)
         inside = (np.abs(normalised) <= 0.5).all(axis=1)
         weight = ((np.asarray(visible) > 0) & inside).astype(np.float32)
         target = np.where(weight[:, None] > 0, normalised, 0.0)
         return target.astype(np.float32), weight
 
-    def decode(self, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def decode(self, outputs: Array) -> tuple[Array, Array]:
         """outputs (N, K, 2) normalised -> joints (N, K, 2) input px, scores (N, K) all ones
-        (a regressor has no confidence of its own)."""
-        outputs = np.asarray(outputs, dtype=np.float64)
-        joints = (outputs + 0.5) * self._size - 0.5
-        return joints, np.ones(outputs.shape[:2])
+        (a regressor has no confidence of its own); float64, numpy or a tensor as given."""
+        joints = _rescale(outputs, 0.5, self._size)
+        return joints, (torch if _is_tensor(joints) else np).ones_like(joints[..., 0])
+
+    decode_tensor = decode  # the same on the device
+
+    def describe_decoding(self) -> dict[str, Any]:
+        """This decoding for a reader without this code (-export's notes): in words, the change
+        of frame and the flip test."""
+        width, height = self.input_size
+        return {
+            "rule": (
+                "The output (N, K, 2) is (x, y) normalised to the crop, which spans [-0.5, 0.5]: input px = "
+                f"(v + 0.5) * size - 0.5 per axis, size = (width, height) = ({width}, {height}). A regressor "
+                "gives no confidence: every score is 1."
+            ),
+            "flip_test": (
+                "Optional: run the horizontally mirrored input too; negate x of its output, swap the rows "
+                "of each flip pair, and average with the direct output before decoding."
+            ),
+        }
 
 
 Codec = HeatmapCodec | RegressionCodec

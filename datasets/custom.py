@@ -36,7 +36,6 @@ a checkpoint is self-sufficient: ``-test --loadModel ckpt`` works without the fi
 
 from __future__ import annotations
 
-import difflib
 import functools
 import json
 import math
@@ -47,6 +46,7 @@ from datasets.base import DataError
 from datasets.coco import COCODataset, coco_format_arguments
 from datasets.registry import DataRequest, register_dataset
 from datasets.skeletons import COCO_JOINTS, JointSpec
+from utils.registry import did_you_mean
 
 REQUIRED_KEYS = {
     "name": "a non-empty string",
@@ -99,8 +99,7 @@ def parse_spec(data: Any, source: str = INLINE_SOURCE) -> JointSpec:
     allowed = [*REQUIRED_KEYS, *OPTIONAL_KEYS]
     for key in data:
         if key not in allowed:
-            close = difflib.get_close_matches(str(key), allowed, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else f"; allowed: {', '.join(allowed)}"
+            hint = did_you_mean(key, allowed, otherwise=f"; allowed: {', '.join(allowed)}")
             raise SpecError(f"jointSpec: {source}: unknown key '{key}'{hint}")
     for key, meaning in REQUIRED_KEYS.items():
         if key not in data:
@@ -132,8 +131,7 @@ def parse_spec(data: Any, source: str = INLINE_SOURCE) -> JointSpec:
                 raise bad(key, f"pair {position} is {json.dumps(pair)}, not two joint names")
             for joint in pair:
                 if joint not in index:
-                    close = difflib.get_close_matches(joint, names, n=1)
-                    hint = f"; did you mean '{close[0]}'?" if close else ""
+                    hint = did_you_mean(joint, names)
                     raise bad(key, f"pair {position} names unknown joint '{joint}'{hint}")
             if pair[0] == pair[1]:
                 raise bad(key, f"pair {position} pairs joint '{pair[0]}' with itself")

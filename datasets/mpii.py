@@ -254,17 +254,10 @@ def _head_sizes_from_mat(path: Path, joints0: np.ndarray, annotated: np.ndarray)
     return gt["head_sizes"]
 
 
-def load_mpii_records(
-    data_dir: str | Path,
-    split: str,
-    head_boxes_mat: str | Path | None = None,
-    annotation_file: str | Path | None = None,
-    image_dir: str | Path | None = None,
-    policy: BadDataPolicy | None = None,
-) -> RecordTable:
-    """Read one MPII split into records (see :func:`read_mpii`, which also returns the file and
-    its dropped bad records)."""
-    return read_mpii(data_dir, split, head_boxes_mat, annotation_file, image_dir, policy)[0]
+def load_mpii_records(data_dir: str | Path, split: str, **options: Any) -> RecordTable:
+    """Read one MPII split into records: :func:`read_mpii`'s records alone (``options``: its
+    keyword arguments; it also returns the file, the dropped bad records and notes)."""
+    return read_mpii(data_dir, split, **options)[0]
 
 
 def unlabel_negative_joints(fields: dict[str, Any]) -> int:
@@ -381,7 +374,7 @@ def read_mpii(
 
 
 class MPIIDataset(KeypointDataset):
-    """MPII single-person crops (16 joints); see :func:`load_mpii_records` for the arguments."""
+    """MPII single-person crops (16 joints); see :func:`read_mpii` for the arguments."""
 
     joint_spec = MPII_JOINTS
     checks_image_bounds = True

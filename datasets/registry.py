@@ -12,7 +12,6 @@ An entry registered without a ``joint_spec`` (``custom``) reads its joints from 
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,6 +19,7 @@ from datasets.base import Augmentation, KeypointDataset
 from datasets.codecs import Codec
 from datasets.skeletons import JointSpec
 from datasets.validation import BadDataPolicy
+from utils.registry import Registry, UnknownNameError
 
 
 @dataclass(frozen=True)
@@ -58,13 +58,19 @@ class DatasetEntry:
         return self.builder(request, train)
 
 
-_REGISTRY: dict[str, DatasetEntry] = {}
-_LOOKUP: dict[str, str] = {}  # lower-cased name -> canonical name
+class UnknownDatasetError(UnknownNameError):
+    pass
 
 
-class UnknownDatasetError(KeyError):
-    def __str__(self) -> str:
-        return str(self.args[0])
+def _ensure_datasets_imported() -> None:
+    # Importing the package runs every @register_dataset decorator.
+    import datasets  # noqa: F401
+
+
+# listed in registration order (synthetic, MPII, COCO, custom)
+DATASET_REGISTRY: Registry[DatasetEntry] = Registry(
+    "dataset", UnknownDatasetError, sort=False, load=_ensure_datasets_imported
+)
 
 
 def register_dataset(
@@ -73,36 +79,20 @@ def register_dataset(
     """Decorator registering ``builder`` under ``name`` (looked up case-insensitively)."""
 
     def decorate(builder: Builder) -> Builder:
-        if name.lower() in _LOOKUP:
-            raise ValueError(f"dataset name {name!r} is already registered")
-        _REGISTRY[name] = DatasetEntry(name, builder, joint_spec, needs_data_dir)
-        _LOOKUP[name.lower()] = name
+        DATASET_REGISTRY.add(name, DatasetEntry(name, builder, joint_spec, needs_data_dir))
         return builder
 
     return decorate
 
 
-def _ensure_datasets_imported() -> None:
-    # Importing the package runs every @register_dataset decorator.
-    import datasets  # noqa: F401
-
-
 def list_datasets() -> list[str]:
     """Registered names, in registration order (synthetic, MPII, COCO, custom)."""
-    _ensure_datasets_imported()
-    return list(_REGISTRY)
+    return DATASET_REGISTRY.names()
 
 
 def get_dataset_entry(name: str) -> DatasetEntry:
     """Registry entry for ``name`` (case-insensitive); a near miss is named, never taken."""
-    _ensure_datasets_imported()
-    canonical = _LOOKUP.get(str(name).lower())
-    if canonical is None:
-        choices = list(_REGISTRY)
-        close = difflib.get_close_matches(str(name), choices, n=1, cutoff=0.4)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise UnknownDatasetError(f"unknown dataset {name!r}: choose one of {', '.join(choices)}{hint}")
-    return _REGISTRY[canonical]
+    return DATASET_REGISTRY.get(name)
 
 
 def joint_spec_for(name: str, joint_spec: str | None = None) -> JointSpec:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from metrics.coco import COCO_SIGMAS
+from metrics.mpii import JOINT_NAMES as MPII_JOINT_NAMES
 
 
 @dataclass(frozen=True)
@@ -54,24 +55,7 @@ class JointSpec:
 
 
 MPII_JOINTS = JointSpec(
-    names=(
-        "r_ankle",
-        "r_knee",
-        "r_hip",
-        "l_hip",
-        "l_knee",
-        "l_ankle",
-        "pelvis",
-        "thorax",
-        "upper_neck",
-        "head_top",
-        "r_wrist",
-        "r_elbow",
-        "r_shoulder",
-        "l_shoulder",
-        "l_elbow",
-        "l_wrist",
-    ),  # fmt: skip
+    names=MPII_JOINT_NAMES,  # the official evaluation's order, defined beside it
     flip_pairs=((0, 5), (1, 4), (2, 3), (10, 15), (11, 14), (12, 13)),
     skeleton=(
         (0, 1),

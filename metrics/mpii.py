@@ -24,7 +24,8 @@ import numpy as np
 
 NUM_JOINTS = 16
 
-# MPII joint order used everywhere in the project (index = joint id).
+# MPII joint order used everywhere in the project (index = joint id); datasets.skeletons.MPII_JOINTS
+# takes its names from here.
 JOINT_NAMES: tuple[str, ...] = (
     "r_ankle",
     "r_knee",

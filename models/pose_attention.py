@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -14,7 +16,7 @@ from models.layers import (
     conv_bn_relu,
     residual_stack,
 )
-from models.registry import register_model
+from models.stacked_hourglass import HourglassSizes, register_hourglass_model
 
 
 class HourglassResidualUnit(nn.Module):
@@ -192,17 +194,10 @@ class PoseAttention(nn.Module):
     """
 
     def __init__(
-        self,
-        n_joints: int,
-        n_channels: int,
-        n_stack: int,
-        n_modules: int,
-        n_reductions: int,
-        lrn_size: int,
-        iter_size: int,
-        n_part_stacks: int | None = None,
+        self, sizes: HourglassSizes, lrn_size: int, iter_size: int, n_part_stacks: int | None = None
     ) -> None:
         super().__init__()
+        n_joints, n_channels, n_stack, n_modules, n_reductions = dataclasses.astuple(sizes)
         if n_part_stacks is None:
             n_part_stacks = max(1, n_stack - 4)  # the release: stacks after the 4th, and the last
         if not 0 <= n_part_stacks <= n_stack:
@@ -249,22 +244,13 @@ class PoseAttention(nn.Module):
         return outputs
 
 
-# the stem takes the input to 1/4, where the hourglasses work and the heatmaps come out
-@register_model("PoseAttention", target="heatmap", output_strides=(4,), heatmap_halvings="nReductions")
+@register_hourglass_model("PoseAttention")
 def pose_attention(
-    n_joints: int = 16,
-    n_channels: int = 256,
-    n_stack: int = 8,
-    n_modules: int = 1,
-    n_reductions: int = 4,
-    lrn_size: int = 11,
-    iter_size: int = 3,
-    n_part_stacks: int | None = None,
+    sizes: HourglassSizes, lrn_size: int = 11, iter_size: int = 3, n_part_stacks: int | None = None
 ) -> PoseAttention:
-    """Paper configuration by default: 8 stacks of 256 features, part attention in stacks 5-8
-    (``n_part_stacks`` None = the release's rule: the stacks after the 4th, at least the last), 3 mean-field iterations. ``lrn_size`` 11 is the CRF
-    kernel of the authors' released training command (their option default, 1, would make the
-    CRF a per-pixel scalar with no spatial messages)."""
-    return PoseAttention(
-        n_joints, n_channels, n_stack, n_modules, n_reductions, lrn_size, iter_size, n_part_stacks
-    )
+    """Paper configuration by default: 8 stacks of 256 features (:class:`HourglassSizes`), part
+    attention in stacks 5-8 (``n_part_stacks`` None = the release's rule: the stacks after the
+    4th, at least the last), 3 mean-field iterations. ``lrn_size`` 11 is the CRF kernel of the
+    authors' released training command (their option default, 1, would make the CRF a per-pixel
+    scalar with no spatial messages)."""
+    return PoseAttention(sizes, lrn_size, iter_size, n_part_stacks)

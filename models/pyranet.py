@@ -17,8 +17,7 @@ from models.layers import (
     fractional_max_pool2d,
     residual_stack,
 )
-from models.registry import register_model
-from models.stacked_hourglass import StackedHourglass
+from models.stacked_hourglass import HourglassSizes, StackedHourglass, register_hourglass_model
 
 PRM_TYPES = ("A", "B", "C", "D")
 RELU_GAIN = 0.5  # the paper's alpha for a layer whose input went through a ReLU; 1 for a linear input
@@ -293,11 +292,7 @@ class PyraNet(StackedHourglass):
 
     def __init__(
         self,
-        n_joints: int,
-        n_channels: int,
-        n_stack: int,
-        n_modules: int,
-        n_reductions: int,
+        sizes: HourglassSizes,
         prm_type: str = "B",
         cardinality: int = 4,
         base_width: int = 9,
@@ -306,7 +301,8 @@ class PyraNet(StackedHourglass):
         prm = partial(
             PyramidResidualModule, prm_type=prm_type, cardinality=cardinality, base_width=base_width
         )
-        super().__init__(n_joints, n_channels, n_stack, n_modules, n_reductions, block=prm)
+        super().__init__(sizes, block=prm)
+        n_channels, n_stack, n_modules = sizes.n_channels, sizes.n_stack, sizes.n_modules
         stem_in, stem_out = self.stem.conv[0].out_channels, self.stem.res2.main[0][-1].in_channels
         self.stem.res1 = prm(stem_in, stem_out, preact=False)
         for hourglass in self.hourglasses:
@@ -334,22 +330,15 @@ class PyraNet(StackedHourglass):
                 head.bias.zero_()
 
 
-# the stem takes the input to 1/4, where the hourglasses work and the heatmaps come out
-@register_model("PyraNet", target="heatmap", output_strides=(4,), heatmap_halvings="nReductions")
+@register_hourglass_model("PyraNet")
 def pyranet(
-    n_joints: int = 16,
-    n_channels: int = 256,
-    n_stack: int = 8,
-    n_modules: int = 1,
-    n_reductions: int = 4,
+    sizes: HourglassSizes,
     prm_type: str = "B",
     cardinality: int = 4,
     base_width: int = 9,
     prm_levels: int = 3,
 ) -> PyraNet:
-    """Paper configuration by default: 8 stacks of 256 features, PRM-B with C = 4 pyramid levels
-    (ratios 2^-1/4 .. 2^-1) of 256 / 9 = 28 channels (``base_width`` 9, the authors' training
-    script; their option default 6 gives 42)."""
-    return PyraNet(
-        n_joints, n_channels, n_stack, n_modules, n_reductions, prm_type, cardinality, base_width, prm_levels
-    )
+    """Paper configuration by default: 8 stacks of 256 features (:class:`HourglassSizes`), PRM-B
+    with C = 4 pyramid levels (ratios 2^-1/4 .. 2^-1) of 256 / 9 = 28 channels (``base_width`` 9,
+    the authors' training script; their option default 6 gives 42)."""
+    return PyraNet(sizes, prm_type, cardinality, base_width, prm_levels)

@@ -11,7 +11,6 @@ halves its heatmap-sized features internally (an hourglass), the option counting
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import re
 from collections.abc import Callable
@@ -19,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
+
+from utils.registry import Registry, UnknownNameError
 
 TARGET_TYPES = ("heatmap", "regression")
 
@@ -50,13 +51,16 @@ class ModelEntry:
         return inspect.signature(self.builder).parameters[option_to_parameter(option)].default
 
 
-_REGISTRY: dict[str, ModelEntry] = {}
-_LOOKUP: dict[str, str] = {}  # lower-cased name -> canonical name
+class UnknownModelError(UnknownNameError):
+    pass
 
 
-class UnknownModelError(KeyError):
-    def __str__(self) -> str:
-        return str(self.args[0])
+def _ensure_models_imported() -> None:
+    # Importing the package runs every @register_model decorator.
+    import models  # noqa: F401
+
+
+MODEL_REGISTRY: Registry[ModelEntry] = Registry("model", UnknownModelError, load=_ensure_models_imported)
 
 
 def register_model(
@@ -77,36 +81,20 @@ def register_model(
         raise ValueError(f"output_strides must be positive integers, got {output_strides!r}")
 
     def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name.lower() in _LOOKUP:
-            raise ValueError(f"model name {name!r} is already registered")
         strides = tuple(sorted(output_strides)) if output_strides is not None else None
-        _REGISTRY[name] = ModelEntry(name, builder, target, strides, heatmap_halvings)
-        _LOOKUP[name.lower()] = name
+        MODEL_REGISTRY.add(name, ModelEntry(name, builder, target, strides, heatmap_halvings))
         return builder
 
     return decorate
 
 
-def _ensure_models_imported() -> None:
-    # Importing the package runs every @register_model decorator.
-    import models  # noqa: F401
-
-
 def list_models() -> list[str]:
-    _ensure_models_imported()
-    return sorted(_REGISTRY)
+    return MODEL_REGISTRY.names()
 
 
 def get_entry(name: str) -> ModelEntry:
     """Registry entry for ``name`` (case-insensitive)."""
-    _ensure_models_imported()
-    canonical = _LOOKUP.get(str(name).lower())
-    if canonical is None:
-        choices = sorted(_REGISTRY)
-        close = difflib.get_close_matches(str(name), choices, n=1, cutoff=0.5)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise UnknownModelError(f"unknown model {name!r}: choose one of {', '.join(choices)}{hint}")
-    return _REGISTRY[canonical]
+    return MODEL_REGISTRY.get(name)
 
 
 def target_type_of(name: str) -> str:

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -9,6 +15,52 @@ from torch import nn
 from models.layers import BlockFactory, Hourglass, Residual, conv_bn_relu, residual_stack
 from models.pixels import InputNorm
 from models.registry import register_model
+
+
+@dataclasses.dataclass(frozen=True)
+class HourglassSizes:
+    """The sizes of every model of the hourglass family (StackedHourGlass, PyraNet,
+    PoseAttention), with the paper's configuration as defaults: 8 stacks of 256 features, one
+    residual per step, 4 reductions (64x64 -> 4x4 inside each hourglass for a 256x256 input)."""
+
+    n_joints: int = 16
+    n_channels: int = 256
+    n_stack: int = 8
+    n_modules: int = 1
+    n_reductions: int = 4
+
+
+def register_hourglass_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register ``build(sizes, **own_options)`` as model ``name`` of the hourglass family.
+
+    The builder the registry (and a caller) sees takes, by keyword, the fields of
+    :class:`HourglassSizes` with their defaults and then ``build``'s own options; its signature
+    says so, as the registry reads it. Every model of the family has a stem that takes the input
+    to 1/4, where the hourglasses work and the heatmaps come out, and halves its heatmap-sized
+    features ``nReductions`` times."""
+    sizes = [
+        inspect.Parameter(
+            field.name, inspect.Parameter.KEYWORD_ONLY, default=field.default, annotation=field.type
+        )
+        for field in dataclasses.fields(HourglassSizes)
+    ]
+
+    def decorate(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        signature = inspect.signature(build)
+        own = [
+            p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in list(signature.parameters.values())[1:]
+        ]
+
+        @functools.wraps(build)
+        def builder(**options: Any) -> nn.Module:
+            given = {size.name: options.pop(size.name) for size in sizes if size.name in options}
+            return build(HourglassSizes(**given), **options)
+
+        builder.__signature__ = signature.replace(parameters=[*sizes, *own])  # what the registry reads
+        register_model(name, target="heatmap", output_strides=(4,), heatmap_halvings="nReductions")(builder)
+        return builder
+
+    return decorate
 
 
 class HourglassStem(nn.Module):
@@ -38,16 +90,10 @@ class StackedHourglass(nn.Module):
     """
 
     def __init__(
-        self,
-        n_joints: int,
-        n_channels: int,
-        n_stack: int,
-        n_modules: int,
-        n_reductions: int,
-        block: BlockFactory = Residual,
-        input_norm: str = "imagenet",
+        self, sizes: HourglassSizes, block: BlockFactory = Residual, input_norm: str = "imagenet"
     ) -> None:
         super().__init__()
+        n_joints, n_channels, n_stack, n_modules, n_reductions = dataclasses.astuple(sizes)
         self.input_norm = InputNorm(input_norm)  # a ValueError for an unknown format
         self.stem = HourglassStem(n_channels, block)
         self.hourglasses = nn.ModuleList(
@@ -81,16 +127,7 @@ class StackedHourglass(nn.Module):
         return outputs
 
 
-# the stem takes the input to 1/4, where the hourglasses work and the heatmaps come out
-@register_model("StackedHourGlass", target="heatmap", output_strides=(4,), heatmap_halvings="nReductions")
-def stacked_hourglass(
-    n_joints: int = 16,
-    n_channels: int = 256,
-    n_stack: int = 8,
-    n_modules: int = 1,
-    n_reductions: int = 4,
-    input_norm: str = "imagenet",
-) -> StackedHourglass:
-    """Paper configuration by default: 8 stacks, 256 features, 1 residual per step, 4 reductions
-    (64x64 -> 4x4 inside each hourglass for a 256x256 input)."""
-    return StackedHourglass(n_joints, n_channels, n_stack, n_modules, n_reductions, input_norm=input_norm)
+@register_hourglass_model("StackedHourGlass")
+def stacked_hourglass(sizes: HourglassSizes, input_norm: str = "imagenet") -> StackedHourglass:
+    """Paper configuration by default (see :class:`HourglassSizes`)."""
+    return StackedHourglass(sizes, input_norm=input_norm)

@@ -152,8 +152,7 @@ def test_registry_lists_every_dataset_and_builds_by_name():
     finally:
         from datasets import registry
 
-        registry._REGISTRY.pop("_Probe")
-        registry._LOOKUP.pop("_probe")
+        registry.DATASET_REGISTRY.remove("_Probe")
 
 
 def test_options_take_joints_from_the_spec(custom_data, tmp_path):

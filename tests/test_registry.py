@@ -45,8 +45,7 @@ def test_builder_receives_only_its_own_options():
     finally:
         from models import registry
 
-        registry._REGISTRY.pop("_Probe")
-        registry._LOOKUP.pop("_probe")
+        registry.MODEL_REGISTRY.remove("_Probe")
 
 
 def test_duplicate_registration_rejected():

@@ -11,7 +11,6 @@ and file at fault, and exits with status 2.
 from __future__ import annotations
 
 import argparse
-import difflib
 import math
 import re
 import sys
@@ -28,6 +27,7 @@ from checkpoints import (
     refused_resume_changes,
     resume_changes,
 )
+from utils.registry import close_match, did_you_mean
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_CONFIG = REPO_ROOT / "conf" / "datasets" / "synthetic.defconf"
@@ -372,8 +372,8 @@ def _unknown_key_message(parser: configargparse.ArgParser, unknown: list[str], t
             right = spellings[key]
             dashes = "one dash" if right.startswith("-") and not right.startswith("--") else "two dashes"
             return f"unknown option {written!r} {origin}; did you mean {right!r} ({dashes})?"
-        close = difflib.get_close_matches(key, list(spellings), n=1, cutoff=0.6)
-        suggestion = (spellings[close[0]] if on_command_line else close[0]) if close else None
+        close = close_match(key, spellings)
+        suggestion = (spellings[close] if on_command_line else close) if close else None
         hint = f"; did you mean {suggestion!r}?" if close else "; see --help for the valid keys"
         return f"unknown option {written!r} {origin}{hint}"
     return f"unexpected arguments: {' '.join(unknown)}"
@@ -599,8 +599,7 @@ def validate(opts: argparse.Namespace) -> None:
             if isinstance(c, type) and issubclass(c, torch.optim.Optimizer)
         )
         names = [n for n in names if n != "Optimizer"]
-        close = difflib.get_close_matches(str(opts.optimizer_type), names, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(opts.optimizer_type, names)
         raise OptionError(f"optimizer_type: {opts.optimizer_type!r} is not a torch.optim optimizer{hint}")
     opts.optimizer_kwargs = parse_optimizer_pars(opts.optimizer_pars)
 
