@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import signal
 import subprocess
@@ -20,26 +19,12 @@ import torch
 from torch import nn
 
 import main as entry
-from conftest import REPO_ROOT, TINY_RUN
+from conftest import ENV, REPO_ROOT, TINY_RUN, TORCHRUN, read_metrics, torchrun
 from datasets import make_codec
 from engine import train_one_epoch
 from losses import make_loss
 from utils.checkpoint import load_checkpoint, restore_rng_state, save_checkpoint
 from utils.distributed import DeviceSetupError, DistributedContext, setup_distributed
-
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-
-
-def torchrun(processes: int, *args: str, script: str = "main.py", timeout: int = 300):
-    return subprocess.run(
-        [*TORCHRUN, "--nproc_per_node", str(processes), script, *args],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, env=ENV,
-    )  # fmt: skip
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def stop_at(command: list[str], marker: str, sig: int = signal.SIGTERM) -> tuple[subprocess.Popen, str, str]:

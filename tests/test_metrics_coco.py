@@ -7,14 +7,12 @@ import io
 import json
 import math
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT as REPO
 from conftest import SHARED_DATA as DATA
-from conftest import require_fixture
+from conftest import python_module, require_fixture
 from metrics.coco import (
     COCO_SIGMAS,
     STAT_NAMES,
@@ -32,9 +30,7 @@ GT_JSON = DATA / "coco_mini" / "test_coco.json"
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "metrics.coco", *args], cwd=REPO, capture_output=True, text=True, timeout=120
-    )
+    return python_module("metrics.coco", *args)
 
 
 def _pose(rng: np.random.Generator, center: tuple[float, float], spread: float = 40.0) -> np.ndarray:

@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 import math
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT as REPO
 from conftest import SHARED_DATA as DATA
-from conftest import require_fixture
+from conftest import python_module, require_fixture
 from metrics.mpii import (
     COLUMNS,
     JOINT_NAMES,
@@ -29,9 +27,7 @@ GT_MAT = MPII / "gt_valid_first5.mat"
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "metrics.mpii", *args], cwd=REPO, capture_output=True, text=True, timeout=120
-    )
+    return python_module("metrics.mpii", *args)
 
 
 # --------------------------------------------------------------------------------------------

@@ -5,7 +5,6 @@ status or the imports matter) on tiny synthetic runs."""
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import main as entry
-from conftest import REPO_ROOT, TINY_RUN
+from conftest import REPO_ROOT, TINY_RUN, parse_error, read_metrics
 from utils.checkpoint import load_checkpoint
 from utils.options import MODEL_NAMES, parse_options
 
@@ -30,26 +29,12 @@ def tree_hashes(folder: Path) -> dict[str, str]:
     }
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     """A finished 2-epoch run with non-default sizes; tests copy what they change."""
     root = tmp_path_factory.mktemp("runs")
     assert entry.main([*TRAINED, "--nEpochs", "2", "--expDir", str(root), "--expID", "source"]) == 0
     return root / "source"
-
-
-def parse_error(capsys, argv: list[str]) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        parse_options(argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    err = [line for line in err if not line.startswith("note:")]
-    assert len(err) == 1, err
-    return err[0]
 
 
 def test_later_commands_leave_the_source_run_byte_identical(trained: Path, capsys) -> None:
@@ -64,7 +49,7 @@ def test_later_commands_leave_the_source_run_byte_identical(trained: Path, capsy
     assert entry.main([*base, "-test", "--loadModel", best]) == 0
     assert entry.main([*base, "--browse", "2", "--loadModel", best]) == 0
     # a new run that names the existing run is refused, with a free name suggested
-    err = parse_error(capsys, [*TRAINED, "--expDir", str(root), "--expID", "source"])
+    err = parse_error(capsys, [*TRAINED, "--expDir", str(root), "--expID", "source"], skip_notes=True)
     assert "expID: run directory" in err and "already exists" in err and "--expID source-2" in err
     assert tree_hashes(trained) == before
     new_runs = sorted(p.name for p in root.iterdir() if p.name != "source")
@@ -100,7 +85,9 @@ def test_test_and_resume_from_the_checkpoint_alone(trained: Path, tmp_path: Path
 
 def test_a_resume_refuses_data_or_model_changes(trained: Path, capsys) -> None:
     checkpoint = str(trained / "last.pth")
-    err = parse_error(capsys, ["--loadModel", checkpoint, "--inputRes", "96", "--maxRotate", "10"])
+    err = parse_error(
+        capsys, ["--loadModel", checkpoint, "--inputRes", "96", "--maxRotate", "10"], skip_notes=True
+    )
     assert "a resume continues the same run" in err
     assert "inputRes stored 48, typed 96" in err and "maxRotate stored 30.0, typed 10.0" in err
     assert "--allowConfigChange 1" in err
@@ -146,7 +133,7 @@ def test_a_checkpoint_of_another_model_is_named_in_one_line(trained: Path, tmp_p
     ],
 )
 def test_command_line_slips_are_named(capsys, argv: list[str], expected: str) -> None:
-    err = parse_error(capsys, argv)
+    err = parse_error(capsys, argv, skip_notes=True)
     assert expected in err
     assert "defconf" not in err.replace("x.defconf", "")  # a command-line slip never blames a config file
 
@@ -154,9 +141,9 @@ def test_command_line_slips_are_named(capsys, argv: list[str], expected: str) ->
 def test_a_bad_value_in_a_config_file_names_the_file(tmp_path: Path, capsys) -> None:
     config = tmp_path / "mine.defconf"
     config.write_text("nStack: two\n")
-    err = parse_error(capsys, ["-ModelConfig", str(config)])
+    err = parse_error(capsys, ["-ModelConfig", str(config)], skip_notes=True)
     assert "--nStack: invalid int value: 'two'" in err and f"(in {config})" in err
-    err = parse_error(capsys, ["-ModelConfig", str(config), "--nStack", "x"])
+    err = parse_error(capsys, ["-ModelConfig", str(config), "--nStack", "x"], skip_notes=True)
     assert "invalid int value: 'x'" in err and "in " + str(config) not in err  # typed, so not the file
 
 

@@ -9,16 +9,11 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import main as entry
-from conftest import TINY_RUN
+from conftest import run
 from utils.options import parse_options
 
 STEPS_PER_EPOCH = 6  # TINY_RUN: 48 training persons in batches of 8
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def run(tmp_path: Path, *extra: str) -> None:
-    assert entry.main([*TINY_RUN, "--expDir", str(tmp_path), *extra]) == 0
 
 
 def read_events(run_dir: Path) -> EventAccumulator:
