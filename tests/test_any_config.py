@@ -76,6 +76,7 @@ def config_value(text: str, key: str) -> str | None:
     return values[-1] if values else None
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 @pytest.mark.parametrize("model", SEED_MODELS)
 @pytest.mark.parametrize("data", sorted(FIXTURE_DATA))
@@ -183,6 +184,7 @@ ONE_BY_ONE = ["--syntheticTrain", "9", "--syntheticVal", "4", "--data_loader_siz
               "--inputRes", "64", "--outputRes", "16", "--nReductions", "4", "--nChannels", "8", "--nStack", "1"]  # fmt: skip
 
 
+@pytest.mark.e2e
 def test_last_batch_of_one_is_dropped_and_logged(tmp_path, monkeypatch, capsys):
     status, out, err = cli_output([*ONE_BY_ONE, *QUICK_RUN, "--expDir", str(tmp_path)], monkeypatch, capsys)
     assert status == 0, err
@@ -192,6 +194,7 @@ def test_last_batch_of_one_is_dropped_and_logged(tmp_path, monkeypatch, capsys):
     assert "epoch 1/1 train loss" in out
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_each_rank_drops_the_same_last_batch_under_torchrun(tmp_path):
     """9 persons over 2 ranks: DistributedSampler gives each 5, in batches of 4 and 1; both ranks
@@ -209,6 +212,7 @@ def test_each_rank_drops_the_same_last_batch_under_torchrun(tmp_path):
     assert result.stdout.count("note: dropping the last training batch") == 1  # rank 0 says it
 
 
+@pytest.mark.e2e
 def test_batches_of_one_on_a_one_pixel_map_are_refused(tmp_path, monkeypatch, capsys):
     argv = [*ONE_BY_ONE, *QUICK_RUN, "--expDir", str(tmp_path)]
     status, _, err = cli_output([*argv, "--data_loader_size", "1"], monkeypatch, capsys)
@@ -222,6 +226,7 @@ def test_batches_of_one_on_a_one_pixel_map_are_refused(tmp_path, monkeypatch, ca
     assert not list(tmp_path.iterdir())  # refused before a run directory was made
 
 
+@pytest.mark.e2e
 def test_a_value_the_builder_refuses_is_one_line_naming_the_key(tmp_path, monkeypatch, capsys):
     conf = model_config(tmp_path, "ChainedPredictions")
     argv = ["-ModelConfig", conf, "--inputRes", "32", "--outputRes", "8", *small_model_keys(), *QUICK_RUN]
@@ -256,6 +261,7 @@ def size_options(draw) -> list[str]:
     return [token for key, value in sizes.items() for token in (f"--{key}", str(value))]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name", list_models())
 def test_random_sizes_train_or_stop_in_one_line(name, tmp_path, monkeypatch, capsys):
     # a seed of its own per model (one shared seed would give every model the same sizes), fixed so
@@ -286,6 +292,7 @@ def test_random_sizes_train_or_stop_in_one_line(name, tmp_path, monkeypatch, cap
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_predictions_png_reuses_the_last_validation(tmp_path, monkeypatch, capsys):
     """The model sees each validation image once (the synthetic config has no flip test), and
     nothing after: predictions.png is drawn from the validation's own outputs."""

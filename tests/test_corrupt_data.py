@@ -340,6 +340,7 @@ def spoil_coco(folder: Path) -> None:
     edit_json(folder / "test_coco.json", coco_image("file_name", "../000000040083.jpg"))
 
 
+@pytest.mark.e2e
 def test_skip_bad_samples_run_completes_and_lists_them(coco_copy, tmp_path):
     spoil_coco(coco_copy)
     args = coco_run_args(coco_copy, tmp_path / "exp", "--skipBadSamples", "1", "--maxBadFraction", "0.5")
@@ -363,6 +364,7 @@ def test_skip_bad_samples_run_completes_and_lists_them(coco_copy, tmp_path):
     )
 
 
+@pytest.mark.e2e
 def test_bad_data_stops_the_run_in_one_line(coco_copy, tmp_path, monkeypatch, capsys):
     spoil_coco(coco_copy)
     annotation = coco_copy / "test_coco.json"
@@ -381,6 +383,7 @@ def test_bad_data_stops_the_run_in_one_line(coco_copy, tmp_path, monkeypatch, ca
     assert "too many bad samples: 3 of 12 records" in lines[0] and "--maxBadFraction 0.01" in lines[0]
 
 
+@pytest.mark.e2e
 def test_too_many_bad_images_stop_a_running_epoch_in_one_line(coco_copy, tmp_path, monkeypatch, capsys):
     truncate(coco_copy / "000000000785.jpg")
     text(coco_copy / "000000040083.jpg")
@@ -392,6 +395,7 @@ def test_too_many_bad_images_stop_a_running_epoch_in_one_line(coco_copy, tmp_pat
     assert str(coco_copy / "test_coco.json") in lines[0]
 
 
+@pytest.mark.e2e
 def test_mpii_skip_run_lists_bad_images_and_paths(mpii_copy, tmp_path):
     empty(mpii_copy / "052475643.jpg")  # record 1 of both files
     outside = str(tmp_path / "004645041.jpg")

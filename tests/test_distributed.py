@@ -11,6 +11,8 @@ import torch
 import main as entry
 from conftest import ENV, REPO_ROOT, TINY_RUN, TORCHRUN, torchrun
 
+pytestmark = pytest.mark.e2e  # every test runs torchrun
+
 
 @pytest.mark.slow
 def test_two_process_evaluation_matches_one_process(tmp_path):

@@ -17,6 +17,8 @@ import main as entry
 from conftest import REPO_ROOT, TINY_RUN, read_metrics
 from utils.checkpoint import CheckpointWriteError, load_checkpoint
 
+pytestmark = pytest.mark.e2e  # every test runs main.py (in-process or a subprocess it signals)
+
 # 3 epochs of 12 batches of 4; --progress lines prints a line every tenth of an epoch
 RUN = [*TINY_RUN, "--data_loader_size", "4", "--nEpochs", "3", "--dropLR", "2", "--dropMag", "0.5",
        "--maxTranslate", "0.05", "--progress", "lines"]  # fmt: skip

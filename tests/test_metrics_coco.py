@@ -247,6 +247,7 @@ def test_evaluate_clear_errors(gt_dataset, tmp_path):
         load_results(notjson)
 
 
+@pytest.mark.e2e
 def test_cli_json_and_table(gt_dataset, tmp_path):
     path = tmp_path / "res.json"
     results = _perturbed(gt_dataset, 5)
@@ -263,6 +264,7 @@ def test_cli_json_and_table(gt_dataset, tmp_path):
     assert "Average Precision" not in text.stdout  # pycocotools stays quiet
 
 
+@pytest.mark.e2e
 def test_cli_missing_file(tmp_path):
     require_fixture(GT_JSON)
     missing = tmp_path / "no_such_results.json"
@@ -273,6 +275,7 @@ def test_cli_missing_file(tmp_path):
     assert "Traceback" not in proc.stderr and proc.stdout == ""
 
 
+@pytest.mark.e2e
 def test_cli_empty_results(tmp_path):
     require_fixture(GT_JSON)
     empty = tmp_path / "empty.json"

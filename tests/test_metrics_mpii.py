@@ -278,6 +278,7 @@ def test_h5_normalize_matches_head_sizes(gt5):
     np.testing.assert_allclose(normalize, gt5["head_sizes"], rtol=1e-6, atol=0)
 
 
+@pytest.mark.e2e
 def test_cli_json_matches_function(tmp_path, gt5):
     pred = gt5["joints"] + np.array([30.0, 0.0])
     path = tmp_path / "pred.mat"
@@ -293,6 +294,7 @@ def test_cli_json_matches_function(tmp_path, gt5):
     assert text.returncode == 0 and "Mean@0.1" in text.stdout and "80.00" in text.stdout
 
 
+@pytest.mark.e2e
 def test_cli_missing_file(tmp_path):
     require_fixture(GT_MAT)
     missing = tmp_path / "no_such_pred.mat"
@@ -303,6 +305,7 @@ def test_cli_missing_file(tmp_path):
     assert "Traceback" not in proc.stderr and proc.stdout == ""
 
 
+@pytest.mark.e2e
 def test_cli_malformed_and_mismatched(tmp_path, gt5):
     bad = tmp_path / "bad.mat"
     bad.write_text("garbage")

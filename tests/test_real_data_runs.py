@@ -10,6 +10,8 @@ import pytest
 import main as entry
 from conftest import REPO_ROOT, TINY_RUN, python_module
 
+pytestmark = pytest.mark.e2e  # every test runs main.py and the metric command lines
+
 
 def metrics_cli(module: str, *args: str) -> dict:
     result = python_module(module, *args, "--json")

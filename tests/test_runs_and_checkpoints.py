@@ -37,6 +37,7 @@ def trained(tmp_path_factory) -> Path:
     return root / "source"
 
 
+@pytest.mark.e2e
 def test_later_commands_leave_the_source_run_byte_identical(trained: Path, capsys) -> None:
     before = tree_hashes(trained)
     root, best = trained.parent, str(trained / "best.pth")
@@ -62,6 +63,7 @@ def test_later_commands_leave_the_source_run_byte_identical(trained: Path, capsy
         assert f"loadModel: {best}" in (root / run / "config.defconf").read_text()
 
 
+@pytest.mark.e2e
 def test_test_and_resume_from_the_checkpoint_alone(trained: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(trained, run)
@@ -83,6 +85,7 @@ def test_test_and_resume_from_the_checkpoint_alone(trained: Path, tmp_path: Path
     assert f"resumed from {run / 'last.pth'} with nEpochs 2 -> 3" in log
 
 
+@pytest.mark.e2e
 def test_a_resume_refuses_data_or_model_changes(trained: Path, capsys) -> None:
     checkpoint = str(trained / "last.pth")
     err = parse_error(
@@ -102,6 +105,7 @@ def test_a_resume_refuses_data_or_model_changes(trained: Path, capsys) -> None:
     assert opts.inputRes == 64 and opts.run_dir != trained.resolve()
 
 
+@pytest.mark.e2e
 def test_a_checkpoint_of_another_model_is_named_in_one_line(trained: Path, tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "main.py", "-test", "--loadModel", str(trained / "last.pth"), "--nStack", "1",
@@ -147,6 +151,7 @@ def test_a_bad_value_in_a_config_file_names_the_file(tmp_path: Path, capsys) -> 
     assert "invalid int value: 'x'" in err and "in " + str(config) not in err  # typed, so not the file
 
 
+@pytest.mark.e2e
 def test_help_lists_the_models_once_each_default_and_needs_no_torch() -> None:
     from models import list_models
 
@@ -205,6 +210,7 @@ def test_the_conf_files_commented_path_examples_work_uncommented(shared_data: Pa
             assert val.bbox_file == detections and len(val) == 118
 
 
+@pytest.mark.e2e
 def test_config_defconf_reads_back_as_the_run_options(trained: Path) -> None:
     """config.defconf is usable as a config file again: every key a file can set comes back."""
     from utils.options import config_file_keys

@@ -247,6 +247,7 @@ def checkpoint(tmp_path_factory) -> Path:
     return root / "exp" / "m" / "last.pth"
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("cause", EMPTY_CAUSES)
 def test_empty_validation_set_stops_before_training_in_one_line(
     cause, coco_copy, tmp_path, monkeypatch, capsys
@@ -262,6 +263,7 @@ def test_empty_validation_set_stops_before_training_in_one_line(
     assert status == 2 and lines == [f"main.py: error: empty validation set: {coco_copy / reason}"]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("cause", ["no-detections", "no-labelled-person"])
 def test_empty_validation_set_stops_test_in_one_line(
     cause, checkpoint, coco_copy, tmp_path, monkeypatch, capsys
@@ -308,6 +310,7 @@ def test_passed_over_annotations_and_detections_are_noted(coco_copy, capsys):
     assert all(err.count(f"note: {line}") == 1 for line in dataset.notes + detections.notes)
 
 
+@pytest.mark.e2e
 def test_notes_reach_log_txt(coco_copy, tmp_path):
     edit_json(coco_copy / "test_coco.json", disagreeing_num_keypoints)
     assert entry.main([*coco_args(coco_copy, tmp_path / "exp"), "--expID", "n"]) == 0

@@ -9,6 +9,8 @@ from conftest import TINY_RUN, read_metrics, run
 from engine import NonFiniteLossError
 from utils.checkpoint import load_checkpoint
 
+pytestmark = pytest.mark.e2e  # every test runs main.main
+
 
 def test_short_run_loss_falls_and_writes_run_files(tmp_path):
     run(tmp_path, "--nEpochs", "4", "--expID", "short", "--saveInterval", "2")

@@ -84,6 +84,7 @@ def test_channels_last_computes_the_same_outputs(name: str) -> None:
     torch.testing.assert_close(last, plain, rtol=1e-3, atol=1e-4)  # float32 rounding only
 
 
+@pytest.mark.e2e
 def test_channels_last_run_trains_and_records_the_choice(tmp_path: Path) -> None:
     plain = one_epoch(tmp_path, "plain", "--channelsLast", "0")
     last = one_epoch(tmp_path, "last")  # the default
@@ -95,6 +96,7 @@ def test_channels_last_run_trains_and_records_the_choice(tmp_path: Path) -> None
     assert checkpoint["config"]["channelsLast"] is True
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_compiled_training_matches_eager_and_saves_plain_names(tmp_path: Path) -> None:
     plain = one_epoch(tmp_path, "plain")
