@@ -60,7 +60,7 @@ def test_sigterm_under_torchrun_stops_every_rank_at_one_step_and_resumes_exactly
     process.send_signal(signal.SIGTERM)
     output = process.communicate(timeout=120)[0]
     # the resume command repeats the launcher; one rank speaks (torchrun itself exits 1 with its
-    # own SignalException traceback after forwarding SIGTERM, which the README documents)
+    # own SignalException traceback after forwarding SIGTERM, which docs/gpus.md documents)
     assert (
         output.count(f"resume with: torchrun --nproc_per_node 2 main.py --loadModel {tmp_path / 'cut'}") == 1
     )
