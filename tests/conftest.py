@@ -1,7 +1,13 @@
-"""Shared test helpers: the repository root on sys.path, tiny run options, the shared fixtures."""
+"""Shared test helpers: the repository root on sys.path, tiny run options, the shared fixtures,
+and the helpers more than one test module uses (main.py in-process, torchrun, metrics.jsonl,
+writable copies of the fixtures)."""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -27,16 +33,103 @@ TINY_RUN = [
 ]  # fmt: skip
 
 
-def parse_error(capsys, argv: list[str]) -> str:
-    """parse_options(argv) must exit with status 2 and one stderr line, which is returned."""
+def parse_error(capsys, argv: list[str], skip_notes: bool = False) -> str:
+    """parse_options(argv) must exit with status 2 and one stderr line, which is returned. With
+    ``skip_notes`` the ``note:`` lines printed beside it are left out before counting."""
     from utils.options import parse_options
 
     with pytest.raises(SystemExit) as exit_info:
         parse_options(argv)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    return err
+    lines = err.splitlines()
+    if skip_notes:
+        lines = [line for line in lines if not line.startswith("note:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def error_lines(err: str) -> list[str]:
+    """The lines of ``err`` other than notes (``note: ...``)."""
+    return [line for line in err.splitlines() if not line.startswith("note:")]
+
+
+# ---------------------------------------------------------------------------------------------
+# main.py in this process, and in subprocesses
+# ---------------------------------------------------------------------------------------------
+
+
+def run(tmp_path: Path, *extra: str) -> Path:
+    """``main.main`` on the tiny run with ``--expDir tmp_path`` and ``extra``; it must return 0."""
+    import main as entry
+
+    assert entry.main([*TINY_RUN, "--expDir", str(tmp_path), *extra]) == 0
+    return tmp_path
+
+
+def cli_output(argv: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
+    """main.py's ``cli`` in-process: (exit status, stdout, stderr); any other exception (a
+    traceback) propagates and fails the test."""
+    import main as entry
+
+    monkeypatch.setattr(sys, "argv", ["main.py", *argv])
+    capsys.readouterr()
+    try:
+        status = entry.cli()
+    except SystemExit as stop:
+        status = stop.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def run_cli(monkeypatch, capsys, args: list[str], no_epoch: bool = False) -> tuple[int, list[str]]:
+    """main.py's ``cli`` in-process: its status and its stderr lines other than notes. With
+    ``no_epoch`` no epoch may start (one fails the test)."""
+    import main as entry
+
+    if no_epoch:
+        import train
+
+        monkeypatch.setattr(train, "train_one_epoch", lambda *a, **k: pytest.fail("an epoch ran"))
+    monkeypatch.setattr(sys, "argv", ["main.py", *args])
+    status = entry.cli()
+    return status, error_lines(capsys.readouterr().err)
+
+
+def python_module(module: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m module args`` in the repository root, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
+
+
+# one torch thread, as the in-process runs of this suite use (taken when the suite starts)
+def child_env() -> dict[str, str]:
+    """The environment of a main.py or torchrun child, made when it starts (so it carries this
+    test's POSE_CACHE_DIR): one torch thread, and the CPU with gloo whatever GPUs the machine has
+    (the CPU's exact numbers are what these tests check; tests/test_cuda.py has the GPU's)."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+
+
+def torchrun(processes: int, *args: str, script: str = "main.py", timeout: int = 300):
+    """``torchrun --nproc_per_node processes script args`` (gloo on the CPU), its output captured."""
+    return subprocess.run(
+        [*TORCHRUN, "--nproc_per_node", str(processes), script, *args],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, env=child_env(),
+    )  # fmt: skip
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """A run's metrics.jsonl, one dict per evaluation."""
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+# ---------------------------------------------------------------------------------------------
+# The shared fixtures, and writable copies of them
+# ---------------------------------------------------------------------------------------------
 
 
 def require_fixture(path: Path) -> Path:
@@ -60,6 +153,43 @@ def index_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory, monkeypatch: py
     folder = tmp_path_factory.mktemp("index-cache")
     monkeypatch.setenv("POSE_CACHE_DIR", str(folder))
     return folder
+
+
+def copy_fixture(source: Path, target: Path) -> Path:
+    """A writable copy of a read-only fixture folder."""
+    shutil.copytree(source, target, copy_function=shutil.copyfile)
+    os.chmod(target, 0o755)
+    return target
+
+
+@pytest.fixture
+def coco_copy(shared_data, tmp_path) -> Path:
+    return copy_fixture(shared_data / "coco_mini", tmp_path / "coco")
+
+
+@pytest.fixture
+def mpii_copy(shared_data, tmp_path) -> Path:
+    return copy_fixture(shared_data / "mpii_mini", tmp_path / "mpii")
+
+
+def edit_json(path: Path, change) -> None:
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def edit_h5(path: Path, change) -> None:
+    import h5py
+    import numpy as np
+
+    with h5py.File(path, "r") as f:
+        fields = {key: f[key][()] for key in f}
+    fields["imgname"] = list(fields["imgname"])
+    change(fields)
+    path.unlink()
+    with h5py.File(path, "w") as f:
+        for key, value in fields.items():
+            f[key] = np.array(value)
 
 
 @pytest.fixture(autouse=True)

@@ -28,8 +28,7 @@ from hypothesis import HealthCheck, event, given, seed, settings
 from hypothesis import strategies as st
 
 import build
-import main as entry
-from conftest import REPO_ROOT, parse_error
+from conftest import REPO_ROOT, cli_output, error_lines, parse_error
 from models import build_model, get_entry, list_models
 from models.complexity import profile_model
 from utils.drawing import to_uint8_image
@@ -59,23 +58,6 @@ def model_config(folder: Path, name: str) -> str:
     return str(path)
 
 
-def run_cli(argv: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
-    """main.py's ``cli`` in-process: (exit status, stdout, stderr); any other exception (a
-    traceback) propagates and fails the test."""
-    monkeypatch.setattr(sys, "argv", ["main.py", *argv])
-    capsys.readouterr()
-    try:
-        status = entry.cli()
-    except SystemExit as stop:
-        status = stop.code
-    out, err = capsys.readouterr()
-    return status, out, err
-
-
-def error_lines(err: str) -> list[str]:
-    return [line for line in err.splitlines() if not line.startswith("note:")]
-
-
 # ---------------------------------------------------------------------------------------------
 # The original project's config files, as they are, on the shared fixtures
 # ---------------------------------------------------------------------------------------------
@@ -94,6 +76,7 @@ def config_value(text: str, key: str) -> str | None:
     return values[-1] if values else None
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 @pytest.mark.parametrize("model", SEED_MODELS)
 @pytest.mark.parametrize("data", sorted(FIXTURE_DATA))
@@ -201,8 +184,9 @@ ONE_BY_ONE = ["--syntheticTrain", "9", "--syntheticVal", "4", "--data_loader_siz
               "--inputRes", "64", "--outputRes", "16", "--nReductions", "4", "--nChannels", "8", "--nStack", "1"]  # fmt: skip
 
 
+@pytest.mark.e2e
 def test_last_batch_of_one_is_dropped_and_logged(tmp_path, monkeypatch, capsys):
-    status, out, err = run_cli([*ONE_BY_ONE, *QUICK_RUN, "--expDir", str(tmp_path)], monkeypatch, capsys)
+    status, out, err = cli_output([*ONE_BY_ONE, *QUICK_RUN, "--expDir", str(tmp_path)], monkeypatch, capsys)
     assert status == 0, err
     (run_dir,) = tmp_path.iterdir()
     log = (run_dir / "log.txt").read_text()
@@ -210,6 +194,7 @@ def test_last_batch_of_one_is_dropped_and_logged(tmp_path, monkeypatch, capsys):
     assert "epoch 1/1 train loss" in out
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_each_rank_drops_the_same_last_batch_under_torchrun(tmp_path):
     """9 persons over 2 ranks: DistributedSampler gives each 5, in batches of 4 and 1; both ranks
@@ -227,12 +212,13 @@ def test_each_rank_drops_the_same_last_batch_under_torchrun(tmp_path):
     assert result.stdout.count("note: dropping the last training batch") == 1  # rank 0 says it
 
 
+@pytest.mark.e2e
 def test_batches_of_one_on_a_one_pixel_map_are_refused(tmp_path, monkeypatch, capsys):
     argv = [*ONE_BY_ONE, *QUICK_RUN, "--expDir", str(tmp_path)]
-    status, _, err = run_cli([*argv, "--data_loader_size", "1"], monkeypatch, capsys)
+    status, _, err = cli_output([*argv, "--data_loader_size", "1"], monkeypatch, capsys)
     assert status == 2 and len(error_lines(err)) == 1
     assert error_lines(err)[0].startswith("main.py: error: data_loader_size: 1 gives BatchNorm")
-    status, _, err = run_cli([*argv, "--syntheticTrain", "1"], monkeypatch, capsys)
+    status, _, err = cli_output([*argv, "--syntheticTrain", "1"], monkeypatch, capsys)
     assert status == 2 and len(error_lines(err)) == 1
     assert error_lines(err)[0].startswith(
         "main.py: error: syntheticTrain: 1 training samples give 1 per process"
@@ -240,10 +226,11 @@ def test_batches_of_one_on_a_one_pixel_map_are_refused(tmp_path, monkeypatch, ca
     assert not list(tmp_path.iterdir())  # refused before a run directory was made
 
 
+@pytest.mark.e2e
 def test_a_value_the_builder_refuses_is_one_line_naming_the_key(tmp_path, monkeypatch, capsys):
     conf = model_config(tmp_path, "ChainedPredictions")
     argv = ["-ModelConfig", conf, "--inputRes", "32", "--outputRes", "8", *small_model_keys(), *QUICK_RUN]
-    status, _, err = run_cli(
+    status, _, err = cli_output(
         [*argv, "--hhKernel", "2", "--expDir", str(tmp_path / "exp")], monkeypatch, capsys
     )
     assert status == 2 and error_lines(err) == [
@@ -274,6 +261,7 @@ def size_options(draw) -> list[str]:
     return [token for key, value in sizes.items() for token in (f"--{key}", str(value))]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name", list_models())
 def test_random_sizes_train_or_stop_in_one_line(name, tmp_path, monkeypatch, capsys):
     # a seed of its own per model (one shared seed would give every model the same sizes), fixed so
@@ -285,7 +273,7 @@ def test_random_sizes_train_or_stop_in_one_line(name, tmp_path, monkeypatch, cap
         folder = Path(tempfile.mkdtemp(dir=tmp_path))
         argv = ["-DataConfig", SYNTHETIC, "-ModelConfig", model_config(folder, name), *small_model_keys(),
                 *sizes, *QUICK_RUN, "--expDir", str(folder / "exp")]  # fmt: skip
-        status, out, err = run_cli(argv, monkeypatch, capsys)
+        status, out, err = cli_output(argv, monkeypatch, capsys)
         assert "Traceback" not in err, (argv, err)
         lines = error_lines(err)
         event(f"{name}: " + (lines[0].split(":")[2].strip() if status == 2 and lines else f"status {status}"))
@@ -304,6 +292,7 @@ def test_random_sizes_train_or_stop_in_one_line(name, tmp_path, monkeypatch, cap
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_predictions_png_reuses_the_last_validation(tmp_path, monkeypatch, capsys):
     """The model sees each validation image once (the synthetic config has no flip test), and
     nothing after: predictions.png is drawn from the validation's own outputs."""
@@ -321,7 +310,7 @@ def test_predictions_png_reuses_the_last_validation(tmp_path, monkeypatch, capsy
     argv = ["--syntheticTrain", "8", "--syntheticVal", "6", "--data_loader_size", "4", "--inputRes", "32",
             "--outputRes", "8", "--nReductions", "2", "--nChannels", "8", "--nStack", "1", *QUICK_RUN,
             "--expDir", str(tmp_path)]  # fmt: skip
-    status, out, err = run_cli(argv, monkeypatch, capsys)
+    status, out, err = cli_output(argv, monkeypatch, capsys)
     assert status == 0, err
     assert sum(images for training, images in seen if not training) == 6
     picture = out.strip().splitlines()[-1].removeprefix("predicted skeletons: ")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import signal
 import subprocess
@@ -20,33 +19,19 @@ import torch
 from torch import nn
 
 import main as entry
-from conftest import REPO_ROOT, TINY_RUN
+from conftest import REPO_ROOT, TINY_RUN, TORCHRUN, child_env, read_metrics, torchrun
 from datasets import make_codec
 from engine import train_one_epoch
 from losses import make_loss
 from utils.checkpoint import load_checkpoint, restore_rng_state, save_checkpoint
 from utils.distributed import DeviceSetupError, DistributedContext, setup_distributed
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # gloo on the CPU, GPUs or not
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-
-
-def torchrun(processes: int, *args: str, script: str = "main.py", timeout: int = 300):
-    return subprocess.run(
-        [*TORCHRUN, "--nproc_per_node", str(processes), script, *args],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, env=ENV,
-    )  # fmt: skip
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
 
 def stop_at(command: list[str], marker: str, sig: int = signal.SIGTERM) -> tuple[subprocess.Popen, str, str]:
     """Start ``command``, send ``sig`` once a progress line starts with ``marker``; (process,
     that line, everything printed)."""
     process = subprocess.Popen(
-        command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV
+        command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env()
     )
     seen = []
     for line in process.stdout:
@@ -63,6 +48,7 @@ def stop_at(command: list[str], marker: str, sig: int = signal.SIGTERM) -> tuple
 # --- one collective per optimizer step ------------------------------------------------------------
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 @pytest.mark.parametrize("accumulation", [1, 2])
 def test_one_collective_per_optimizer_step_under_torchrun(tmp_path: Path, accumulation: int) -> None:
@@ -89,6 +75,7 @@ def test_one_collective_per_optimizer_step_under_torchrun(tmp_path: Path, accumu
 # --- GradScaler and generators in the checkpoint ---------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_fp16_checkpoint_holds_the_grad_scaler_and_a_resume_restores_its_scale(tmp_path: Path) -> None:
     """The scale is set to a value no run reaches by itself in a few steps (growth needs 2000
     clean steps, a skipped step halves it), so the resumed run's scale shows it was loaded."""
@@ -124,6 +111,7 @@ def test_restoring_more_cuda_generators_than_devices_restores_its_own(monkeypatc
     assert restored == [] and "none for cuda:3" in note
 
 
+@pytest.mark.e2e
 def test_a_resume_on_the_cpu_of_an_eight_gpu_checkpoint_says_so_in_one_line(tmp_path: Path, capsys) -> None:
     run = [*TINY_RUN, "--expDir", str(tmp_path), "--expID", "gpus"]
     assert entry.main([*run, "--nEpochs", "1"]) == 0
@@ -192,6 +180,7 @@ def test_micro_batches_that_do_not_step_skip_the_gradient_all_reduce() -> None:
 # --- validation on every rank, whatever its share ---------------------------------------------------
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_fewer_validation_samples_than_processes_finishes_with_one_process_metrics(tmp_path: Path) -> None:
     tiny = [*TINY_RUN, "--expDir", str(tmp_path)]
@@ -218,6 +207,7 @@ def test_fewer_validation_samples_than_processes_finishes_with_one_process_metri
 STOPPABLE = [*TINY_RUN, "--data_loader_size", "4", "--nEpochs", "2", "--progress", "lines"]
 
 
+@pytest.mark.e2e
 def test_a_stop_while_validating_keeps_the_epoch_and_the_resume_validates_it(tmp_path: Path) -> None:
     """SIGTERM during epoch 1's validation: the epoch's checkpoint was written before validation,
     the run stops at the next validation batch, and the resume validates epoch 1 first; the
@@ -245,6 +235,7 @@ def test_a_stop_while_validating_keeps_the_epoch_and_the_resume_validates_it(tmp
     assert epochs == [strip.sub("", line) for line in straight_log] and len(epochs) == 2
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_sigterm_to_torchrun_during_a_long_validation_keeps_the_epoch(tmp_path: Path) -> None:
     """torchrun kills its workers 30 s after forwarding SIGTERM: a validation longer than that
@@ -287,6 +278,7 @@ def one_process_checkpoints(tmp_path_factory) -> dict[str, Path]:
     return {"ended": root / "ended" / "last.pth", "middle": root / "middle" / "last.pth"}
 
 
+@pytest.mark.e2e
 def test_a_two_process_mid_epoch_checkpoint_on_one_process_stops_in_one_line(
     one_process_checkpoints: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -301,7 +293,7 @@ def test_a_two_process_mid_epoch_checkpoint_on_one_process_stops_in_one_line(
     save_checkpoint(state, checkpoint)
     result = subprocess.run(
         [sys.executable, "main.py", "--loadModel", str(checkpoint)],
-        cwd=REPO_ROOT, capture_output=True, text=True, env=ENV, timeout=120,
+        cwd=REPO_ROOT, capture_output=True, text=True, env=child_env(), timeout=120,
     )  # fmt: skip
     assert result.returncode == 2 and "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
@@ -311,6 +303,7 @@ def test_a_two_process_mid_epoch_checkpoint_on_one_process_stops_in_one_line(
     assert not (tmp_path / "run" / "metrics.jsonl").exists()  # nothing trained, nothing written
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_one_process_checkpoints_resumed_on_two(
     one_process_checkpoints: dict[str, Path], tmp_path: Path
@@ -351,6 +344,7 @@ def fake_gpus(monkeypatch, count: int, **env: str) -> None:
         monkeypatch.setenv(key, value)
 
 
+@pytest.mark.e2e
 def test_a_rank_without_its_gpu_stops_in_one_line(monkeypatch, capsys) -> None:
     fake_gpus(monkeypatch, 2, RANK="2", WORLD_SIZE="3", LOCAL_RANK="2", LOCAL_WORLD_SIZE="3",
               CUDA_VISIBLE_DEVICES="0,1")  # fmt: skip
@@ -378,6 +372,7 @@ def test_a_rank_without_its_gpu_stops_in_one_line(monkeypatch, capsys) -> None:
 # --- determinism and SyncBatchNorm switches on the CPU ----------------------------------------------
 
 
+@pytest.mark.e2e
 def test_deterministic_runs_repeat_and_sync_bn_on_one_process_says_it_does_nothing(
     tmp_path: Path, capsys
 ) -> None:
@@ -395,6 +390,7 @@ def test_deterministic_runs_repeat_and_sync_bn_on_one_process_says_it_does_nothi
 # --- -predict --onnx on a GPU machine ---------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_predict_with_onnx_keeps_the_pytorch_model_off_the_gpu(tmp_path: Path, monkeypatch, capsys) -> None:
     """On a CUDA machine (faked) onnxruntime runs on the CPU, so the PyTorch model, which only
     lends its codec and joints, is built on the CPU too: nothing reaches the (fake) GPU."""

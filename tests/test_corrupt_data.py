@@ -9,20 +9,17 @@ before anything is changed.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
-import sys
 import time
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 
 import main as entry
-from conftest import REPO_ROOT, TINY_RUN
+from conftest import REPO_ROOT, TINY_RUN, copy_fixture, edit_h5, edit_json, run_cli
 from datasets.base import DataError, read_image
 from datasets.coco import COCODataset
 from datasets.codecs import HeatmapCodec
@@ -46,23 +43,6 @@ SECOND = {
     "mpii-json": ("record 1", "052475643.jpg"),
     "coco": ("annotation 198196", "000000040083.jpg"),
 }
-
-
-def copy_fixture(source: Path, target: Path) -> Path:
-    """A writable copy of a read-only fixture folder."""
-    shutil.copytree(source, target, copy_function=shutil.copyfile)
-    os.chmod(target, 0o755)
-    return target
-
-
-@pytest.fixture
-def coco_copy(shared_data, tmp_path) -> Path:
-    return copy_fixture(shared_data / "coco_mini", tmp_path / "coco")
-
-
-@pytest.fixture
-def mpii_copy(shared_data, tmp_path) -> Path:
-    return copy_fixture(shared_data / "mpii_mini", tmp_path / "mpii")
 
 
 @pytest.fixture
@@ -141,23 +121,6 @@ def test_truncated_jpeg_is_caught_before_decoding(coco_copy):
 # ---------------------------------------------------------------------------------------------
 # Bad records: found when the annotation file is read, all at once
 # ---------------------------------------------------------------------------------------------
-
-
-def edit_json(path: Path, change) -> None:
-    data = json.loads(path.read_text())
-    change(data)
-    path.write_text(json.dumps(data))
-
-
-def edit_h5(path: Path, change) -> None:
-    with h5py.File(path, "r") as f:
-        fields = {key: f[key][()] for key in f}
-    fields["imgname"] = list(fields["imgname"])
-    change(fields)
-    path.unlink()
-    with h5py.File(path, "w") as f:
-        for key, value in fields.items():
-            f[key] = np.array(value)
 
 
 def mpii_json_record(key, value):
@@ -377,6 +340,7 @@ def spoil_coco(folder: Path) -> None:
     edit_json(folder / "test_coco.json", coco_image("file_name", "../000000040083.jpg"))
 
 
+@pytest.mark.e2e
 def test_skip_bad_samples_run_completes_and_lists_them(coco_copy, tmp_path):
     spoil_coco(coco_copy)
     args = coco_run_args(coco_copy, tmp_path / "exp", "--skipBadSamples", "1", "--maxBadFraction", "0.5")
@@ -400,13 +364,7 @@ def test_skip_bad_samples_run_completes_and_lists_them(coco_copy, tmp_path):
     )
 
 
-def run_cli(monkeypatch, capsys, args: list[str]) -> tuple[int, list[str]]:
-    monkeypatch.setattr(sys, "argv", ["main.py", *args])
-    status = entry.cli()
-    lines = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("note:")]
-    return status, lines
-
-
+@pytest.mark.e2e
 def test_bad_data_stops_the_run_in_one_line(coco_copy, tmp_path, monkeypatch, capsys):
     spoil_coco(coco_copy)
     annotation = coco_copy / "test_coco.json"
@@ -425,6 +383,7 @@ def test_bad_data_stops_the_run_in_one_line(coco_copy, tmp_path, monkeypatch, ca
     assert "too many bad samples: 3 of 12 records" in lines[0] and "--maxBadFraction 0.01" in lines[0]
 
 
+@pytest.mark.e2e
 def test_too_many_bad_images_stop_a_running_epoch_in_one_line(coco_copy, tmp_path, monkeypatch, capsys):
     truncate(coco_copy / "000000000785.jpg")
     text(coco_copy / "000000040083.jpg")
@@ -436,6 +395,7 @@ def test_too_many_bad_images_stop_a_running_epoch_in_one_line(coco_copy, tmp_pat
     assert str(coco_copy / "test_coco.json") in lines[0]
 
 
+@pytest.mark.e2e
 def test_mpii_skip_run_lists_bad_images_and_paths(mpii_copy, tmp_path):
     empty(mpii_copy / "052475643.jpg")  # record 1 of both files
     outside = str(tmp_path / "004645041.jpg")

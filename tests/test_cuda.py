@@ -52,9 +52,15 @@ pytestmark = [
 STEPS = 24
 RUN = [*TINY_RUN, "--syntheticTrain", str(4 * STEPS), "--data_loader_size", "4", "--nEpochs", "2",
        "--maxTranslate", "0.05", "--deterministic", "1"]  # fmt: skip
+
+
 # The program must set CUBLAS_WORKSPACE_CONFIG itself for --deterministic, so the tests do not.
-ENV = {key: value for key, value in os.environ.items() if key != "CUBLAS_WORKSPACE_CONFIG"}
-ENV["OMP_NUM_THREADS"] = "1"
+def child_env() -> dict[str, str]:
+    """A child's environment when it starts (this test's POSE_CACHE_DIR included), one thread."""
+    env = {key: value for key, value in os.environ.items() if key != "CUBLAS_WORKSPACE_CONFIG"}
+    return {**env, "OMP_NUM_THREADS": "1"}
+
+
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", "main.py"]
 
 # metrics.jsonl of a resumed run against the uninterrupted one. The weights are required to be
@@ -75,7 +81,9 @@ ONNX_CUDA_RTOL = 1e-3
 
 def main_py(*args: str | Path, timeout: float = 300) -> subprocess.CompletedProcess:
     command = [sys.executable, "main.py", *map(str, args)]
-    return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, env=ENV)
+    return subprocess.run(
+        command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, env=child_env()
+    )
 
 
 def succeeded(result: subprocess.CompletedProcess) -> None:
@@ -162,7 +170,7 @@ def interrupted_and_straight(root: Path, amp: str, sig: int) -> ResumePair:
     command = [sys.executable, "main.py", *RUN, "--amp", amp, "--progress", "lines",
                "--expDir", str(root), "--expID", "cut"]  # fmt: skip
     process = subprocess.Popen(
-        command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV
+        command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env()
     )
     try:
         for line in process.stderr:  # epoch 1's first progress line: after its 3rd batch
@@ -313,7 +321,7 @@ def test_one_process_torchrun_trains_over_nccl(tmp_path: Path, sync_bn: str) -> 
     result = subprocess.run(
         [*TORCHRUN, *TINY_RUN, "--nEpochs", "1", "--syncBN", sync_bn, "--expDir", str(tmp_path), "--expID", "ddp"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
-        env={**ENV, "NCCL_DEBUG": "INFO"},  # NCCL announces itself when its communicator starts
+        env={**child_env(), "NCCL_DEBUG": "INFO"},  # NCCL announces itself when its communicator starts
     )  # fmt: skip
     succeeded(result)
     assert "NCCL INFO" in result.stdout + result.stderr, "no NCCL communicator was started"
@@ -392,7 +400,7 @@ def test_every_model_trains_bit_for_bit_again_under_deterministic_algorithms() -
     }
     result = subprocess.run(
         [sys.executable, "-c", DETERMINISTIC_CHILD, json.dumps(sizes)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=ENV,
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=child_env(),
     )  # fmt: skip
     succeeded(result)
     (line,) = [line for line in result.stdout.splitlines() if line.startswith("RESULTS ")]

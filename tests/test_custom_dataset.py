@@ -320,6 +320,7 @@ def test_dataset_evaluate_uses_the_spec(custom_data):
     assert dataset.evaluate(results)["AP"] == 1.0
 
 
+@pytest.mark.e2e
 def test_train_one_epoch_then_test_from_the_checkpoint_alone(custom_data, tmp_path):
     runs = tmp_path / "runs"
     args = [*TINY_RUN, *data_args(custom_data), "--expDir", str(runs)]

@@ -225,6 +225,7 @@ def decode_calls(monkeypatch) -> dict[str, int]:
     return calls
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_the_rule_reaches_training_test_predict_and_export(tmp_path: Path, decode_calls) -> None:
     run = ["--expDir", str(tmp_path), "--progress", "none"]

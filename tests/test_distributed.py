@@ -2,25 +2,16 @@
 metrics equal a single-process evaluation; training runs with rank 0 as the only writer."""
 
 import json
-import os
 import signal
 import subprocess
-import sys
 
 import pytest
 import torch
 
 import main as entry
-from conftest import REPO_ROOT, TINY_RUN
+from conftest import REPO_ROOT, TINY_RUN, TORCHRUN, child_env, torchrun
 
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "main.py"]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # gloo on the CPU, GPUs or not
-
-
-def torchrun(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [*TORCHRUN, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=ENV
-    )
+pytestmark = pytest.mark.e2e  # every test runs torchrun
 
 
 @pytest.mark.slow
@@ -31,7 +22,7 @@ def test_two_process_evaluation_matches_one_process(tmp_path):
     checkpoint = str(tmp_path / "trained" / "last.pth")
     assert entry.main([*tiny, "-test", "--loadModel", checkpoint, "--expID", "single"]) == 0
 
-    result = torchrun(*tiny, "-test", "--loadModel", checkpoint, "--expID", "ddp")
+    result = torchrun(2, *tiny, "-test", "--loadModel", checkpoint, "--expID", "ddp")
     assert result.returncode == 0, result.stderr[-2000:]
     single = json.loads((tmp_path / "single" / "metrics.jsonl").read_text())
     ddp = json.loads((tmp_path / "ddp" / "metrics.jsonl").read_text())
@@ -42,7 +33,7 @@ def test_two_process_evaluation_matches_one_process(tmp_path):
 
 @pytest.mark.slow
 def test_two_process_training_writes_once(tmp_path):
-    result = torchrun(*TINY_RUN, "--expDir", str(tmp_path), "--expID", "ddp", "--nEpochs", "2")
+    result = torchrun(2, *TINY_RUN, "--expDir", str(tmp_path), "--expID", "ddp", "--nEpochs", "2")
     assert result.returncode == 0, result.stderr[-2000:]
     records = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
     assert [(r["epoch"], r["split"]) for r in records] == [(1, "train"), (1, "val"), (2, "train"), (2, "val")]
@@ -58,10 +49,10 @@ def test_sigterm_under_torchrun_stops_every_rank_at_one_step_and_resumes_exactly
     """torchrun forwards SIGTERM to both ranks; they agree on the step, rank 0 writes the
     mid-epoch checkpoint, and the resumed run ends exactly where an uninterrupted one does."""
     run = [*TINY_RUN, "--data_loader_size", "4", "--nEpochs", "2", "--expDir", str(tmp_path)]
-    assert torchrun(*run, "--expID", "straight").returncode == 0
+    assert torchrun(2, *run, "--expID", "straight").returncode == 0
     process = subprocess.Popen(
-        [*TORCHRUN, *run, "--expID", "cut", "--progress", "lines"],
-        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
+        [*TORCHRUN, "--nproc_per_node", "2", "main.py", *run, "--expID", "cut", "--progress", "lines"],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env(),
     )  # fmt: skip
     for line in process.stdout:
         if "train 1 3/6" in line:
@@ -69,14 +60,14 @@ def test_sigterm_under_torchrun_stops_every_rank_at_one_step_and_resumes_exactly
     process.send_signal(signal.SIGTERM)
     output = process.communicate(timeout=120)[0]
     # the resume command repeats the launcher; one rank speaks (torchrun itself exits 1 with its
-    # own SignalException traceback after forwarding SIGTERM, which the README documents)
+    # own SignalException traceback after forwarding SIGTERM, which docs/gpus.md documents)
     assert (
         output.count(f"resume with: torchrun --nproc_per_node 2 main.py --loadModel {tmp_path / 'cut'}") == 1
     )
     assert output.count("SIGTERM: stopping after this training step") == 1
     state = torch.load(tmp_path / "cut" / "last.pth", weights_only=True)
     assert state["mid_epoch"]["epoch"] == 1 and 3 <= state["mid_epoch"]["step"] < 6
-    resumed = torchrun("--loadModel", str(tmp_path / "cut" / "last.pth"), "--progress", "none")
+    resumed = torchrun(2, "--loadModel", str(tmp_path / "cut" / "last.pth"), "--progress", "none")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     straight = torch.load(tmp_path / "straight" / "last.pth", weights_only=True)
     cut = torch.load(tmp_path / "cut" / "last.pth", weights_only=True)

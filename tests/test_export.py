@@ -100,6 +100,7 @@ def decode_by_the_json(output: np.ndarray, notes: dict) -> np.ndarray:
     return (heatmap_px + anchor) * stride - anchor
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(("name", "convention"), CASES)
 def test_export_matches_pytorch_and_describes_the_decoding(
     name: str, convention: str, tmp_path: Path
@@ -162,6 +163,7 @@ def test_every_registered_model_is_exported() -> None:
     assert set(list_models()) == set(SMALL)
 
 
+@pytest.mark.e2e
 def test_a_missing_directory_is_named_in_one_line(tmp_path: Path, capsys) -> None:
     checkpoint, _ = make_checkpoint(tmp_path, "StackedHourGlass", "project")
     target = tmp_path / "missing" / "pose.onnx"

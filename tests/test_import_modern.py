@@ -462,6 +462,7 @@ def test_bad_sources_are_one_line(hrnet_source, simple_baseline_source, tmp_path
 # ------------------------------------------------------------------------ -test, -predict, -export
 
 
+@pytest.mark.e2e
 @pytest.mark.slow  # about 20 s: two -test runs, two -predict runs, two ONNX exports
 def test_imported_checkpoints_run_test_predict_and_export(
     hrnet_source, simple_baseline_source, tmp_path: Path, shared_data

@@ -165,6 +165,7 @@ def test_converted_port_checkpoint_gives_the_ports_heatmaps(port_checkpoint, tmp
     )
 
 
+@pytest.mark.e2e
 def test_converted_checkpoint_runs_test_predict_and_export(
     port_checkpoint, tmp_path: Path, shared_data
 ) -> None:

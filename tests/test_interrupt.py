@@ -3,7 +3,6 @@ a checkpoint write that fails. Interruptions drive the real main.py in a subproc
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -15,16 +14,14 @@ import pytest
 import torch
 
 import main as entry
-from conftest import REPO_ROOT, TINY_RUN
+from conftest import REPO_ROOT, TINY_RUN, read_metrics
 from utils.checkpoint import CheckpointWriteError, load_checkpoint
+
+pytestmark = pytest.mark.e2e  # every test runs main.py (in-process or a subprocess it signals)
 
 # 3 epochs of 12 batches of 4; --progress lines prints a line every tenth of an epoch
 RUN = [*TINY_RUN, "--data_loader_size", "4", "--nEpochs", "3", "--dropLR", "2", "--dropMag", "0.5",
        "--maxTranslate", "0.05", "--progress", "lines"]  # fmt: skip
-
-
-def metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def same_weights(a: Path, b: Path) -> None:
@@ -87,11 +84,11 @@ def test_signal_then_resume_equals_an_uninterrupted_run(
         assert 0 < state["mid_epoch"]["step"] < 12 and state["mid_epoch"]["epoch"] == state["epoch"] + 1
     assert entry.main(["--loadModel", str(tmp_path / "cut" / "last.pth"), "--progress", "none"]) == 0
     same_weights(tmp_path / "cut" / "last.pth", uninterrupted[workers] / "last.pth")
-    assert metrics(tmp_path / "cut") == metrics(uninterrupted[workers])
+    assert read_metrics(tmp_path / "cut") == read_metrics(uninterrupted[workers])
 
 
 def test_two_runs_with_one_seed_are_identical(uninterrupted: dict[str, Path]) -> None:
-    assert metrics(uninterrupted["0"]) == metrics(uninterrupted["2"])  # workers change nothing
+    assert read_metrics(uninterrupted["0"]) == read_metrics(uninterrupted["2"])  # workers change nothing
     same_weights(uninterrupted["0"] / "last.pth", uninterrupted["2"] / "last.pth")
 
 

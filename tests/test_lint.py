@@ -9,6 +9,8 @@ import pytest
 
 from conftest import REPO_ROOT
 
+pytestmark = pytest.mark.e2e  # ruff runs in a subprocess
+
 
 def ruff() -> str:
     beside_python = Path(sys.executable).parent / "ruff"

@@ -7,14 +7,12 @@ import io
 import json
 import math
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT as REPO
 from conftest import SHARED_DATA as DATA
-from conftest import require_fixture
+from conftest import python_module, require_fixture
 from metrics.coco import (
     COCO_SIGMAS,
     STAT_NAMES,
@@ -32,9 +30,7 @@ GT_JSON = DATA / "coco_mini" / "test_coco.json"
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "metrics.coco", *args], cwd=REPO, capture_output=True, text=True, timeout=120
-    )
+    return python_module("metrics.coco", *args)
 
 
 def _pose(rng: np.random.Generator, center: tuple[float, float], spread: float = 40.0) -> np.ndarray:
@@ -251,6 +247,7 @@ def test_evaluate_clear_errors(gt_dataset, tmp_path):
         load_results(notjson)
 
 
+@pytest.mark.e2e
 def test_cli_json_and_table(gt_dataset, tmp_path):
     path = tmp_path / "res.json"
     results = _perturbed(gt_dataset, 5)
@@ -267,6 +264,7 @@ def test_cli_json_and_table(gt_dataset, tmp_path):
     assert "Average Precision" not in text.stdout  # pycocotools stays quiet
 
 
+@pytest.mark.e2e
 def test_cli_missing_file(tmp_path):
     require_fixture(GT_JSON)
     missing = tmp_path / "no_such_results.json"
@@ -277,6 +275,7 @@ def test_cli_missing_file(tmp_path):
     assert "Traceback" not in proc.stderr and proc.stdout == ""
 
 
+@pytest.mark.e2e
 def test_cli_empty_results(tmp_path):
     require_fixture(GT_JSON)
     empty = tmp_path / "empty.json"

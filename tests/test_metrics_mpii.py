@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 import math
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT as REPO
 from conftest import SHARED_DATA as DATA
-from conftest import require_fixture
+from conftest import python_module, require_fixture
 from metrics.mpii import (
     COLUMNS,
     JOINT_NAMES,
@@ -29,9 +27,7 @@ GT_MAT = MPII / "gt_valid_first5.mat"
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "metrics.mpii", *args], cwd=REPO, capture_output=True, text=True, timeout=120
-    )
+    return python_module("metrics.mpii", *args)
 
 
 # --------------------------------------------------------------------------------------------
@@ -282,6 +278,7 @@ def test_h5_normalize_matches_head_sizes(gt5):
     np.testing.assert_allclose(normalize, gt5["head_sizes"], rtol=1e-6, atol=0)
 
 
+@pytest.mark.e2e
 def test_cli_json_matches_function(tmp_path, gt5):
     pred = gt5["joints"] + np.array([30.0, 0.0])
     path = tmp_path / "pred.mat"
@@ -297,6 +294,7 @@ def test_cli_json_matches_function(tmp_path, gt5):
     assert text.returncode == 0 and "Mean@0.1" in text.stdout and "80.00" in text.stdout
 
 
+@pytest.mark.e2e
 def test_cli_missing_file(tmp_path):
     require_fixture(GT_MAT)
     missing = tmp_path / "no_such_pred.mat"
@@ -307,6 +305,7 @@ def test_cli_missing_file(tmp_path):
     assert "Traceback" not in proc.stderr and proc.stdout == ""
 
 
+@pytest.mark.e2e
 def test_cli_malformed_and_mismatched(tmp_path, gt5):
     bad = tmp_path / "bad.mat"
     bad.write_text("garbage")

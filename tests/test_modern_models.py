@@ -121,6 +121,7 @@ def fixture_data(shared_data, dataset: str) -> list[str]:
             "--trainAnnotation", "test_mpii.json", "--valAnnotation", "valid_first5.h5"]  # fmt: skip
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(TINY))
 @pytest.mark.parametrize("dataset", ["coco", "mpii"])

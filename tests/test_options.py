@@ -85,6 +85,7 @@ def test_unknown_key_in_config_file_names_the_file(capsys, tmp_path):
     assert f"unknown option 'nChanels' in {config}" in err and "did you mean 'nChannels'" in err
 
 
+@pytest.mark.e2e
 def test_cli_error_has_no_traceback():
     result = subprocess.run(
         [sys.executable, "main.py", "--model", "NoSuchNet"],
@@ -101,6 +102,7 @@ def test_cli_error_has_no_traceback():
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.e2e
 def test_help_lists_groups():
     result = subprocess.run(
         [sys.executable, "main.py", "--help"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120

@@ -15,6 +15,8 @@ import main as entry
 from conftest import TINY_RUN
 from utils.options import parse_options
 
+pytestmark = pytest.mark.e2e  # every test uses the module's trained checkpoint (main.main)
+
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:

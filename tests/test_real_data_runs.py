@@ -8,17 +8,13 @@ import sys
 import pytest
 
 import main as entry
-from conftest import REPO_ROOT, TINY_RUN
+from conftest import REPO_ROOT, TINY_RUN, python_module
+
+pytestmark = pytest.mark.e2e  # every test runs main.py and the metric command lines
 
 
 def metrics_cli(module: str, *args: str) -> dict:
-    result = subprocess.run(
-        [sys.executable, "-m", module, *args, "--json"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = python_module(module, *args, "--json")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 

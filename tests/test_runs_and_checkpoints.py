@@ -5,7 +5,6 @@ status or the imports matter) on tiny synthetic runs."""
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import main as entry
-from conftest import REPO_ROOT, TINY_RUN
+from conftest import REPO_ROOT, TINY_RUN, parse_error, read_metrics
 from utils.checkpoint import load_checkpoint
 from utils.options import MODEL_NAMES, parse_options
 
@@ -30,10 +29,6 @@ def tree_hashes(folder: Path) -> dict[str, str]:
     }
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     """A finished 2-epoch run with non-default sizes; tests copy what they change."""
@@ -42,16 +37,7 @@ def trained(tmp_path_factory) -> Path:
     return root / "source"
 
 
-def parse_error(capsys, argv: list[str]) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        parse_options(argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    err = [line for line in err if not line.startswith("note:")]
-    assert len(err) == 1, err
-    return err[0]
-
-
+@pytest.mark.e2e
 def test_later_commands_leave_the_source_run_byte_identical(trained: Path, capsys) -> None:
     before = tree_hashes(trained)
     root, best = trained.parent, str(trained / "best.pth")
@@ -64,7 +50,7 @@ def test_later_commands_leave_the_source_run_byte_identical(trained: Path, capsy
     assert entry.main([*base, "-test", "--loadModel", best]) == 0
     assert entry.main([*base, "--browse", "2", "--loadModel", best]) == 0
     # a new run that names the existing run is refused, with a free name suggested
-    err = parse_error(capsys, [*TRAINED, "--expDir", str(root), "--expID", "source"])
+    err = parse_error(capsys, [*TRAINED, "--expDir", str(root), "--expID", "source"], skip_notes=True)
     assert "expID: run directory" in err and "already exists" in err and "--expID source-2" in err
     assert tree_hashes(trained) == before
     new_runs = sorted(p.name for p in root.iterdir() if p.name != "source")
@@ -77,6 +63,7 @@ def test_later_commands_leave_the_source_run_byte_identical(trained: Path, capsy
         assert f"loadModel: {best}" in (root / run / "config.defconf").read_text()
 
 
+@pytest.mark.e2e
 def test_test_and_resume_from_the_checkpoint_alone(trained: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(trained, run)
@@ -98,9 +85,12 @@ def test_test_and_resume_from_the_checkpoint_alone(trained: Path, tmp_path: Path
     assert f"resumed from {run / 'last.pth'} with nEpochs 2 -> 3" in log
 
 
+@pytest.mark.e2e
 def test_a_resume_refuses_data_or_model_changes(trained: Path, capsys) -> None:
     checkpoint = str(trained / "last.pth")
-    err = parse_error(capsys, ["--loadModel", checkpoint, "--inputRes", "96", "--maxRotate", "10"])
+    err = parse_error(
+        capsys, ["--loadModel", checkpoint, "--inputRes", "96", "--maxRotate", "10"], skip_notes=True
+    )
     assert "a resume continues the same run" in err
     assert "inputRes stored 48, typed 96" in err and "maxRotate stored 30.0, typed 10.0" in err
     assert "--allowConfigChange 1" in err
@@ -115,6 +105,7 @@ def test_a_resume_refuses_data_or_model_changes(trained: Path, capsys) -> None:
     assert opts.inputRes == 64 and opts.run_dir != trained.resolve()
 
 
+@pytest.mark.e2e
 def test_a_checkpoint_of_another_model_is_named_in_one_line(trained: Path, tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "main.py", "-test", "--loadModel", str(trained / "last.pth"), "--nStack", "1",
@@ -146,7 +137,7 @@ def test_a_checkpoint_of_another_model_is_named_in_one_line(trained: Path, tmp_p
     ],
 )
 def test_command_line_slips_are_named(capsys, argv: list[str], expected: str) -> None:
-    err = parse_error(capsys, argv)
+    err = parse_error(capsys, argv, skip_notes=True)
     assert expected in err
     assert "defconf" not in err.replace("x.defconf", "")  # a command-line slip never blames a config file
 
@@ -154,12 +145,13 @@ def test_command_line_slips_are_named(capsys, argv: list[str], expected: str) ->
 def test_a_bad_value_in_a_config_file_names_the_file(tmp_path: Path, capsys) -> None:
     config = tmp_path / "mine.defconf"
     config.write_text("nStack: two\n")
-    err = parse_error(capsys, ["-ModelConfig", str(config)])
+    err = parse_error(capsys, ["-ModelConfig", str(config)], skip_notes=True)
     assert "--nStack: invalid int value: 'two'" in err and f"(in {config})" in err
-    err = parse_error(capsys, ["-ModelConfig", str(config), "--nStack", "x"])
+    err = parse_error(capsys, ["-ModelConfig", str(config), "--nStack", "x"], skip_notes=True)
     assert "invalid int value: 'x'" in err and "in " + str(config) not in err  # typed, so not the file
 
 
+@pytest.mark.e2e
 def test_help_lists_the_models_once_each_default_and_needs_no_torch() -> None:
     from models import list_models
 
@@ -218,6 +210,7 @@ def test_the_conf_files_commented_path_examples_work_uncommented(shared_data: Pa
             assert val.bbox_file == detections and len(val) == 118
 
 
+@pytest.mark.e2e
 def test_config_defconf_reads_back_as_the_run_options(trained: Path) -> None:
     """config.defconf is usable as a config file again: every key a file can set comes back."""
     from utils.options import config_file_keys

@@ -9,17 +9,15 @@ what the readers pass over (one note each).
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
-from test_corrupt_data import copy_fixture, edit_h5, edit_json
 
 import main as entry
 import metrics.coco
-from conftest import REPO_ROOT, TINY_RUN
+from conftest import REPO_ROOT, TINY_RUN, copy_fixture, edit_h5, edit_json, run_cli
 from datasets.base import DataError
 from datasets.coco import COCODataset
 from datasets.codecs import HeatmapCodec
@@ -30,16 +28,6 @@ INPUT, HEATMAP = (48, 64), (12, 16)
 CODEC = HeatmapCodec(INPUT, HEATMAP, 1.0)
 SKIP = BadDataPolicy(skip=True, max_fraction=0.5)
 DETECTIONS = "test_coco_det_AP_H_56.json"
-
-
-@pytest.fixture
-def coco_copy(shared_data, tmp_path) -> Path:
-    return copy_fixture(shared_data / "coco_mini", tmp_path / "coco")
-
-
-@pytest.fixture
-def mpii_copy(shared_data, tmp_path) -> Path:
-    return copy_fixture(shared_data / "mpii_mini", tmp_path / "mpii")
 
 
 def coco(folder: Path, annotation: str = "test_coco.json", **kwargs) -> COCODataset:
@@ -204,17 +192,6 @@ def coco_args(folder: Path, exp: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def run_cli(monkeypatch, capsys, args: list[str]) -> tuple[int, list[str]]:
-    """main.py's status and its stderr lines other than notes; no epoch may start."""
-    import train
-
-    monkeypatch.setattr(train, "train_one_epoch", lambda *a, **k: pytest.fail("an epoch ran"))
-    monkeypatch.setattr(sys, "argv", ["main.py", *args])
-    status = entry.cli()
-    lines = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("note:")]
-    return status, lines
-
-
 def write_detections(folder: Path, name: str, change) -> str:
     boxes = json.loads((folder / DETECTIONS).read_text())
     (folder / name).write_text(json.dumps(change(boxes)))
@@ -270,28 +247,30 @@ def checkpoint(tmp_path_factory) -> Path:
     return root / "exp" / "m" / "last.pth"
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("cause", EMPTY_CAUSES)
 def test_empty_validation_set_stops_before_training_in_one_line(
     cause, coco_copy, tmp_path, monkeypatch, capsys
 ):
     extra, reason = EMPTY_CAUSES[cause]
     args = coco_args(coco_copy, tmp_path / "exp", *extra(coco_copy), "--expID", "e")
-    status, lines = run_cli(monkeypatch, capsys, args)
+    status, lines = run_cli(monkeypatch, capsys, args, no_epoch=True)
     assert status == 2 and len(lines) == 1, lines
     assert lines[0] == f"main.py: error: empty validation set: {coco_copy / reason}"
     assert not (tmp_path / "exp" / "e" / "last.pth").exists()
     # skipping bad samples does not make an empty set usable
-    status, lines = run_cli(monkeypatch, capsys, [*args[:-1], "e2", "--skipBadSamples", "1"])
+    status, lines = run_cli(monkeypatch, capsys, [*args[:-1], "e2", "--skipBadSamples", "1"], no_epoch=True)
     assert status == 2 and lines == [f"main.py: error: empty validation set: {coco_copy / reason}"]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("cause", ["no-detections", "no-labelled-person"])
 def test_empty_validation_set_stops_test_in_one_line(
     cause, checkpoint, coco_copy, tmp_path, monkeypatch, capsys
 ):
     extra, reason = EMPTY_CAUSES[cause]
     args = ["-test", "--loadModel", str(checkpoint), "--dataDir", str(coco_copy), "--expDir", str(tmp_path)]
-    status, lines = run_cli(monkeypatch, capsys, [*args, *extra(coco_copy)])
+    status, lines = run_cli(monkeypatch, capsys, [*args, *extra(coco_copy)], no_epoch=True)
     assert status == 2 and lines == [f"main.py: error: empty validation set: {coco_copy / reason}"]
 
 
@@ -331,6 +310,7 @@ def test_passed_over_annotations_and_detections_are_noted(coco_copy, capsys):
     assert all(err.count(f"note: {line}") == 1 for line in dataset.notes + detections.notes)
 
 
+@pytest.mark.e2e
 def test_notes_reach_log_txt(coco_copy, tmp_path):
     edit_json(coco_copy / "test_coco.json", disagreeing_num_keypoints)
     assert entry.main([*coco_args(coco_copy, tmp_path / "exp"), "--expID", "n"]) == 0

@@ -9,16 +9,11 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import main as entry
-from conftest import TINY_RUN
+from conftest import run
 from utils.options import parse_options
 
 STEPS_PER_EPOCH = 6  # TINY_RUN: 48 training persons in batches of 8
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def run(tmp_path: Path, *extra: str) -> None:
-    assert entry.main([*TINY_RUN, "--expDir", str(tmp_path), *extra]) == 0
 
 
 def read_events(run_dir: Path) -> EventAccumulator:
@@ -51,6 +46,7 @@ def check_epochs_match_metrics(events: EventAccumulator, run_dir: Path) -> None:
     }
 
 
+@pytest.mark.e2e
 def test_tensorboard_events_match_metrics_jsonl(tmp_path):
     run(tmp_path, "--nEpochs", "2", "--expID", "watched")
     run_dir = tmp_path / "watched"
@@ -86,6 +82,7 @@ def test_tensorboard_events_match_metrics_jsonl(tmp_path):
     assert picture is not None and picture.shape[0] > 100 and picture.shape[1] > 300
 
 
+@pytest.mark.e2e
 def test_resume_purges_what_an_interrupted_run_logged_after_its_checkpoint(tmp_path):
     run(tmp_path, "--nEpochs", "2", "--expID", "cut")
     run_dir = tmp_path / "cut"
@@ -99,6 +96,7 @@ def test_resume_purges_what_an_interrupted_run_logged_after_its_checkpoint(tmp_p
     check_epochs_match_metrics(events, run_dir)
 
 
+@pytest.mark.e2e
 def test_tensorboard_off_writes_no_events_but_still_curves(tmp_path):
     run(tmp_path, "--nEpochs", "1", "--expID", "quiet", "--tensorboard", "0")
     run_dir = tmp_path / "quiet"

@@ -1,25 +1,15 @@
 """End-to-end runs of main.main on a tiny model and tiny synthetic data, on the CPU."""
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
 
 import build
 import main as entry
-from conftest import TINY_RUN
+from conftest import TINY_RUN, read_metrics, run
 from engine import NonFiniteLossError
 from utils.checkpoint import load_checkpoint
 
-
-def run(tmp_path: Path, *extra: str) -> Path:
-    assert entry.main([*TINY_RUN, "--expDir", str(tmp_path), *extra]) == 0
-    return tmp_path
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+pytestmark = pytest.mark.e2e  # every test runs main.main
 
 
 def test_short_run_loss_falls_and_writes_run_files(tmp_path):

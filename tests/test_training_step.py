@@ -3,15 +3,13 @@ metric, and --channelsLast / --compile train to the same numbers as the plain st
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-import main as entry
-from conftest import TINY_RUN
+from conftest import TINY_RUN, read_metrics, run
 from datasets.codecs import make_codec
 from engine import _batch_pck
 from metrics.pck import pck_summary
@@ -64,13 +62,9 @@ def test_device_pck_is_nan_without_supervised_joints() -> None:
     assert np.isnan(_batch_pck(codec, zeros, zeros, torch.zeros(2, 3)).item())
 
 
-def epoch_lines(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def run(tmp_path: Path, name: str, *extra: str) -> list[dict]:
-    assert entry.main([*TINY_RUN, "--expDir", str(tmp_path), "--expID", name, "--nEpochs", "1", *extra]) == 0
-    return epoch_lines(tmp_path / name)
+def one_epoch(tmp_path: Path, name: str, *extra: str) -> list[dict]:
+    run(tmp_path, "--expID", name, "--nEpochs", "1", *extra)
+    return read_metrics(tmp_path / name)
 
 
 @pytest.mark.parametrize("name", ["StackedHourGlass", "PyraNet"])
@@ -90,9 +84,10 @@ def test_channels_last_computes_the_same_outputs(name: str) -> None:
     torch.testing.assert_close(last, plain, rtol=1e-3, atol=1e-4)  # float32 rounding only
 
 
+@pytest.mark.e2e
 def test_channels_last_run_trains_and_records_the_choice(tmp_path: Path) -> None:
-    plain = run(tmp_path, "plain", "--channelsLast", "0")
-    last = run(tmp_path, "last")  # the default
+    plain = one_epoch(tmp_path, "plain", "--channelsLast", "0")
+    last = one_epoch(tmp_path, "last")  # the default
     # rounding differs (see the test above), and six Adam steps amplify it a little
     for a, b in zip(plain, last, strict=True):
         if "loss" in a:
@@ -101,10 +96,11 @@ def test_channels_last_run_trains_and_records_the_choice(tmp_path: Path) -> None
     assert checkpoint["config"]["channelsLast"] is True
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_compiled_training_matches_eager_and_saves_plain_names(tmp_path: Path) -> None:
-    plain = run(tmp_path, "plain")
-    compiled = run(tmp_path, "compiled", "--compile", "1")
+    plain = one_epoch(tmp_path, "plain")
+    compiled = one_epoch(tmp_path, "compiled", "--compile", "1")
     # a forward pass matches eager to 1e-4 (benchmarks/training_step.py checks it per model);
     # over an epoch Adam amplifies the rounding differences to a few percent
     for a, b in zip(plain, compiled, strict=True):
