@@ -59,7 +59,7 @@ from datasets.validation import (
 NUM_JOINTS = COCO_JOINTS.num_joints
 PERSON_CATEGORY = 1
 BOX_PADDING = 1.25  # context around the person box (Simple Baselines / HRNet)
-LAYOUT_HINT = "see README, section Datasets, COCO"
+LAYOUT_HINT = "see docs/datasets.md, COCO"
 
 # Half-body augmentation (HRNet): joints 0-10 are the upper body, 11-16 the lower body.
 UPPER_BODY = COCO_JOINTS.upper_body

@@ -57,7 +57,7 @@ REQUIRED_KEYS = {
 }
 OPTIONAL_KEYS = {"upper_body": "joint names of the upper body, for half-body crops"}
 INLINE_SOURCE = "inline spec"
-CUSTOM_HINT = "see README, section Datasets, custom"
+CUSTOM_HINT = "see docs/datasets.md, Your own keypoints"
 
 
 class SpecError(ValueError):

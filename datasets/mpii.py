@@ -54,7 +54,7 @@ from metrics.mpii import pckh_of, save_pred_mat
 SPLITS = ("train", "valid")
 NUM_JOINTS = MPII_JOINTS.num_joints
 PIXEL_STD = 200.0  # MPII's scale unit: person height / 200 px
-LAYOUT_HINT = "see README, section Datasets, MPII"
+LAYOUT_HINT = "see docs/datasets.md, MPII"
 
 
 def _resolve(data_dir: Path, path: str | Path) -> Path:

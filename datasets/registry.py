@@ -107,6 +107,6 @@ def joint_spec_for(name: str, joint_spec: str | None = None) -> JointSpec:
     if not joint_spec:
         raise SpecError(
             f"jointSpec: dataset {entry.name} needs --jointSpec SPEC.json (name, joints, flip_pairs, "
-            f"skeleton, sigmas; see README, section Datasets, custom)"
+            f"skeleton, sigmas; see docs/datasets.md, Your own keypoints)"
         )
     return load_joint_spec(joint_spec)

@@ -489,7 +489,7 @@ def validate(opts: argparse.Namespace) -> None:
     if reads_data and dataset.needs_data_dir and not (opts.dataDir and Path(opts.dataDir).is_dir()):
         raise OptionError(
             f"dataDir: {opts.dataDir!r} is not a directory (expected the {opts.dataset} dataset root there; "
-            f"see README, section Datasets)"
+            f"see docs/datasets.md)"
         )
     opts.jointSpec = opts.jointSpec or None
     if dataset.joint_spec is not None and opts.jointSpec:
