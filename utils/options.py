@@ -372,10 +372,15 @@ def _unknown_key_message(parser: configargparse.ArgParser, unknown: list[str], t
 
 
 def _with_default_configs(argv: list[str]) -> list[str]:
+    """The demo configs where none is given. The demo data config is the synthetic dataset's: a
+    ``--dataset`` typed on the command line that names another one does not inherit its keys (its
+    ``nJoints: 16``, ``flipProb: 0``), while the demo model config still applies."""
     argv = list(argv)
     if "-h" in argv or "--help" in argv:
         return argv
-    if not any(a == "-DataConfig" or a.startswith("-DataConfig=") for a in argv):
+    typed_dataset = _option_value(argv, "--dataset")
+    other_dataset = typed_dataset is not None and typed_dataset.lower() != "synthetic"
+    if not other_dataset and not any(a == "-DataConfig" or a.startswith("-DataConfig=") for a in argv):
         argv = ["-DataConfig", str(DEFAULT_DATA_CONFIG), *argv]
     if not any(a == "-ModelConfig" or a.startswith("-ModelConfig=") for a in argv):
         argv = ["-ModelConfig", str(DEFAULT_MODEL_CONFIG), *argv]
