@@ -53,6 +53,8 @@ from utils.checkpoint import save_checkpoint
 from utils.options import REPO_ROOT, config_from_files
 
 PREFIXES = ("model.", "module.")
+# the port's PoseNet: pre = Conv(3, 64), Residual(64, 128), pool, Residual(128, 128), Residual(128, inp_dim)
+PORT_STEM_CHANNELS = 64
 
 
 class ConversionError(ValueError):
@@ -111,12 +113,13 @@ def _hourglass_names(theirs: str, ours: str, depth: int) -> dict[str, str]:
     return names | _residual_names(f"{theirs}.low3", f"{ours}.up.0", False)
 
 
-def princeton_vl_names(n_stack: int, depth: int = 4) -> dict[str, str]:
+def princeton_vl_names(n_stack: int, depth: int = 4, width: int = 256) -> dict[str, str]:
     """Module name in the port -> module name in ``StackedHourglass`` (``models/posenet.py``)."""
     names = {"pre.0.conv": "stem.conv.0", "pre.0.bn": "stem.conv.1"}
     names |= _residual_names("pre.1", "stem.res1", True)  # 64 -> 128
     names |= _residual_names("pre.3", "stem.res2", False)  # 128 -> 128 (pre.2 is the max-pool)
-    names |= _residual_names("pre.4", "stem.res3", True)  # 128 -> inp_dim
+    # 128 -> inp_dim: a projection unless inp_dim is 128 too
+    names |= _residual_names("pre.4", "stem.res3", width != 2 * PORT_STEM_CHANNELS)
     for stack in range(n_stack):
         names |= _hourglass_names(f"hgs.{stack}.0", f"hourglasses.{stack}", depth)
         names |= _residual_names(f"features.{stack}.0", f"features.{stack}.0.0", False)
@@ -130,7 +133,8 @@ def princeton_vl_names(n_stack: int, depth: int = 4) -> dict[str, str]:
 
 
 def princeton_vl_config(source: dict[str, torch.Tensor]) -> list[str]:
-    """Options of the network the weights describe: stacks, width and joints from the shapes."""
+    """Options of the network the weights describe: stacks, width and joints from the shapes; the
+    port's stem is 64, 128, 128 wide at every width (ours scales with the width unless told)."""
     stacks = sorted({int(m.group(1)) for k in source if (m := re.match(r"hgs\.(\d+)\.", k))})
     if not stacks or "outs.0.conv.weight" not in source or "pre.4.conv3.conv.weight" not in source:
         raise ConversionError("the source is not a princeton-vl PoseNet: no hgs.N, outs.0.conv or pre.4 keys")
@@ -140,6 +144,7 @@ def princeton_vl_config(source: dict[str, torch.Tensor]) -> list[str]:
         "-DataConfig", str(REPO_ROOT / "conf" / "datasets" / "mpii.defconf"),
         "-ModelConfig", str(REPO_ROOT / "conf" / "models" / "StackedHourGlass.defconf"),
         "--nStack", str(len(stacks)), "--nChannels", str(width), "--nJoints", str(joints),
+        "--stemChannels", str(PORT_STEM_CHANNELS),
         "--nModules", "1", "--nReductions", "4", "--inputRes", "256", "--outputRes", "64", "--hmGauss", "1",
         "--coordConvention", "princeton-vl", "--inputNorm", "unit", "--flipTest", "1",
     ]  # fmt: skip
@@ -200,7 +205,7 @@ def import_princeton_vl(source: dict[str, torch.Tensor], size: InputSize) -> tup
     config = config_from_files([*princeton_vl_config(source), *size.options()])
     model = build_model(config["model"], **config)
     stacks = config["nStack"]
-    weights = convert(source, princeton_vl_names(stacks), model.state_dict())
+    weights = convert(source, princeton_vl_names(stacks, width=config["nChannels"]), model.state_dict())
     summary = f"{config['model']}, {stacks} stacks of {config['nChannels']}, {config['nJoints']} joints"
     return {"model": weights, "config": config, "epoch": 0, "source": "princeton-vl"}, summary
 

@@ -217,6 +217,13 @@ def build_parser() -> configargparse.ArgParser:
         "princeton-vl (set by models.import_weights; training from scratch keeps project)",
     )
     model.add_argument("--nChannels", type=int, default=None, help="hourglass feature width")
+    model.add_argument(
+        "--stemChannels",
+        type=int,
+        default=None,
+        help="StackedHourGlass: width of the stem's first convolution (then twice that, then nChannels); "
+        "default nChannels / 4 (Newell et al.'s PyTorch port: 64 at every width; set by models.import_weights)",
+    )
     model.add_argument("--nStack", type=int, default=None, help="number of stacked hourglasses")
     model.add_argument("--nModules", type=int, default=None, help="residual modules per hourglass step")
     model.add_argument("--nReductions", type=int, default=None, help="pooling steps inside an hourglass")
@@ -560,7 +567,7 @@ def validate(opts: argparse.Namespace) -> None:
     if opts.inputRes % opts.outputRes != 0 and entry.output_strides is None:
         raise OptionError(f"outputRes: {opts.outputRes} does not divide inputRes {opts.inputRes}")
     for key in ("nChannels", "nStack", "nModules", "nReductions", "nJoints", "nDeconv", "deconvFilters",
-                "hrnetWidth"):  # fmt: skip
+                "hrnetWidth", "stemChannels"):  # fmt: skip
         value = getattr(opts, key)
         if value is not None and value < 1:
             raise OptionError(f"{key}: must be >= 1, got {value}")
