@@ -21,7 +21,7 @@ from metrics import mpii
 from metrics.pck import pck_summary
 from utils.distributed import DistributedContext, all_ranks, gather_arrays, reduce_sums
 from utils.logging import EpochProgress
-from utils.transforms import apply_affine
+from utils.transforms import apply_affine, invert_affine
 
 
 class NonFiniteLossError(RuntimeError):
@@ -329,8 +329,9 @@ def predict(
     each sample's meta, and ``loss`` (N,) per sample (its batch's mean).
 
     With ``keep``, also this rank's first ``keep`` crops as the loader gave them (``crop_images``,
-    (n, 3, h, w), the batches' own ``image`` dtype) and their predictions in crop pixels
-    (``crop_preds``, (n, K, 2)), so a picture of them needs no second forward pass.
+    (n, 3, h, w), the batches' own ``image`` dtype), their predictions and ground truth in crop
+    pixels (``crop_preds``, ``crop_truth``, (n, K, 2), NaN where unlabelled), so a picture of them
+    needs no second forward pass.
 
     With ``flip_permutation`` (the dataset's left/right swap), each prediction is averaged with
     the prediction for the mirrored image, mirrored back (flip test).
@@ -345,7 +346,7 @@ def predict(
     device = context.device
     progress = EpochProgress(title, len(loader), progress_mode if context.is_main else "none")
     parts: dict[str, list[np.ndarray]] = {}
-    kept: dict[str, list[np.ndarray]] = {"crop_images": [], "crop_preds": []}
+    kept: dict[str, list[np.ndarray]] = {"crop_images": [], "crop_preds": [], "crop_truth": []}
     stopped = False
     for batch in loader:
         if should_stop is not None and should_stop():
@@ -363,6 +364,11 @@ def predict(
         if wanted > 0:
             kept["crop_images"].append(batch["image"][:wanted].clone().numpy())  # (n, 3, h, w)
             kept["crop_preds"].append(joints[:wanted])
+            shown = {
+                key: batch["meta"][key][:wanted].numpy() for key in ("joints", "visible", "inverse_affine")
+            }
+            truth = apply_affine(shown["joints"], invert_affine(shown["inverse_affine"]))  # crop px
+            kept["crop_truth"].append(np.where(shown["visible"][..., None] > 0, truth, np.nan))
         inverse = batch["meta"]["inverse_affine"].numpy().astype(np.float64)  # (N, 2, 3)
         meta = batch["meta"]
         batch_loss = loss_fn(outputs, target, weight).item() if loss_fn is not None else math.nan

@@ -27,7 +27,6 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from datasets import Augmentation, KeypointDataset, build_datasets, make_codec
 from datasets.loading import BadSampleReport, GuardedDataLoader
-from datasets.skeletons import JointSpec
 from engine import (
     EpochState,
     NonFiniteLossError,
@@ -56,7 +55,7 @@ from utils.distributed import (
     gather_objects,
     setup_distributed,
 )
-from utils.drawing import browse_samples, draw_pose, save_grid, to_uint8_image
+from utils.drawing import browse_samples, save_skeletons
 from utils.logging import RunRecorder
 from utils.options import config_file_keys, fail, is_resume
 from utils.watch import TrainingWatcher
@@ -162,7 +161,8 @@ def run(opts: argparse.Namespace) -> int:
         broadcast_buffers(model, context)
         results = predict_val(keep=PICTURE_CROPS if context.is_main else 0)
         if results is not None:
-            pictured.update({key: results[key] for key in ("crop_images", "crop_preds") if key in results})
+            kept = ("crop_images", "crop_truth", "crop_preds")
+            pictured.update({key: results[key] for key in kept if key in results})
         return results
 
     def scores(results: dict[str, np.ndarray], output_dir: Path | None = None) -> dict[str, float]:
@@ -291,8 +291,9 @@ def run(opts: argparse.Namespace) -> int:
     if context.is_main:
         picture = None
         if pictured:  # the last validation's own outputs: no second forward pass
-            picture = draw_predictions(
+            picture = save_skeletons(
                 pictured["crop_images"],
+                pictured["crop_truth"],
                 pictured["crop_preds"],
                 val_set.joint_spec,
                 run_dir / "predictions.png",
@@ -733,18 +734,6 @@ def format_metrics(metrics: dict[str, float]) -> str:
 
 # validation crops in predictions.png, kept from the last validation
 PICTURE_CROPS = 8
-
-
-def draw_predictions(images: np.ndarray, joints: np.ndarray, spec: JointSpec, path: Path) -> Path:
-    """Predicted skeletons, ``joints`` (n, K, 2) in crop pixels, on validation crops ``images``
-    (n, 3, h, w) as the loader gave them (left-side joints have white centres)."""
-    drawn = [
-        draw_pose(
-            to_uint8_image(image), pose, np.ones(len(pose)), spec.skeleton, (0, 255, 0), spec.left_joints
-        )
-        for image, pose in zip(images, joints, strict=True)
-    ]
-    return save_grid(drawn, path)
 
 
 def one_line(error: Exception) -> str:

@@ -328,8 +328,10 @@ def test_predictions_png_reuses_the_last_validation(tmp_path, monkeypatch, capsy
     import cv2
 
     grid = cv2.imread(picture)
-    assert grid.shape == (2 * 32, 4 * 32, 3)  # 6 crops of 32 x 32, four to a row
-    assert grid[:, :].std() > 0 and not grid[32:, 64:].any()  # two crops drawn in the second row, then black
+    assert grid.shape == (2 * 128, 4 * 128, 3)  # 6 crops of 32 x 32 enlarged to 128, four to a row
+    assert (
+        grid[:, :].std() > 0 and not grid[128:, 256:].any()
+    )  # two crops drawn in the second row, then black
 
 
 def test_to_uint8_image_takes_uint8_crops_as_they_are_and_undoes_normalisation():
