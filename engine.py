@@ -232,7 +232,8 @@ def train_one_epoch(
         state.pck_sum += batch_pck
         state.step = step
         window_loss, window = window_loss + value, window + 1
-        progress.update(loss=state.loss_sum / step, PCK=state.pck_sum / step)
+        if not requests.stop():  # once a stop is asked, the line at the stop says where it is
+            progress.update(loss=state.loss_sum / step, PCK=state.pck_sum / step)
         if stepping:
             if on_step is not None:
                 on_step(step, window_loss / window, state.pck_sum / step, optimizer.param_groups[0]["lr"])
@@ -387,7 +388,8 @@ def predict(
         }
         for key, value in values.items():
             parts.setdefault(key, []).append(np.asarray(value))
-        progress.update()
+        if should_stop is None or not should_stop():  # as in training: no progress after a stop
+            progress.update()
     progress.finish()
     if should_stop is not None and not all_ranks(not stopped, context):
         return None

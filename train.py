@@ -56,7 +56,7 @@ from utils.distributed import (
     setup_distributed,
 )
 from utils.drawing import browse_samples, save_skeletons
-from utils.logging import RunRecorder
+from utils.logging import RunRecorder, notice_start
 from utils.options import config_file_keys, fail, is_resume
 from utils.watch import TrainingWatcher
 
@@ -493,14 +493,14 @@ class StopRequest:
             if signum == signal.SIGINT:
                 if self.announce:
                     print(
-                        "\nsecond interrupt: stopping now; the newest complete checkpoint is kept",
+                        f"{notice_start()}second interrupt: stopping now; the newest complete checkpoint is kept",
                         file=sys.stderr,
                     )
                 os._exit(130)
             return  # torchrun follows a Ctrl-C with SIGTERM: the same request
         self.signal = signum
         if self.announce:
-            print(f"\n{signal.Signals(signum).name}: {self.doing}", file=sys.stderr)
+            print(f"{notice_start()}{signal.Signals(signum).name}: {self.doing}", file=sys.stderr)
 
     def restore(self) -> None:
         for sig, handler in self.previous.items():

@@ -54,6 +54,12 @@ class EpochProgress:
             self.bar.finish()
 
 
+def notice_start(stream: TextIO | None = None) -> str:
+    """What a notice printed from a signal handler starts with: a newline on a terminal, where
+    the echoed ^C or a progress bar holds the line; nothing in a log or pipe (no blank line)."""
+    return "\n" if (stream or sys.stderr).isatty() else ""
+
+
 def _json_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
