@@ -56,7 +56,7 @@ from utils.distributed import (
     setup_distributed,
 )
 from utils.drawing import browse_samples, save_skeletons
-from utils.logging import RunRecorder, notice_start
+from utils.logging import RunRecorder, evaluation_line, notice_start
 from utils.options import config_file_keys, fail, is_resume
 from utils.watch import TrainingWatcher
 
@@ -172,6 +172,7 @@ def run(opts: argparse.Namespace) -> int:
     if opts.test:
         metrics = scores(validate(), run_dir)
         recorder.log_metrics(start_epoch - 1, "test", metrics)
+        recorder.log_line(evaluation_line(opts.loadModel, metrics, main_metric))
         say(format_metrics(metrics))
         say(f"run directory: {run_dir}")
         return 0

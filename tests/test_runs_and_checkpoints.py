@@ -77,6 +77,15 @@ def test_later_commands_leave_the_source_run_byte_identical(trained: Path, capsy
         assert f"loadModel: {best}" in (root / run / "config.defconf").read_text()
 
 
+def test_a_test_run_writes_its_summary_to_log_txt(trained: Path, tmp_path: Path) -> None:
+    checkpoint = trained / "best.pth"
+    command = ["-test", "--loadModel", str(checkpoint), "--expDir", str(tmp_path), "--expID", "t"]
+    assert entry.main([*command, "--progress", "none"]) == 0
+    (tested,) = read_metrics(tmp_path / "t")
+    summary = f"PCKh {tested['PCKh']:.2f} | loss {tested['loss']:.6f} | PCK {tested['PCK']:.2f}"
+    assert (tmp_path / "t" / "log.txt").read_text() == f"test {checkpoint.resolve()}: {summary}\n"
+
+
 def test_test_and_resume_from_the_checkpoint_alone(trained: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(trained, run)
