@@ -690,12 +690,13 @@ def is_resume(opts: argparse.Namespace) -> bool:
 def plan_run_dir(opts: argparse.Namespace) -> Path:
     """Where this command writes. Runs are append-only: only a resume writes into an existing
     run (the checkpoint's own, when no --expID names another); every other command gets a new
-    directory, and a new run never takes over an existing one."""
+    directory, and a new run never takes over an existing one. The path is absolute and resolved,
+    as a resume's (its checkpoint's folder) is, so every command prints its run the same way."""
     if is_resume(opts):
         own = Path(opts.loadModel).resolve().parent
         if not opts.expID or (Path(opts.expDir) / opts.expID).resolve() == own:
             return own
-    root = Path(opts.expDir)
+    root = Path(opts.expDir).resolve()
     if opts.expID:
         path = root / opts.expID
         if path.exists():
