@@ -44,13 +44,14 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from models import build_model
-from utils.checkpoint import save_checkpoint
 from utils.options import REPO_ROOT, config_from_files
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported by the functions that need it, so --help and argument errors answer at once
 
 PREFIXES = ("model.", "module.")
 # the port's PoseNet: pre = Conv(3, 64), Residual(64, 128), pool, Residual(128, 128), Residual(128, inp_dim)
@@ -63,6 +64,8 @@ class ConversionError(ValueError):
 
 def read_source(path: Path, trust: bool) -> dict[str, torch.Tensor]:
     """The source's state dict, wrapper prefixes removed."""
+    import torch
+
     if not path.is_file():
         raise ConversionError(f"{path}: no such file")
     try:
@@ -150,6 +153,13 @@ def princeton_vl_config(source: dict[str, torch.Tensor]) -> list[str]:
     ]  # fmt: skip
 
 
+def _build(config: dict[str, Any]) -> torch.nn.Module:
+    """The network ``config`` describes (the registry imports torch and the models)."""
+    from models.registry import build_model
+
+    return build_model(config["model"], **config)
+
+
 def convert(
     source: dict[str, torch.Tensor],
     names: dict[str, str],
@@ -160,6 +170,8 @@ def convert(
     (the state dict of the network built from the inferred config): same keys, same shapes.
     Tensors of modules the port builds but never calls are dropped; BatchNorm counters the source
     lacks (PyTorch 0.4.0 saved none) start at 0."""
+    import torch
+
     converted: dict[str, torch.Tensor] = {}
     for key, value in source.items():
         module, _, leaf = key.rpartition(".")
@@ -203,7 +215,7 @@ class InputSize:
 
 def import_princeton_vl(source: dict[str, torch.Tensor], size: InputSize) -> tuple[dict[str, Any], str]:
     config = config_from_files([*princeton_vl_config(source), *size.options()])
-    model = build_model(config["model"], **config)
+    model = _build(config)
     stacks = config["nStack"]
     weights = convert(source, princeton_vl_names(stacks, width=config["nChannels"]), model.state_dict())
     summary = f"{config['model']}, {stacks} stacks of {config['nChannels']}, {config['nJoints']} joints"
@@ -310,7 +322,7 @@ def import_hrnet(source: dict[str, torch.Tensor], size: InputSize) -> tuple[dict
             "--hrnetWidth", str(width), *authors_data_options(joints, size, 32),
         ]
     )  # fmt: skip
-    model = build_model(config["model"], **config)
+    model = _build(config)
     weights = convert(source, hrnet_names(), model.state_dict(), "HRNet")
     summary = f"HRNet-W{width}, {joints} joints, {_input(config)} input"
     return {"model": weights, "config": config, "epoch": 0, "source": "hrnet"}, summary
@@ -387,7 +399,7 @@ def import_simple_baseline(source: dict[str, torch.Tensor], size: InputSize) -> 
             "--inputNorm", "bgr", *authors_data_options(joints, size, 32),
         ]
     )  # fmt: skip
-    model = build_model(config["model"], **config)
+    model = _build(config)
     weights = convert(
         source, simple_baseline_names(blocks, bottleneck, len(deconvs)), model.state_dict(), "SimpleBaseline"
     )
@@ -440,6 +452,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConversionError as error:
         print(f"import_weights: error: {error}", file=sys.stderr)
         return 2
+    from utils.checkpoint import save_checkpoint
+
     state["config"]["loadModel"] = ""
     save_checkpoint(state, args.destination)
     config = state["config"]

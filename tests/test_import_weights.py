@@ -9,6 +9,8 @@ output with the source network, not only key by key.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ import torch
 from torch import nn
 
 import main as entry
+from conftest import REPO_ROOT
 from models.import_weights import main as import_main
 from utils.checkpoint import load_checkpoint
 
@@ -244,3 +247,15 @@ def test_bad_sources_are_one_line(tmp_path: Path, port_checkpoint, capsys) -> No
     assert import_main(["princeton-vl", str(tmp_path / "bad.pt"), str(tmp_path / "b.pth")]) == 2
     err = capsys.readouterr().err.strip()
     assert "'outs.1.conv.weight' has shape (17, 256, 1, 1)" in err and "heads.1.weight" in err
+
+
+@pytest.mark.parametrize(("argv", "status"), [(["--help"], 0), ([], 2), (["nosuch", "a.pt", "b.pth"], 2)])
+def test_help_and_argument_errors_answer_before_torch_is_imported(argv: list[str], status: int) -> None:
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "models.import_weights", *argv],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == status, result.stderr
+    assert "princeton-vl" in result.stdout + result.stderr  # the usage names the formats
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if "|" in line}
+    assert "torch" not in imported and "models.registry" not in imported
