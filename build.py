@@ -30,7 +30,7 @@ from models import build_model
 from models.complexity import ModelProfile, profile_model
 from models.registry import option_to_parameter
 from utils.distributed import DistributedContext, setup_distributed
-from utils.options import fail
+from utils.options import fail_option
 
 
 @dataclass
@@ -169,7 +169,8 @@ def build_profiled(opts: argparse.Namespace, input_size: tuple[int, int]) -> tup
         # builders name their parameters (hh_kernel), the user wrote config keys (hhKernel)
         keys = {option_to_parameter(key): key for key in opts.config}
         message = re.sub(r"\b[a-z]\w*_\w+\b", lambda found: keys.get(found[0], found[0]), str(error))
-        fail(f"model {opts.model}: {message}")
+        named = [keys[found] for found in re.findall(r"\b[a-z]\w*_\w+\b", str(error)) if found in keys]
+        fail_option(opts, f"model {opts.model}: {message}", named[0] if named else None)
 
 
 def check_output_shape(
@@ -182,9 +183,10 @@ def check_output_shape(
         else (1, opts.nJoints, 2)
     )
     if tuple(shapes[-1]) != expected:
-        fail(
+        fail_option(
+            opts,
             f"outputRes: model {opts.model} outputs {tuple(shapes[-1])[1:]} for inputRes {opts.inputRes} "
-            f"but the targets are {expected[1:]}; set outputRes to the model's output height"
+            f"but the targets are {expected[1:]}; set outputRes to the model's output height",
         )
 
 
@@ -218,18 +220,20 @@ def make_loaders(
         train_set, num_replicas=context.world_size, rank=context.rank, shuffle=opts.shuffle, seed=opts.seed
     )
     if opts.data_loader_size < min_batch:
-        fail(
+        fail_option(
+            opts,
             f"data_loader_size: {opts.data_loader_size} gives BatchNorm in {opts.model} a single value per "
             f"channel (a feature map is 1x1 at inputRes {opts.inputRes}); use data_loader_size >= {min_batch} "
-            f"or a larger inputRes"
+            f"or a larger inputRes",
         )
     per_rank = len(sampler)  # the same on every rank: DistributedSampler pads the shares to equal length
     if per_rank < min_batch:
         size_key = "syntheticTrain" if opts.dataset == "synthetic" else "trainAnnotation"
-        fail(
+        fail_option(
+            opts,
             f"{size_key}: {len(train_set)} training samples give {per_rank} per process, fewer than the "
             f"{min_batch} a batch of {opts.model} needs at inputRes {opts.inputRes} (BatchNorm would see a "
-            f"single value per channel)"
+            f"single value per channel)",
         )
     short = per_rank % opts.data_loader_size
     sampler.tail = short if short < min_batch else 0  # every rank drops the same last batch

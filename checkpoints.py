@@ -37,6 +37,12 @@ STEERING_KEYS = (
 )  # fmt: skip
 
 
+def on_command_line() -> str:
+    from utils.options import ON_COMMAND_LINE
+
+    return ON_COMMAND_LINE
+
+
 def _fail(message: str) -> NoReturn:
     from utils.options import fail  # options imports this module
 
@@ -53,10 +59,13 @@ def read_stored_config(path: str | Path) -> dict[str, Any]:
     try:
         state = load_checkpoint(path, mmap=True)  # the weights are read once, when they are loaded
     except CheckpointError as error:
-        _fail(f"loadModel: {error}")
+        _fail(f"loadModel: {error} {on_command_line()}")
     config = state.get("config")
     if not isinstance(config, dict):
-        _fail(f"loadModel: {path} stores no config; give the model's options (-ModelConfig) to use it")
+        _fail(
+            f"loadModel: {path} stores no config; give the model's options (-ModelConfig) to use it "
+            f"{on_command_line()}"
+        )
     return config
 
 
@@ -94,14 +103,15 @@ def _show(value: Any) -> str:
 def plan_run_dir(opts: argparse.Namespace) -> Path:
     """Where this command writes. Runs are append-only: only a resume writes into an existing
     run (the checkpoint's own, when no --expID names another); every other command gets a new
-    directory, and a new run never takes over an existing one."""
+    directory, and a new run never takes over an existing one. The path is absolute and resolved,
+    as a resume's (its checkpoint's folder) is, so every command prints its run the same way."""
     from utils.options import OptionError
 
     if is_resume(opts):
         own = Path(opts.loadModel).resolve().parent
         if not opts.expID or (Path(opts.expDir) / opts.expID).resolve() == own:
             return own
-    root = Path(opts.expDir)
+    root = Path(opts.expDir).resolve()
     if opts.expID:
         path = root / opts.expID
         if path.exists():

@@ -18,7 +18,7 @@ from datasets.base import normalise_batch
 from datasets.codecs import Codec
 from utils.distributed import DistributedContext, all_ranks, gather_arrays, reduce_sums
 from utils.logging import EpochProgress
-from utils.transforms import apply_affine
+from utils.transforms import apply_affine, invert_affine
 
 
 class NonFiniteLossError(RuntimeError):
@@ -182,7 +182,8 @@ def train_one_epoch(
         state.pck_sum += batch_pck
         state.step = step
         window_loss, window = window_loss + value, window + 1
-        progress.update(loss=state.loss_sum / step, PCK=state.pck_sum / step)
+        if not requests.stop():  # once a stop is asked, the line at the stop says where it is
+            progress.update(loss=state.loss_sum / step, PCK=state.pck_sum / step)
         if stepping:
             if on_step is not None:
                 on_step(step, window_loss / window, state.pck_sum / step, optimizer.param_groups[0]["lr"])
@@ -292,8 +293,9 @@ def predict_all(
     each sample's meta, and ``loss`` (N,) per sample (its batch's mean).
 
     With ``keep``, also this rank's first ``keep`` crops as the loader gave them (``crop_images``,
-    (n, 3, h, w), the batches' own ``image`` dtype) and their predictions in crop pixels
-    (``crop_preds``, (n, K, 2)), so a picture of them needs no second forward pass.
+    (n, 3, h, w), the batches' own ``image`` dtype), their predictions and ground truth in crop
+    pixels (``crop_preds``, ``crop_truth``, (n, K, 2), NaN where unlabelled), so a picture of them
+    needs no second forward pass.
 
     With ``flip_permutation`` (the dataset's left/right swap), each prediction is averaged with
     the prediction for the mirrored image, mirrored back (flip test).
@@ -308,7 +310,7 @@ def predict_all(
     device = context.device
     progress = EpochProgress(title, len(loader), progress_mode if context.is_main else "none")
     parts: dict[str, list[np.ndarray]] = {}
-    kept: dict[str, list[np.ndarray]] = {"crop_images": [], "crop_preds": []}
+    kept: dict[str, list[np.ndarray]] = {"crop_images": [], "crop_preds": [], "crop_truth": []}
     stopped = False
     for batch in loader:
         if should_stop is not None and should_stop():
@@ -326,6 +328,11 @@ def predict_all(
         if wanted > 0:
             kept["crop_images"].append(batch["image"][:wanted].clone().numpy())  # (n, 3, h, w)
             kept["crop_preds"].append(joints[:wanted])
+            shown = {
+                key: batch["meta"][key][:wanted].numpy() for key in ("joints", "visible", "inverse_affine")
+            }
+            truth = apply_affine(shown["joints"], invert_affine(shown["inverse_affine"]))  # crop px
+            kept["crop_truth"].append(np.where(shown["visible"][..., None] > 0, truth, np.nan))
         inverse = batch["meta"]["inverse_affine"].numpy().astype(np.float64)  # (N, 2, 3)
         meta = batch["meta"]
         batch_loss = loss_fn(outputs, target, weight).item() if loss_fn is not None else math.nan
@@ -344,7 +351,8 @@ def predict_all(
         }
         for key, value in values.items():
             parts.setdefault(key, []).append(np.asarray(value))
-        progress.update()
+        if should_stop is None or not should_stop():  # as in training: no progress after a stop
+            progress.update()
     progress.finish()
     if should_stop is not None and not all_ranks(not stopped, context):
         return None

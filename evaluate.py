@@ -18,7 +18,7 @@ from checkpoints import TrainingCheckpoint, make_run_dir
 from engine import predict_all
 from metrics import coco, mpii
 from utils.distributed import broadcast_buffers
-from utils.logging import RunRecorder
+from utils.logging import RunRecorder, evaluation_line
 
 
 def run(opts: argparse.Namespace) -> int:
@@ -29,7 +29,9 @@ def run(opts: argparse.Namespace) -> int:
     run_dir = make_run_dir(opts, parts.context.is_main)
     results = validate(parts, opts.flipTest, opts.progress)
     metrics = parts.val_set.evaluate(results, run_dir if parts.context.is_main else None)
-    RunRecorder(run_dir, enabled=parts.context.is_main).log_metrics(resumed.start_epoch - 1, "test", metrics)
+    recorder = RunRecorder(run_dir, enabled=parts.context.is_main)
+    recorder.log_metrics(resumed.start_epoch - 1, "test", metrics)
+    recorder.log_line(evaluation_line(opts.loadModel, metrics, parts.val_set.main_metric))
     parts.say(format_metrics(metrics))
     parts.say(f"run directory: {run_dir}")
     return 0

@@ -24,12 +24,11 @@ from torch.nn.parallel import DistributedDataParallel
 
 from build import RunParts, build_optimizer, build_run, data_notes
 from checkpoints import Resumed, TrainingCheckpoint, make_run_dir
-from datasets.skeletons import JointSpec
 from engine import EpochState, NonFiniteLossError, StepRequests, train_one_epoch
 from evaluate import format_metrics, validate
 from utils.distributed import DistributedContext
-from utils.drawing import draw_pose, save_grid, to_uint8_image
-from utils.logging import RunRecorder
+from utils.drawing import save_skeletons
+from utils.logging import RunRecorder, notice_start
 from utils.watch import TrainingWatcher
 
 # validation crops in predictions.png, kept from the last validation
@@ -196,7 +195,8 @@ class EpochLoop:
         )
         if results is None:
             return False
-        self.pictured = {key: results[key] for key in ("crop_images", "crop_preds") if key in results}
+        kept = ("crop_images", "crop_truth", "crop_preds")
+        self.pictured = {key: results[key] for key in kept if key in results}
         self.metrics = parts.val_set.evaluate(results, None)
         self.watcher.log_predictions(epoch, parts.val_set, results)
         self.recorder.log_metrics(epoch, "val", self.metrics)
@@ -234,9 +234,9 @@ class EpochLoop:
         say, run_dir = self.parts.say, self.run_dir
         picture = None
         if self.pictured:
-            picture = draw_predictions(
-                self.pictured["crop_images"], self.pictured["crop_preds"], self.parts.val_set.joint_spec,
-                run_dir / "predictions.png",
+            picture = save_skeletons(
+                self.pictured["crop_images"], self.pictured["crop_truth"], self.pictured["crop_preds"],
+                self.parts.val_set.joint_spec, run_dir / "predictions.png",
             )  # fmt: skip
         say(f"run directory: {run_dir}")
         say(f"checkpoint: {self.last} (best {self.main_metric} {self.best:.2f}: {run_dir / 'best.pth'})")
@@ -269,14 +269,14 @@ class StopRequest:
             if signum == signal.SIGINT:
                 if self.announce:
                     print(
-                        "\nsecond interrupt: stopping now; the newest complete checkpoint is kept",
+                        f"{notice_start()}second interrupt: stopping now; the newest complete checkpoint is kept",
                         file=sys.stderr,
                     )
                 os._exit(130)
             return  # torchrun follows a Ctrl-C with SIGTERM: the same request
         self.signal = signum
         if self.announce:
-            print(f"\n{signal.Signals(signum).name}: {self.doing}", file=sys.stderr)
+            print(f"{notice_start()}{signal.Signals(signum).name}: {self.doing}", file=sys.stderr)
 
     def uninstall(self) -> None:
         """The signal handlers as they were before."""
@@ -289,15 +289,3 @@ class StopRequest:
         self.uninstall()
         say(f"interrupted at {where}; resume with: {context.launch_command} --loadModel {checkpoint}")
         return 128 + int(self.signal)
-
-
-def draw_predictions(images: np.ndarray, joints: np.ndarray, spec: JointSpec, path: Path) -> Path:
-    """Predicted skeletons, ``joints`` (n, K, 2) in crop pixels, on validation crops ``images``
-    (n, 3, h, w) as the loader gave them (left-side joints have white centres)."""
-    drawn = [
-        draw_pose(
-            to_uint8_image(image), pose, np.ones(len(pose)), spec.skeleton, (0, 255, 0), spec.left_joints
-        )
-        for image, pose in zip(images, joints, strict=True)
-    ]
-    return save_grid(drawn, path)

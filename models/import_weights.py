@@ -44,15 +44,18 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from models import build_model
-from utils.checkpoint import save_checkpoint
 from utils.options import REPO_ROOT, config_from_files
 
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported by the functions that need it, so --help and argument errors answer at once
+
 PREFIXES = ("model.", "module.")
+# the port's PoseNet: pre = Conv(3, 64), Residual(64, 128), pool, Residual(128, 128), Residual(128, inp_dim)
+PORT_STEM_CHANNELS = 64
 
 
 class ConversionError(ValueError):
@@ -61,6 +64,8 @@ class ConversionError(ValueError):
 
 def read_source(path: Path, trust: bool) -> dict[str, torch.Tensor]:
     """The source's state dict, wrapper prefixes removed."""
+    import torch
+
     if not path.is_file():
         raise ConversionError(f"{path}: no such file")
     try:
@@ -111,12 +116,13 @@ def _hourglass_names(theirs: str, ours: str, depth: int) -> dict[str, str]:
     return names | _residual_names(f"{theirs}.low3", f"{ours}.up.0", False)
 
 
-def princeton_vl_names(n_stack: int, depth: int = 4) -> dict[str, str]:
+def princeton_vl_names(n_stack: int, depth: int = 4, width: int = 256) -> dict[str, str]:
     """Module name in the port -> module name in ``StackedHourglass`` (``models/posenet.py``)."""
     names = {"pre.0.conv": "stem.conv.0", "pre.0.bn": "stem.conv.1"}
     names |= _residual_names("pre.1", "stem.res1", True)  # 64 -> 128
     names |= _residual_names("pre.3", "stem.res2", False)  # 128 -> 128 (pre.2 is the max-pool)
-    names |= _residual_names("pre.4", "stem.res3", True)  # 128 -> inp_dim
+    # 128 -> inp_dim: a projection unless inp_dim is 128 too
+    names |= _residual_names("pre.4", "stem.res3", width != 2 * PORT_STEM_CHANNELS)
     for stack in range(n_stack):
         names |= _hourglass_names(f"hgs.{stack}.0", f"hourglasses.{stack}", depth)
         names |= _residual_names(f"features.{stack}.0", f"features.{stack}.0.0", False)
@@ -130,7 +136,8 @@ def princeton_vl_names(n_stack: int, depth: int = 4) -> dict[str, str]:
 
 
 def princeton_vl_config(source: dict[str, torch.Tensor]) -> list[str]:
-    """Options of the network the weights describe: stacks, width and joints from the shapes."""
+    """Options of the network the weights describe: stacks, width and joints from the shapes; the
+    port's stem is 64, 128, 128 wide at every width (ours scales with the width unless told)."""
     stacks = sorted({int(m.group(1)) for k in source if (m := re.match(r"hgs\.(\d+)\.", k))})
     if not stacks or "outs.0.conv.weight" not in source or "pre.4.conv3.conv.weight" not in source:
         raise ConversionError("the source is not a princeton-vl PoseNet: no hgs.N, outs.0.conv or pre.4 keys")
@@ -140,9 +147,17 @@ def princeton_vl_config(source: dict[str, torch.Tensor]) -> list[str]:
         "-DataConfig", str(REPO_ROOT / "conf" / "datasets" / "mpii.defconf"),
         "-ModelConfig", str(REPO_ROOT / "conf" / "models" / "StackedHourGlass.defconf"),
         "--nStack", str(len(stacks)), "--nChannels", str(width), "--nJoints", str(joints),
+        "--stemChannels", str(PORT_STEM_CHANNELS),
         "--nModules", "1", "--nReductions", "4", "--inputRes", "256", "--outputRes", "64", "--hmGauss", "1",
         "--coordConvention", "princeton-vl", "--inputNorm", "unit", "--flipTest", "1",
     ]  # fmt: skip
+
+
+def _build(config: dict[str, Any]) -> torch.nn.Module:
+    """The network ``config`` describes (the registry imports torch and the models)."""
+    from models.registry import build_model
+
+    return build_model(config["model"], **config)
 
 
 def convert(
@@ -155,6 +170,8 @@ def convert(
     (the state dict of the network built from the inferred config): same keys, same shapes.
     Tensors of modules the port builds but never calls are dropped; BatchNorm counters the source
     lacks (PyTorch 0.4.0 saved none) start at 0."""
+    import torch
+
     converted: dict[str, torch.Tensor] = {}
     for key, value in source.items():
         module, _, leaf = key.rpartition(".")
@@ -198,9 +215,9 @@ class InputSize:
 
 def import_princeton_vl(source: dict[str, torch.Tensor], size: InputSize) -> tuple[dict[str, Any], str]:
     config = config_from_files([*princeton_vl_config(source), *size.options()])
-    model = build_model(config["model"], **config)
+    model = _build(config)
     stacks = config["nStack"]
-    weights = convert(source, princeton_vl_names(stacks), model.state_dict())
+    weights = convert(source, princeton_vl_names(stacks, width=config["nChannels"]), model.state_dict())
     summary = f"{config['model']}, {stacks} stacks of {config['nChannels']}, {config['nJoints']} joints"
     return {"model": weights, "config": config, "epoch": 0, "source": "princeton-vl"}, summary
 
@@ -305,7 +322,7 @@ def import_hrnet(source: dict[str, torch.Tensor], size: InputSize) -> tuple[dict
             "--hrnetWidth", str(width), *authors_data_options(joints, size, 32),
         ]
     )  # fmt: skip
-    model = build_model(config["model"], **config)
+    model = _build(config)
     weights = convert(source, hrnet_names(), model.state_dict(), "HRNet")
     summary = f"HRNet-W{width}, {joints} joints, {_input(config)} input"
     return {"model": weights, "config": config, "epoch": 0, "source": "hrnet"}, summary
@@ -382,7 +399,7 @@ def import_simple_baseline(source: dict[str, torch.Tensor], size: InputSize) -> 
             "--inputNorm", "bgr", *authors_data_options(joints, size, 32),
         ]
     )  # fmt: skip
-    model = build_model(config["model"], **config)
+    model = _build(config)
     weights = convert(
         source, simple_baseline_names(blocks, bottleneck, len(deconvs)), model.state_dict(), "SimpleBaseline"
     )
@@ -435,6 +452,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConversionError as error:
         print(f"import_weights: error: {error}", file=sys.stderr)
         return 2
+    from utils.checkpoint import save_checkpoint
+
     state["config"]["loadModel"] = ""
     save_checkpoint(state, args.destination)
     config = state["config"]

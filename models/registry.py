@@ -56,8 +56,13 @@ class UnknownModelError(UnknownNameError):
 
 
 def _ensure_models_imported() -> None:
-    # Importing the package runs every @register_model decorator.
-    import models  # noqa: F401
+    # Importing the model modules runs every @register_model decorator.
+    import importlib
+
+    from models import MODEL_MODULES
+
+    for module in MODEL_MODULES:
+        importlib.import_module(f"models.{module}")
 
 
 MODEL_REGISTRY: Registry[ModelEntry] = Registry("model", UnknownModelError, load=_ensure_models_imported)
@@ -81,6 +86,8 @@ def register_model(
         raise ValueError(f"output_strides must be positive integers, got {output_strides!r}")
 
     def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if not builder.__module__.startswith("models."):
+            _ensure_models_imported()  # a model added from outside may not take a built-in's name
         strides = tuple(sorted(output_strides)) if output_strides is not None else None
         MODEL_REGISTRY.add(name, ModelEntry(name, builder, target, strides, heatmap_halvings))
         return builder

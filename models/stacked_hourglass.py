@@ -65,11 +65,17 @@ def register_hourglass_model(name: str) -> Callable[[Callable[..., nn.Module]], 
 
 class HourglassStem(nn.Module):
     """Input (N, 3, H, W) -> features (N, C, H/4, W/4): 7x7 stride-2 conv, residual, max-pool,
-    two residuals. Widths follow the paper (64, 128, 128, 256 for C = 256) scaled with C."""
+    two residuals. Widths follow the paper (64, 128, 128, 256 for C = 256) scaled with C, unless
+    ``stem_channels`` S sets them to (S, 2S, 2S, C): Newell et al.'s PyTorch port keeps S = 64 at
+    every C."""
 
-    def __init__(self, channels: int, block: BlockFactory = Residual) -> None:
+    def __init__(
+        self, channels: int, block: BlockFactory = Residual, stem_channels: int | None = None
+    ) -> None:
         super().__init__()
         quarter, half = max(channels // 4, 8), max(channels // 2, 8)
+        if stem_channels is not None:
+            quarter, half = stem_channels, 2 * stem_channels
         self.conv = conv_bn_relu(3, quarter, 7, stride=2)
         self.res1 = block(quarter, half)
         self.res2 = block(half, half)
@@ -90,12 +96,16 @@ class StackedHourglass(nn.Module):
     """
 
     def __init__(
-        self, sizes: HourglassSizes, block: BlockFactory = Residual, input_norm: str = "imagenet"
+        self,
+        sizes: HourglassSizes,
+        block: BlockFactory = Residual,
+        input_norm: str = "imagenet",
+        stem_channels: int | None = None,
     ) -> None:
         super().__init__()
         n_joints, n_channels, n_stack, n_modules, n_reductions = dataclasses.astuple(sizes)
         self.input_norm = InputNorm(input_norm)  # a ValueError for an unknown format
-        self.stem = HourglassStem(n_channels, block)
+        self.stem = HourglassStem(n_channels, block, stem_channels)
         self.hourglasses = nn.ModuleList(
             [Hourglass(n_reductions, n_channels, n_modules, block) for _ in range(n_stack)]
         )
@@ -128,6 +138,9 @@ class StackedHourglass(nn.Module):
 
 
 @register_hourglass_model("StackedHourGlass")
-def stacked_hourglass(sizes: HourglassSizes, input_norm: str = "imagenet") -> StackedHourglass:
-    """Paper configuration by default (see :class:`HourglassSizes`)."""
-    return StackedHourglass(sizes, input_norm=input_norm)
+def stacked_hourglass(
+    sizes: HourglassSizes, input_norm: str = "imagenet", stem_channels: int | None = None
+) -> StackedHourglass:
+    """Paper configuration by default (see :class:`HourglassSizes`). ``stem_channels``: the stem's
+    first width (None: n_channels / 4); models.import_weights sets the port's 64 for other widths."""
+    return StackedHourglass(sizes, input_norm=input_norm, stem_channels=stem_channels)

@@ -164,7 +164,8 @@ def test_heatmap_halvings_are_refused_below_one_pixel_and_build_at_it(name, caps
     sizes = ["-ModelConfig", conf, "--inputRes", "48", "--outputRes", "12", "--aspectRatio", "0.75"]
     err = parse_error(capsys, [*sizes, f"--{key}", "4"])
     assert err.startswith(f"main.py: error: {key}: 4 halvings of the 12x9 heatmap grid (outputRes 12")
-    assert err.endswith(f"use {key} <= 3 or outputRes >= 21 (inputRes 84)")  # round(21 * 0.75) = 16
+    # round(21 * 0.75) = 16; the key was typed
+    assert err.endswith(f"use {key} <= 3 or outputRes >= 21 (inputRes 84) (on the command line)")
     from utils.options import parse_options
 
     opts = parse_options([*sizes, f"--{key}", "3", "--expDir", str(tmp_path)])
@@ -234,7 +235,8 @@ def test_a_value_the_builder_refuses_is_one_line_naming_the_key(tmp_path, monkey
         [*argv, "--hhKernel", "2", "--expDir", str(tmp_path / "exp")], monkeypatch, capsys
     )
     assert status == 2 and error_lines(err) == [
-        "main.py: error: model ChainedPredictions: hhKernel must be an odd kernel size >= 1, got 2"
+        "main.py: error: model ChainedPredictions: hhKernel must be an odd kernel size >= 1, got 2 "
+        "(on the command line)"
     ]
 
 
@@ -317,8 +319,10 @@ def test_predictions_png_reuses_the_last_validation(tmp_path, monkeypatch, capsy
     import cv2
 
     grid = cv2.imread(picture)
-    assert grid.shape == (2 * 32, 4 * 32, 3)  # 6 crops of 32 x 32, four to a row
-    assert grid[:, :].std() > 0 and not grid[32:, 64:].any()  # two crops drawn in the second row, then black
+    assert grid.shape == (2 * 128, 4 * 128, 3)  # 6 crops of 32 x 32 enlarged to 128, four to a row
+    assert (
+        grid[:, :].std() > 0 and not grid[128:, 256:].any()
+    )  # two crops drawn in the second row, then black
 
 
 def test_to_uint8_image_takes_uint8_crops_as_they_are_and_undoes_normalisation():

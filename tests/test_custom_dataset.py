@@ -163,6 +163,19 @@ def test_options_take_joints_from_the_spec(custom_data, tmp_path):
     assert opts.config["jointSpec"] == spec_to_json(opts.joint_spec)
 
 
+def test_typed_dataset_does_not_inherit_the_demo_data_config(custom_data, tmp_path):
+    """--dataset custom without -DataConfig: the demo data config (synthetic.defconf, nJoints 16,
+    flipProb 0) is not applied; the demo model config still is."""
+    typed = ["--dataset", "custom", "--jointSpec", str(custom_data["spec"]), "--dataDir",
+             str(custom_data["data_dir"]), "--expDir", str(tmp_path)]  # fmt: skip
+    opts = parse_options(typed)
+    assert opts.nJoints == len(FACE)
+    assert opts.flipProb == 0.5 and opts.flipTest  # the parser's defaults, not synthetic.defconf's 0
+    assert opts.nChannels == 64 and opts.nStack == 2  # conf/models/StackedHourGlass-demo.defconf
+    demo = parse_options(["--dataset", "synthetic", "--expDir", str(tmp_path)])
+    assert demo.flipProb == 0 and demo.nJoints == 16  # the demo dataset keeps its config
+
+
 def test_half_body_crops_follow_the_spec(shared_data, tmp_path):
     """A shoulders-to-ankles spec takes COCO's split: its persons get half-body crops."""
     (tmp_path / "limbs.json").write_text(

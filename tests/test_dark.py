@@ -136,10 +136,10 @@ def test_unknown_rules_are_refused() -> None:
 
 def test_option_errors_are_one_line(capsys) -> None:
     err = parse_error(capsys, ["--postProcess", "Dark"])
-    assert err == "main.py: error: postProcess: 'Dark' is not one of quarter, dark"
+    assert err == "main.py: error: postProcess: 'Dark' is not one of quarter, dark (on the command line)"
     deeppose = str(REPO_ROOT / "conf" / "models" / "DeepPose.defconf")
     err = parse_error(capsys, ["-ModelConfig", deeppose, "--postProcess", "dark"])
-    assert err == "main.py: error: postProcess: 'dark' applies to heatmap models only"
+    assert err == "main.py: error: postProcess: 'dark' applies to heatmap models only (on the command line)"
 
 
 # --- the rule as the -export notes write it, one joint at a time -----------------------------

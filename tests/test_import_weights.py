@@ -9,6 +9,8 @@ output with the source network, not only key by key.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ import torch
 from torch import nn
 
 import main as entry
+from conftest import REPO_ROOT
 from models.import_weights import main as import_main
 from utils.checkpoint import load_checkpoint
 
@@ -165,6 +168,35 @@ def test_converted_port_checkpoint_gives_the_ports_heatmaps(port_checkpoint, tmp
     )
 
 
+@pytest.mark.parametrize("width", [128, 64])
+def test_narrower_port_checkpoint_keeps_the_ports_64_wide_stem(width: int, tmp_path: Path, capsys) -> None:
+    """The port's stem is 64, 128, 128 wide whatever inp_dim is; ours is nChannels / 4 wide unless
+    --stemChannels says otherwise, which the import sets."""
+    from inference import load_trained
+    from utils.options import parse_options
+
+    torch.manual_seed(0)
+    port = PortPoseNet(nstack=2, inp_dim=width, oup_dim=16).eval()
+    source, destination = tmp_path / "port.pt", tmp_path / "hg.pth"
+    torch.save({"state_dict": PortTrainer(port).state_dict()}, source)
+    assert import_main(["princeton-vl", str(source), str(destination)]) == 0
+    assert f"2 stacks of {width}, 16 joints" in capsys.readouterr().out
+    config = load_checkpoint(destination)["config"]
+    assert (config["nChannels"], config["stemChannels"]) == (width, 64)
+    trained = load_trained(
+        parse_options(["-export", str(tmp_path / "x.onnx"), "--loadModel", str(destination)])
+    )
+    from datasets.base import IMAGENET_MEAN, IMAGENET_STD
+
+    pixels = torch.rand(1, 64, 64, 3)  # 16x16 at the hourglasses: 4 halvings to 1x1
+    normalised = (pixels - torch.from_numpy(IMAGENET_MEAN)) / torch.from_numpy(IMAGENET_STD)
+    with torch.no_grad():
+        theirs = port(pixels)
+        ours = trained.model(normalised.permute(0, 3, 1, 2).contiguous())
+    for stack in range(2):
+        torch.testing.assert_close(ours[stack], theirs[:, stack], atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.e2e
 def test_converted_checkpoint_runs_test_predict_and_export(
     port_checkpoint, tmp_path: Path, shared_data
@@ -216,3 +248,15 @@ def test_bad_sources_are_one_line(tmp_path: Path, port_checkpoint, capsys) -> No
     assert import_main(["princeton-vl", str(tmp_path / "bad.pt"), str(tmp_path / "b.pth")]) == 2
     err = capsys.readouterr().err.strip()
     assert "'outs.1.conv.weight' has shape (17, 256, 1, 1)" in err and "heads.1.weight" in err
+
+
+@pytest.mark.parametrize(("argv", "status"), [(["--help"], 0), ([], 2), (["nosuch", "a.pt", "b.pth"], 2)])
+def test_help_and_argument_errors_answer_before_torch_is_imported(argv: list[str], status: int) -> None:
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "models.import_weights", *argv],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == status, result.stderr
+    assert "princeton-vl" in result.stdout + result.stderr  # the usage names the formats
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if "|" in line}
+    assert "torch" not in imported and "models.registry" not in imported

@@ -87,6 +87,22 @@ def test_signal_then_resume_equals_an_uninterrupted_run(
     assert read_metrics(tmp_path / "cut") == read_metrics(uninterrupted[workers])
 
 
+def test_an_interrupt_prints_the_notice_then_one_line(tmp_path: Path) -> None:
+    """README, Interrupting and resuming: after the notice at the signal, nothing more on stderr
+    (no blank line, no progress line of the step being finished), and one line on stdout."""
+    process = start(tmp_path, "cut", "--nThreads", "0", "--nEpochs", "1")
+    wait_for(process, "train 1 4/12")
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    notice = "SIGINT: stopping after this training step"
+    lines = err.splitlines()
+    assert notice in lines and lines[lines.index(notice) :] == [notice], err  # progress lines only before it
+    printed = out.splitlines()
+    assert len(printed) == 3 and printed[1].startswith("run directory: "), out  # model, run directory
+    assert printed[-1].startswith("interrupted at epoch 1, batch ") and "; resume with: " in printed[-1]
+
+
 def test_two_runs_with_one_seed_are_identical(uninterrupted: dict[str, Path]) -> None:
     assert read_metrics(uninterrupted["0"]) == read_metrics(uninterrupted["2"])  # workers change nothing
     same_weights(uninterrupted["0"] / "last.pth", uninterrupted["2"] / "last.pth")

@@ -78,6 +78,26 @@ def test_bad_input_is_one_line_with_status_2(capsys, argv, expected):
     assert expected in parse_error(capsys, argv)
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("nStack", "two", "argument --nStack: invalid int value: 'two'"),
+        ("model", "Foo", "model: unknown model 'Foo'"),
+        ("LR", "-1", "LR: must be > 0, got -1.0"),
+    ],
+)
+def test_bad_value_says_where_it_came_from(capsys, tmp_path, key, value, expected):
+    """The same bad value ends with (in FILE) from a config file, (on the command line) typed."""
+    config = tmp_path / "my.defconf"
+    config.write_text(f"{key}: {value}\n")
+    from_file = parse_error(capsys, ["-ModelConfig", str(config)])
+    assert expected in from_file and from_file.endswith(f" (in {config})")
+    typed = parse_error(capsys, [f"--{key}={value}"])
+    assert expected in typed and typed.endswith(" (on the command line)")
+    # a key typed on the command line wins over the file, and is named as typed
+    assert parse_error(capsys, ["-ModelConfig", str(config), f"--{key}", value]) == typed
+
+
 def test_unknown_key_in_config_file_names_the_file(capsys, tmp_path):
     config = tmp_path / "typo.defconf"
     config.write_text("nChanels: 128\n")

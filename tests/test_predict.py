@@ -140,7 +140,7 @@ def test_bad_input_is_one_line(tmp_path: Path, checkpoint: Path, capsys) -> None
     assert exit_info.value.code == 2
     assert (
         capsys.readouterr().err.strip()
-        == f"main.py: error: -predict: no image, folder or video at {tmp_path / 'missing.jpg'}"
+        == f"main.py: error: -predict: no image, folder or video at {tmp_path / 'missing.jpg'} (on the command line)"
     )
     image = tmp_path / "one.png"
     cv2.imwrite(str(image), np.zeros((32, 32, 3), dtype=np.uint8))

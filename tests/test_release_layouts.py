@@ -83,6 +83,14 @@ def test_stacked_hourglass_matches_newells_port_tensor_by_tensor(n_stack: int) -
     assert unused == 14 * n_stack * (256 * 256 + 256) + (128 * 128 + 128)
 
 
+def test_stem_channels_64_is_the_ports_stem_at_other_widths() -> None:
+    with torch.device("meta"):
+        ours = stacked_hourglass(n_joints=16, n_channels=128, n_stack=2, n_reductions=4, stem_channels=64)
+        scaled = stacked_hourglass(n_joints=16, n_channels=128, n_stack=2, n_reductions=4)
+    assert _shapes(ours) == stacked_hourglass_release_shapes(16, 128, 2)
+    assert _shapes(scaled.stem)[0] == (32, 3, 7, 7)  # by default the stem scales with the width
+
+
 def test_release_layouts_are_internally_consistent() -> None:
     # PRM-B's pyramid width is floor(256 / 9) = 28, with four 28->28 3x3 convs per PRM: 7 PRMs
     # in a depth-4 hourglass (3 at 64 px, 3 at 32, the skip at 16) and the stem's last unit

@@ -64,6 +64,29 @@ def test_later_commands_leave_the_source_run_byte_identical(trained: Path, capsy
 
 
 @pytest.mark.e2e
+def test_a_test_run_writes_its_summary_to_log_txt(trained: Path, tmp_path: Path) -> None:
+    checkpoint = trained / "best.pth"
+    command = ["-test", "--loadModel", str(checkpoint), "--expDir", str(tmp_path), "--expID", "t"]
+    assert entry.main([*command, "--progress", "none"]) == 0
+    (tested,) = read_metrics(tmp_path / "t")
+    summary = f"PCKh {tested['PCKh']:.2f} | loss {tested['loss']:.6f} | PCK {tested['PCK']:.2f}"
+    assert (tmp_path / "t" / "log.txt").read_text() == f"test {checkpoint.resolve()}: {summary}\n"
+
+
+@pytest.mark.e2e
+def test_run_directory_is_absolute_on_a_fresh_run_as_on_a_resume(
+    trained: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(trained, tmp_path / "exp" / "old")
+    fresh = parse_options([*TRAINED, "--expDir", "exp", "--expID", "new"]).run_dir
+    resumed = parse_options(["--loadModel", "exp/old/last.pth", "--nEpochs", "3"]).run_dir
+    assert (fresh, resumed) == ((tmp_path / "exp" / "new").resolve(), (tmp_path / "exp" / "old").resolve())
+    assert entry.main([*TRAINED, "--nEpochs", "1", "--expDir", "exp", "--expID", "new"]) == 0
+    assert f"run directory: {fresh}" in capsys.readouterr().out.splitlines()
+
+
+@pytest.mark.e2e
 def test_test_and_resume_from_the_checkpoint_alone(trained: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(trained, run)

@@ -83,6 +83,19 @@ def test_tensorboard_events_match_metrics_jsonl(tmp_path):
 
 
 @pytest.mark.e2e
+def test_predictions_png_is_the_last_val_skeletons_picture(tmp_path):
+    """predictions.png is drawn as TensorBoard's val/skeletons is, from the same kept crops: 32 px
+    crops enlarged to 128, the true skeleton in magenta and the predicted one in green."""
+    run(tmp_path, "--nEpochs", "1", "--expID", "drawn")
+    picture = cv2.imread(str(tmp_path / "drawn" / "predictions.png"))
+    assert picture.shape == (256, 512, 3)
+    logged = read_events(tmp_path / "drawn").Images("val/skeletons")[-1].encoded_image_string
+    np.testing.assert_array_equal(picture, cv2.imdecode(np.frombuffer(logged, np.uint8), cv2.IMREAD_COLOR))
+    for color in ((255, 0, 255), (0, 255, 0)):  # magenta truth, green predictions (BGR as RGB)
+        assert (picture == color).all(axis=2).sum() > 100, color
+
+
+@pytest.mark.e2e
 def test_resume_purges_what_an_interrupted_run_logged_after_its_checkpoint(tmp_path):
     run(tmp_path, "--nEpochs", "2", "--expID", "cut")
     run_dir = tmp_path / "cut"

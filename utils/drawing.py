@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from datasets.base import IMAGENET_MEAN, IMAGENET_STD
+
+PREDICTED_COLOR = (0, 255, 0)  # green
+TRUE_COLOR = (255, 0, 255)  # magenta: neither the synthetic people's warm nor cool limb colours
+MIN_PANEL_SIDE = 128  # tiny crops are enlarged so the skeletons stay legible
 
 
 def to_uint8_image(image: np.ndarray) -> np.ndarray:
@@ -43,6 +48,37 @@ def draw_pose(
     return canvas
 
 
+def skeleton_panel(image: np.ndarray, truth: np.ndarray, preds: np.ndarray, spec) -> np.ndarray:
+    """A (3, h, w) network crop with its true skeleton (magenta) and the predicted one (green),
+    both (K, 2) in crop pixels (a NaN joint is not drawn), enlarged to at least ``MIN_PANEL_SIDE``
+    pixels; left-side joints have white centres."""
+    picture = to_uint8_image(image)
+    factor = max(1, math.ceil(MIN_PANEL_SIDE / min(picture.shape[:2])))
+    if factor > 1:
+        picture = cv2.resize(picture, None, fx=factor, fy=factor, interpolation=cv2.INTER_LINEAR)
+    for points, color in ((truth, TRUE_COLOR), (preds, PREDICTED_COLOR)):
+        # pixel centres at integers: crop x -> (x + 0.5) * factor - 0.5
+        points = (np.asarray(points, dtype=np.float64) + 0.5) * factor - 0.5
+        shown = np.isfinite(points).all(axis=1).astype(np.float32)
+        picture = draw_pose(picture, points, shown, spec.skeleton, color, spec.left_joints)
+    return picture
+
+
+def skeleton_grid(
+    images: np.ndarray, truth: np.ndarray, preds: np.ndarray, spec, columns: int = 4
+) -> np.ndarray:
+    """``skeleton_panel`` for each of n crops (n, 3, h, w) with (n, K, 2) poses, four to a row:
+    TensorBoard's ``val/skeletons`` and ``predictions.png``."""
+    return tile_images(
+        [skeleton_panel(*crop, spec) for crop in zip(images, truth, preds, strict=True)], columns
+    )
+
+
+def save_skeletons(images: np.ndarray, truth: np.ndarray, preds: np.ndarray, spec, path: str | Path) -> Path:
+    """``skeleton_grid`` as a PNG (``predictions.png``)."""
+    return _write_png(skeleton_grid(images, truth, preds, spec), path)
+
+
 def tile_images(images: list[np.ndarray], columns: int = 4) -> np.ndarray:
     """Tile equally sized (H, W, 3) uint8 RGB images into one, row by row (black where none)."""
     height, width = images[0].shape[:2]
@@ -56,10 +92,13 @@ def tile_images(images: list[np.ndarray], columns: int = 4) -> np.ndarray:
 
 def save_grid(images: list[np.ndarray], path: str | Path, columns: int = 4) -> Path:
     """Tile equally sized RGB images into one PNG."""
-    grid = tile_images(images, columns)
+    return _write_png(tile_images(images, columns), path)
+
+
+def _write_png(picture: np.ndarray, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(path), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
     return path
 
 

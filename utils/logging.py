@@ -54,6 +54,22 @@ class EpochProgress:
             self.bar.finish()
 
 
+def notice_start(stream: TextIO | None = None) -> str:
+    """What a notice printed from a signal handler starts with: a newline on a terminal, where
+    the echoed ^C or a progress bar holds the line; nothing in a log or pipe (no blank line)."""
+    return "\n" if (stream or sys.stderr).isatty() else ""
+
+
+def evaluation_line(checkpoint: str | Path, metrics: dict[str, float], main_metric: str) -> str:
+    """``log.txt``'s line for a ``-test`` run: the checkpoint (absolute) and the metrics summary,
+    written as an epoch line writes them, e.g. ``test /runs/a/best.pth: PCKh 87.51 | loss 0.000412 |
+    PCK 0.91``."""
+    shown = [main_metric, *(key for key in ("loss", "PCK") if key != main_metric)]
+    parts = [f"{key} {metrics[key]:.6f}" if key == "loss" else f"{key} {metrics[key]:.2f}"
+             for key in shown if key in metrics]  # fmt: skip
+    return f"test {Path(checkpoint).resolve()}: {' | '.join(parts)}"
+
+
 def _json_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None

@@ -4,8 +4,9 @@ Two configargparse files (``-DataConfig``, ``-ModelConfig``) hold ``key: value``
 can also be given on the command line, which wins. Option names are those of the project this
 one descends from, so its users' commands and config files keep working.
 
-Bad input never produces a traceback: ``parse_options`` prints one line naming the key, value
-and file at fault, and exits with status 2.
+Bad input never produces a traceback: ``parse_options`` prints one line naming the key and value
+at fault and where the value came from (``(in FILE)`` or ``(on the command line)``), and exits
+with status 2.
 """
 
 from __future__ import annotations
@@ -52,6 +53,10 @@ RETIRED_KEYS = {
 }
 
 
+# what an error about a typed value ends with; one from a config file ends with "(in FILE)"
+ON_COMMAND_LINE = "(on the command line)"
+
+
 class OptionError(ValueError):
     """A configuration value that cannot be used; the message names the key and what is allowed."""
 
@@ -73,11 +78,9 @@ class _OneLineParser(configargparse.ArgParser):
     def error(self, message: str) -> NoReturn:
         match = re.match(r"argument (-{1,2})(\w+)", message)
         if match:
-            origin = _config_file_of(
-                self, match.group(2), sys.argv[1:] if self._typed is None else self._typed
+            message = _with_origin(
+                self, message, match.group(2), sys.argv[1:] if self._typed is None else self._typed
             )
-            if origin:
-                message = f"{message} (in {origin})"
         fail(message)
 
     _typed: list[str] | None = None  # the command line being parsed, to tell it from config files
@@ -85,12 +88,47 @@ class _OneLineParser(configargparse.ArgParser):
 
 def _config_file_of(parser: configargparse.ArgParser, key: str, typed: list[str]) -> str | None:
     """The config file that set ``key``, unless the command line typed it itself."""
-    if any(item.lstrip("-").split("=", 1)[0] == key for item in typed if item.startswith("-")):
+    if _typed_on_command_line(key, typed):
         return None
     for source, settings in parser.get_source_to_settings_dict().items():
         if source.startswith("config_file|") and key in settings:
             return source.split("|", 1)[1]
     return None
+
+
+def _typed_on_command_line(key: str, typed: list[str]) -> bool:
+    return any(item.lstrip("-").split("=", 1)[0] == key for item in typed if item.startswith("-"))
+
+
+def _origin(parser: configargparse.ArgParser, key: str, typed: list[str]) -> str | None:
+    """Where ``key``'s value came from, as errors end: ``(on the command line)`` (the words of the
+    unknown-key messages) or ``(in FILE)``; None for a default or a checkpoint's stored value."""
+    if _typed_on_command_line(key, typed):
+        return ON_COMMAND_LINE
+    origin = _config_file_of(parser, key, typed)
+    return f"(in {origin})" if origin else None
+
+
+def _with_origin(parser: configargparse.ArgParser, message: str, key: str, typed: list[str]) -> str:
+    origin = _origin(parser, key, typed)
+    return f"{message} {origin}" if origin else message
+
+
+def with_origin(opts: argparse.Namespace, message: str, key: str | None = None) -> str:
+    """``message`` about ``key`` (by default the key it starts with, ``key: what is wrong``)
+    followed by where that key's value came from (``opts.origins``, set by ``parse_options``), for
+    the checks made after parsing too."""
+    if key is None:
+        match = re.match(r"-{0,2}(\w+): ", message)
+        key = match.group(1) if match else ""
+    origin = getattr(opts, "origins", {}).get(key)
+    return f"{message} {origin}" if origin else message
+
+
+def fail_option(opts: argparse.Namespace, message: str, key: str | None = None) -> NoReturn:
+    """``fail`` for a check made after parsing: the message ends with where ``key``'s value came
+    from (``with_origin``)."""
+    fail(with_origin(opts, message, key))
 
 
 def fail(message: str) -> NoReturn:
@@ -225,6 +263,13 @@ def build_parser() -> configargparse.ArgParser:
         "princeton-vl (set by models.import_weights; training from scratch keeps project)",
     )
     model.add_argument("--nChannels", type=int, default=None, help="hourglass feature width")
+    model.add_argument(
+        "--stemChannels",
+        type=int,
+        default=None,
+        help="StackedHourGlass: width of the stem's first convolution (then twice that, then nChannels); "
+        "default nChannels / 4 (Newell et al.'s PyTorch port: 64 at every width; set by models.import_weights)",
+    )
     model.add_argument("--nStack", type=int, default=None, help="number of stacked hourglasses")
     model.add_argument("--nModules", type=int, default=None, help="residual modules per hourglass step")
     model.add_argument("--nReductions", type=int, default=None, help="pooling steps inside an hourglass")
@@ -380,10 +425,15 @@ def _unknown_key_message(parser: configargparse.ArgParser, unknown: list[str], t
 
 
 def _with_default_configs(argv: list[str]) -> list[str]:
+    """The demo configs where none is given. The demo data config is the synthetic dataset's: a
+    ``--dataset`` typed on the command line that names another one does not inherit its keys (its
+    ``nJoints: 16``, ``flipProb: 0``), while the demo model config still applies."""
     argv = list(argv)
     if "-h" in argv or "--help" in argv:
         return argv
-    if not any(a == "-DataConfig" or a.startswith("-DataConfig=") for a in argv):
+    typed_dataset = _option_value(argv, "--dataset")
+    other_dataset = typed_dataset is not None and typed_dataset.lower() != "synthetic"
+    if not other_dataset and not any(a == "-DataConfig" or a.startswith("-DataConfig=") for a in argv):
         argv = ["-DataConfig", str(DEFAULT_DATA_CONFIG), *argv]
     if not any(a == "-ModelConfig" or a.startswith("-ModelConfig=") for a in argv):
         argv = ["-ModelConfig", str(DEFAULT_MODEL_CONFIG), *argv]
@@ -563,7 +613,7 @@ def validate(opts: argparse.Namespace) -> None:
     if opts.inputRes % opts.outputRes != 0 and entry.output_strides is None:
         raise OptionError(f"outputRes: {opts.outputRes} does not divide inputRes {opts.inputRes}")
     for key in ("nChannels", "nStack", "nModules", "nReductions", "nJoints", "nDeconv", "deconvFilters",
-                "hrnetWidth"):  # fmt: skip
+                "hrnetWidth", "stemChannels"):  # fmt: skip
         value = getattr(opts, key)
         if value is not None and value < 1:
             raise OptionError(f"{key}: must be >= 1, got {value}")
@@ -707,17 +757,17 @@ def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
         if flag in argv:
             position = argv.index(flag)
             if position + 1 >= len(argv):
-                fail(f"{flag}: expects a config file path")
+                fail(f"{flag}: expects a config file path {ON_COMMAND_LINE}")
             path = Path(argv[position + 1])
             if not path.is_file():
-                fail(f"{flag}: config file not found: {path}")
+                fail(f"{flag}: config file not found: {path} {ON_COMMAND_LINE}")
     parser = build_parser()
     asks_help = "-h" in argv or "--help" in argv
     source = None if asks_help else _option_value(argv, "--loadModel")
     stored: dict[str, Any] | None = None
     if source:
         if not Path(source).is_file():
-            fail(f"loadModel: no checkpoint file at {source}")
+            fail(f"loadModel: no checkpoint file at {source} {ON_COMMAND_LINE}")
         stored = read_stored_config(source)
         known = {action.dest for action in parser._actions}
         parser.set_defaults(**{k: v for k, v in stored.items() if k in known and k not in COMMAND_KEYS})
@@ -727,6 +777,11 @@ def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
     opts, unknown = parser.parse_known_args(argv)
     if unknown:
         fail(_unknown_key_message(parser, unknown, argv))
+    opts.origins = {
+        action.dest: origin
+        for action in parser._actions
+        if (origin := _origin(parser, action.dest, parser._typed)) is not None
+    }
     for key, reason in RETIRED_KEYS.items():
         if getattr(opts, key) is not None:
             print(f"note: option {key} is ignored ({reason})", file=sys.stderr)
@@ -736,7 +791,7 @@ def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
     try:
         validate(opts)
     except OptionError as error:
-        fail(str(error))
+        fail(with_origin(opts, str(error)))
     opts.config = config_of(parser, opts)
     opts.stored_config = stored
     opts.resume_changes = {}
@@ -751,5 +806,5 @@ def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
         check_model_sizes(opts)
         opts.run_dir = plan_run_dir(opts)
     except OptionError as error:
-        fail(str(error))
+        fail(with_origin(opts, str(error)))
     return opts

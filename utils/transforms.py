@@ -41,9 +41,10 @@ def crop_affine(
 
 
 def invert_affine(matrix: np.ndarray) -> np.ndarray:
-    """Inverse of a (2, 3) affine matrix."""
-    full = np.vstack([matrix, [0.0, 0.0, 1.0]])
-    return np.linalg.inv(full)[:2]
+    """Inverse of a (2, 3) affine matrix (or of each of (..., 2, 3) matrices)."""
+    matrix = np.asarray(matrix, dtype=np.float64)
+    bottom = np.broadcast_to(np.array([0.0, 0.0, 1.0]), (*matrix.shape[:-2], 1, 3))
+    return np.linalg.inv(np.concatenate([matrix, bottom], axis=-2))[..., :2, :]
 
 
 def compose_affine(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:

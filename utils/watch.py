@@ -20,16 +20,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
-from utils.drawing import draw_pose, tile_images, to_uint8_image
-from utils.transforms import apply_affine, invert_affine
+from utils.drawing import skeleton_grid
 
-PREDICTED_COLOR = (0, 255, 0)  # green, as in predictions.png
-TRUE_COLOR = (255, 0, 255)  # magenta: neither the synthetic people's warm nor cool limb colours
 GRID_SAMPLES = 8
-MIN_PANEL_SIDE = 128  # tiny crops are enlarged so the skeletons stay legible
 
 
 class TrainingWatcher:
@@ -96,18 +91,13 @@ class TrainingWatcher:
         self.writer.flush()  # visible in TensorBoard now, not at the next 2-minute flush
 
     def log_predictions(self, epoch: int, dataset: Any, results: dict[str, np.ndarray]) -> None:
-        """``val/skeletons``: predicted (green) and true (magenta) skeletons on the first
-        validation crops, drawn from ``engine.predict``'s own predictions (no extra forward pass;
-        left-side joints have white centres)."""
-        if self.writer is None or not len(results["index"]):
+        """``val/skeletons``: true (magenta) and predicted (green) skeletons on the first
+        validation crops ``engine.predict_all`` kept (``crop_images``, ``crop_truth``, ``crop_preds``:
+        no extra forward pass), drawn as ``predictions.png`` is."""
+        if self.writer is None or not len(results.get("crop_images", ())):
             return
-        panels = [
-            skeleton_panel(dataset[int(index)], preds, dataset.joint_spec)
-            for index, preds in zip(
-                results["index"][:GRID_SAMPLES], results["preds"][:GRID_SAMPLES], strict=True
-            )
-        ]
-        grid = tile_images(panels, columns=4)
+        kept = [results[key][:GRID_SAMPLES] for key in ("crop_images", "crop_truth", "crop_preds")]
+        grid = skeleton_grid(*kept, dataset.joint_spec)
         self.writer.add_image("val/skeletons", grid, self.global_step(epoch), dataformats="HWC")
         self.writer.flush()
 
@@ -130,27 +120,6 @@ class TrainingWatcher:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
-
-
-def skeleton_panel(sample: dict[str, Any], preds: np.ndarray, spec: Any) -> np.ndarray:
-    """A validation sample's crop with its true skeleton (magenta) and ``preds`` (K, 2), given in
-    original-image pixels (green), enlarged to at least ``MIN_PANEL_SIDE`` pixels."""
-    meta = sample["meta"]
-    to_crop = invert_affine(np.asarray(meta["inverse_affine"], dtype=np.float64))
-    image = to_uint8_image(sample["image"].numpy())
-    factor = max(1, math.ceil(MIN_PANEL_SIDE / min(image.shape[:2])))
-    if factor > 1:
-        image = cv2.resize(image, None, fx=factor, fy=factor, interpolation=cv2.INTER_LINEAR)
-
-    def in_panel(points: np.ndarray) -> np.ndarray:
-        # pixel centres at integers: crop x -> (x + 0.5) * factor - 0.5
-        return (apply_affine(points, to_crop) + 0.5) * factor - 0.5
-
-    truth = in_panel(np.asarray(meta["joints"]))
-    image = draw_pose(image, truth, np.asarray(meta["visible"]), spec.skeleton, TRUE_COLOR, spec.left_joints)
-    predicted = in_panel(preds)
-    shown = np.isfinite(predicted).all(axis=1).astype(np.float32)
-    return draw_pose(image, predicted, shown, spec.skeleton, PREDICTED_COLOR, spec.left_joints)
 
 
 def read_curves(metrics_file: Path) -> dict[str, dict[str, dict[int, float]]]:
