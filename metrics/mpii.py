@@ -472,6 +472,8 @@ def pckh_of(results: dict[str, np.ndarray]) -> dict[str, float]:
     """:func:`pckh_metrics` of gathered predictions of MPII's joints (``preds``, ``joints``,
     ``visible``, ``head_size``), or nothing when a sample has no head size or none has a
     labelled joint."""
+    if any(key not in results for key in ("joints", "visible", "head_size")):
+        return {}  # predictions alone (a caller scoring them elsewhere)
     if not np.any(results["visible"] > 0) or not np.isfinite(results["head_size"]).all():
         return {}
     return pckh_metrics(results["preds"], results["joints"], results["visible"] <= 0, results["head_size"])
