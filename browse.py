@@ -6,14 +6,17 @@ what training sees before spending hours on it.
 
 from __future__ import annotations
 
-import argparse
+from typing import TYPE_CHECKING
 
 from build import build_run
 from checkpoints import Resumed, TrainingCheckpoint, make_run_dir
 from utils.drawing import browse_samples
 
+if TYPE_CHECKING:
+    from utils.options import Options
 
-def run(opts: argparse.Namespace) -> int:
+
+def run(opts: Options) -> int:
     parts = build_run(opts, with_train=True)
     resumed = Resumed()
     if opts.loadModel:  # the checkpoint's epoch picks the augmentation drawn

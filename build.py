@@ -6,13 +6,13 @@ implies, the datasets and their loaders, the optimizer and its schedule. Every m
 
 from __future__ import annotations
 
-import argparse
 import os
 import random
 import re
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -31,6 +31,9 @@ from models.complexity import ModelProfile, profile_model
 from models.registry import option_to_parameter
 from utils.distributed import DistributedContext, setup_distributed
 from utils.options import fail_option
+
+if TYPE_CHECKING:
+    from utils.options import Options
 
 
 @dataclass
@@ -51,7 +54,7 @@ class RunParts:
     val_loader: DataLoader
 
 
-def build_run(opts: argparse.Namespace, with_train: bool) -> RunParts:
+def build_run(opts: Options, with_train: bool) -> RunParts:
     """Device, seed, network, codec, loss, datasets and loaders, in that order."""
     configure_numerics(opts.deterministic)  # before CUDA starts: cuBLAS reads its workspace setting once
     context = setup_distributed(opts.gpuid)
@@ -93,7 +96,7 @@ def build_run(opts: argparse.Namespace, with_train: bool) -> RunParts:
 
 
 def build_data(
-    opts: argparse.Namespace, codec: Codec, input_size: tuple[int, int], with_train: bool
+    opts: Options, codec: Codec, input_size: tuple[int, int], with_train: bool
 ) -> tuple[KeypointDataset | None, KeypointDataset]:
     augmentation = Augmentation(
         opts.maxScale, opts.maxRotate, opts.rotateProb, opts.maxTranslate, opts.flipProb, opts.colorJitter
@@ -111,7 +114,7 @@ def build_data(
 
 
 def build_optimizer(
-    opts: argparse.Namespace, model: nn.Module, device: torch.device
+    opts: Options, model: nn.Module, device: torch.device
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler, torch.amp.GradScaler | None]:
     """The optimizer, its LR schedule and, for --amp fp16, the GradScaler (the same one on every
     device, so the CPU tests run the save and restore a GPU run takes)."""
@@ -158,7 +161,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_profiled(opts: argparse.Namespace, input_size: tuple[int, int]) -> tuple[nn.Module, ModelProfile]:
+def build_profiled(opts: Options, input_size: tuple[int, int]) -> tuple[nn.Module, ModelProfile]:
     """The model and its profile (one forward pass at ``input_size``, (width, height)). A builder
     refusing a value (a kernel size, a backbone name, an input too small for it) stops in one line
     that names the config keys."""
@@ -173,9 +176,7 @@ def build_profiled(opts: argparse.Namespace, input_size: tuple[int, int]) -> tup
         fail_option(opts, f"model {opts.model}: {message}", named[0] if named else None)
 
 
-def check_output_shape(
-    shapes: list[tuple[int, ...]], opts: argparse.Namespace, heatmap_size: tuple[int, int]
-) -> None:
+def check_output_shape(shapes: list[tuple[int, ...]], opts: Options, heatmap_size: tuple[int, int]) -> None:
     """The model's last stage must match what the codec encodes, else training is meaningless."""
     expected = (
         (1, opts.nJoints, heatmap_size[1], heatmap_size[0])
@@ -193,7 +194,7 @@ def check_output_shape(
 def make_loaders(
     train_set: KeypointDataset | None,
     val_set: KeypointDataset,
-    opts: argparse.Namespace,
+    opts: Options,
     context: DistributedContext,
     min_batch: int = 1,
 ) -> tuple[DataLoader | None, DataLoader]:
@@ -240,7 +241,7 @@ def make_loaders(
     return GuardedDataLoader(train_set, sampler=sampler, drop_last=False, **common), val_loader
 
 
-def data_notes(parts: RunParts, opts: argparse.Namespace) -> list[str]:
+def data_notes(parts: RunParts, opts: Options) -> list[str]:
     """What the sampler does to the training set that a user should know, one line each."""
     loader, train_set, context = parts.train_loader, parts.train_set, parts.context
     if loader is None:
@@ -290,9 +291,7 @@ def _quiet_worker(_: int) -> None:
     cv2.setNumThreads(0)  # workers are already one process per core; OpenCV threads would oversubscribe
 
 
-def make_scheduler(
-    optimizer: torch.optim.Optimizer, opts: argparse.Namespace
-) -> torch.optim.lr_scheduler.LRScheduler:
+def make_scheduler(optimizer: torch.optim.Optimizer, opts: Options) -> torch.optim.lr_scheduler.LRScheduler:
     if opts.lrSchedule == "multistep":
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=opts.milestones, gamma=opts.dropMag)
     step = opts.dropLR if opts.dropLR > 0 else 10**9  # dropLR 0: never drop

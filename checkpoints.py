@@ -8,7 +8,6 @@ fast; the atomic file I/O is :mod:`utils.checkpoint`.
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ if TYPE_CHECKING:
 
     from engine import EpochState
     from utils.distributed import DistributedContext
+    from utils.options import Options
 
 # Keys a checkpoint's stored config does not pass on: they say what this command does with it.
 COMMAND_KEYS = (
@@ -69,13 +69,13 @@ def read_stored_config(path: str | Path) -> dict[str, Any]:
     return config
 
 
-def is_resume(opts: argparse.Namespace) -> bool:
+def is_resume(opts: Options) -> bool:
     """A true resume continues the same run: weights, optimizer and epoch all restored."""
     evaluates = opts.test or opts.browse or opts.predict or opts.export
     return bool(opts.loadModel) and opts.loadOptim and opts.loadEpoch and not evaluates
 
 
-def resume_changes(opts: argparse.Namespace, stored: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+def resume_changes(opts: Options, stored: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """{key: (stored, now)} for every option that differs from the checkpoint's, command keys aside."""
     return {
         key: (stored[key], value)
@@ -100,7 +100,7 @@ def _show(value: Any) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
 
-def plan_run_dir(opts: argparse.Namespace) -> Path:
+def plan_run_dir(opts: Options) -> Path:
     """Where this command writes. Runs are append-only: only a resume writes into an existing
     run (the checkpoint's own, when no --expID names another); every other command gets a new
     directory, and a new run never takes over an existing one. The path is absolute and resolved,
@@ -133,7 +133,7 @@ def plan_run_dir(opts: argparse.Namespace) -> Path:
     )
 
 
-def make_run_dir(opts: argparse.Namespace, is_main: bool) -> Path:
+def make_run_dir(opts: Options, is_main: bool) -> Path:
     """Create the run directory ``plan_run_dir`` chose. A resume continues in its own run and
     leaves its config.defconf as it was (log.txt notes what changed); every other command gets a
     new directory whose config.defconf names the checkpoint it started from (``loadModel``)."""
@@ -185,7 +185,7 @@ def first_mismatch(error: RuntimeError) -> str:
     return str(error).splitlines()[0]
 
 
-def load_weights(model: nn.Module, opts: argparse.Namespace) -> dict[str, Any]:
+def load_weights(model: nn.Module, opts: Options) -> dict[str, Any]:
     """Load ``--loadModel`` into ``model``; one line naming what differs if the weights do not fit.
     Returns the whole checkpoint (optimizer, epoch, ... for a resume)."""
     from utils.checkpoint import CheckpointError, load_checkpoint
@@ -238,7 +238,7 @@ class TrainingCheckpoint:
         optimizer: torch.optim.Optimizer | None,
         scheduler: torch.optim.lr_scheduler.LRScheduler | None,
         scaler: torch.amp.GradScaler | None,
-        opts: argparse.Namespace,
+        opts: Options,
         context: DistributedContext,
     ) -> None:
         self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
@@ -386,7 +386,7 @@ class TrainingCheckpoint:
         )
 
 
-def world_size_change(state: dict[str, Any], opts: argparse.Namespace, world_size: int) -> str | None:
+def world_size_change(state: dict[str, Any], opts: Options, world_size: int) -> str | None:
     """One line when a resume runs on another number of processes: the effective batch changes."""
     written_by = int(state.get("world_size", 1))
     if written_by == world_size:

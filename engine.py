@@ -153,19 +153,8 @@ def train_one_epoch(
                 loss = loss_fn(outputs, target, weight)
             pck = _batch_pck(codec, outputs[-1], target, weight)
             window_finite = window_finite & torch.isfinite(loss.detach())
-            read = [loss.detach().double(), pck.double(), (~window_finite).double()]
             asked = (requests.stop(), requests.save_due()) if stepping else (False, False)
-            if stepping and context.is_distributed:
-                # (non-finite anywhere, stop asked, save due), agreed over ranks in one all-reduce;
-                # the host's two flags cross to the device in one copy
-                host = torch.tensor([float(flag) for flag in asked], dtype=torch.float64)
-                flags = torch.cat([read.pop().reshape(1), host.to(device, non_blocking=True)])
-                read.append(_max_over_ranks(flags, context))
-            # The one host synchronisation of a batch: the optimizer must not apply a non-finite
-            # loss, and reading the loss, the PCK and the flags with it costs nothing more.
-            value, batch_pck, *agreed = torch.cat([v.reshape(-1) for v in read]).tolist()
-            if not context.is_distributed:
-                agreed += [float(flag) for flag in asked]
+            value, batch_pck, *agreed = _read_step(loss, pck, window_finite, asked, stepping, context)
             if stepping and agreed[0]:
                 raise NonFiniteLossError(f"loss became non-finite at epoch {epoch}, step {step}; stopping")
             scaled = loss / accumulation
@@ -197,6 +186,27 @@ def train_one_epoch(
     progress.finish()
     state.complete = True
     return state
+
+
+def _read_step(
+    loss: torch.Tensor,
+    pck: torch.Tensor,
+    window_finite: torch.Tensor,
+    asked: tuple[bool, bool],
+    stepping: bool,
+    context: DistributedContext,
+) -> list[float]:
+    """[loss, PCK, non-finite, stop asked, save due] of a batch, in its one host synchronisation
+    (the optimizer must not apply a non-finite loss, and reading the loss, the PCK and the flags
+    with it costs nothing more). At an optimizer step under torchrun the three flags are agreed
+    over ranks in one all-reduce, the host's two crossing to the device in one copy."""
+    read = [loss.detach().double(), pck.double(), (~window_finite).double()]
+    if stepping and context.is_distributed:
+        host = torch.tensor([float(flag) for flag in asked], dtype=torch.float64)
+        flags = torch.cat([read.pop().reshape(1), host.to(context.device, non_blocking=True)])
+        read.append(_max_over_ranks(flags, context))
+    values = torch.cat([v.reshape(-1) for v in read]).tolist()
+    return values if stepping and context.is_distributed else values + [float(flag) for flag in asked]
 
 
 def _max_over_ranks(flags: torch.Tensor, context: DistributedContext) -> torch.Tensor:

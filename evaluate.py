@@ -8,8 +8,8 @@ validation pass, the metrics. Training validates with the same :func:`validate`.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,8 +20,11 @@ from metrics import coco, mpii
 from utils.distributed import broadcast_buffers
 from utils.logging import RunRecorder, evaluation_line
 
+if TYPE_CHECKING:
+    from utils.options import Options
 
-def run(opts: argparse.Namespace) -> int:
+
+def run(opts: Options) -> int:
     parts = build_run(opts, with_train=False)
     resumed = TrainingCheckpoint(parts.model, None, None, None, opts, parts.context).restore()
     for note in resumed.notes:

@@ -20,11 +20,10 @@ is widely supported by runtimes (ONNX Runtime >= 1.11, TensorRT >= 8.5).
 
 from __future__ import annotations
 
-import argparse
 import json
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -33,6 +32,9 @@ from datasets.base import IMAGENET_MEAN, IMAGENET_STD
 from datasets.codecs import HeatmapCodec
 from inference import TrainedModel, load_trained
 from utils.options import fail
+
+if TYPE_CHECKING:
+    from utils.options import Options
 
 OPSET = 17
 INPUT_NAME = "image"
@@ -76,7 +78,7 @@ def decoding_of(trained: TrainedModel) -> dict[str, Any]:
     return {**decoding, "crop": crop, "flip_test": flip_test}  # the notes' order: crop before flip
 
 
-def describe_export(trained: TrainedModel, opts: argparse.Namespace, onnx_path: Path) -> dict[str, Any]:
+def describe_export(trained: TrainedModel, opts: Options, onnx_path: Path) -> dict[str, Any]:
     width, height = trained.input_size
     target_type = trained.codec.target_type
     joints = trained.joint_spec
@@ -111,7 +113,7 @@ def describe_export(trained: TrainedModel, opts: argparse.Namespace, onnx_path: 
     }
 
 
-def run(opts: argparse.Namespace) -> int:
+def run(opts: Options) -> int:
     onnx_path = Path(opts.export)
     if not onnx_path.parent.is_dir():
         fail(f"-export: directory {onnx_path.parent} does not exist (create it, or name another path)")

@@ -7,8 +7,8 @@ its codec and its joint set. -test, -predict and -export all start here.
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -19,20 +19,23 @@ from datasets.registry import get_dataset_entry, joint_spec_for, list_datasets
 from datasets.skeletons import JointSpec
 from models import build_model
 
+if TYPE_CHECKING:
+    from utils.options import Options
+
 # the registered datasets' own joint sets; custom's comes from its spec, so ask joint_spec_of(opts)
 JOINT_SPECS = {
     name: spec for name in list_datasets() if (spec := get_dataset_entry(name).joint_spec) is not None
 }
 
 
-def frame_sizes(opts: argparse.Namespace) -> tuple[tuple[int, int], tuple[int, int]]:
+def frame_sizes(opts: Options) -> tuple[tuple[int, int], tuple[int, int]]:
     """(input (w, h), heatmap (w, h)); COCO's 256x192 crops use aspectRatio 0.75."""
     input_size = (round(opts.inputRes * opts.aspectRatio), opts.inputRes)
     heatmap_size = (round(opts.outputRes * opts.aspectRatio), opts.outputRes)
     return input_size, heatmap_size
 
 
-def joint_spec_of(opts: argparse.Namespace) -> JointSpec:
+def joint_spec_of(opts: Options) -> JointSpec:
     """The run's joint set: its dataset's, or for custom the spec ``jointSpec`` holds (the JSON a
     run records, so a checkpoint's options are enough)."""
     return joint_spec_for(opts.dataset, getattr(opts, "jointSpec", None))
@@ -47,7 +50,7 @@ class TrainedModel:
     device: torch.device
 
 
-def load_trained(opts: argparse.Namespace, device: torch.device | str = "cpu") -> TrainedModel:
+def load_trained(opts: Options, device: torch.device | str = "cpu") -> TrainedModel:
     """The network ``--loadModel`` holds, in eval mode on ``device``, with its codec and joints."""
     input_size, heatmap_size = frame_sizes(opts)
     model = build_model(opts.model, **vars(opts))

@@ -15,13 +15,12 @@ named after the whole input name (``x.jpg`` -> ``x.jpg.png``), so two inputs nev
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -36,6 +35,9 @@ from utils.drawing import draw_pose
 from utils.logging import EpochProgress
 from utils.options import fail
 from utils.transforms import apply_affine, crop_affine, invert_affine, warp_image
+
+if TYPE_CHECKING:
+    from utils.options import Options
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 DEFAULT_DETECTOR_THRESHOLD = 0.5
@@ -102,7 +104,7 @@ class BoxSource:
     """Person boxes for a frame: from a results-style JSON file, a torchvision detector, or the
     whole frame as one person."""
 
-    def __init__(self, opts: argparse.Namespace, device: torch.device) -> None:
+    def __init__(self, opts: Options, device: torch.device) -> None:
         self.by_name: dict[tuple[str, int | None], list[tuple[list[float], float]]] | None = None
         self.by_id: dict[int, list[tuple[list[float], float]]] = {}
         self.detector = None
@@ -301,7 +303,7 @@ def write_outputs(frames: list[Frame], run_dir: Path, skeleton, left_joints, vid
     return entries
 
 
-def run(opts: argparse.Namespace) -> int:
+def run(opts: Options) -> int:
     root = Path(opts.predict)
     images = [] if is_video(root) else find_images(root)
     if root.is_dir() and not images:  # before anything is loaded or written

@@ -11,12 +11,12 @@ summary. :class:`EpochLoop` holds what changes from epoch to epoch.
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -29,13 +29,16 @@ from evaluate import format_metrics, validate
 from utils.distributed import DistributedContext
 from utils.drawing import save_skeletons
 from utils.logging import RunRecorder, notice_start
-from utils.watch import TrainingWatcher
+from utils.training_charts import TrainingCharts
+
+if TYPE_CHECKING:
+    from utils.options import Options
 
 # validation crops in predictions.png, kept from the last validation
 PICTURE_CROPS = 8
 
 
-def run(opts: argparse.Namespace) -> int:
+def run(opts: Options) -> int:
     """Train (a new run, a resume or a fine-tune) and report; the exit status."""
     parts = build_run(opts, with_train=True)
     optimizer, scheduler, scaler = build_optimizer(opts, parts.model, parts.context.device)
@@ -70,7 +73,7 @@ class EpochLoop:
     def __init__(
         self,
         parts: RunParts,
-        opts: argparse.Namespace,
+        opts: Options,
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler,
         scaler: torch.amp.GradScaler | None,
@@ -97,7 +100,7 @@ class EpochLoop:
         # compiled for training only: validation runs the eager module (eval-mode BatchNorm would
         # otherwise cost a second compilation)
         self.train_net = torch.compile(net) if opts.compile else net
-        self.watcher = TrainingWatcher(
+        self.charts = TrainingCharts(
             run_dir, enabled=context.is_main, tensorboard=opts.tensorboard,
             steps_per_epoch=len(parts.train_loader), main_metric=self.main_metric,
             start_epoch=resumed.start_epoch, start_step=resumed.partial.step if resumed.partial else 0,
@@ -135,7 +138,7 @@ class EpochLoop:
             train_metrics = state.metrics(self.parts.context)
             self.scheduler.step()
             self.recorder.log_metrics(epoch, "train", train_metrics)
-            self.watcher.log_epoch(epoch, "train", train_metrics)
+            self.charts.log_epoch(epoch, "train", train_metrics)
             seconds = time.monotonic() - started
             validating = epoch % self.opts.valInterval == 0 or epoch == self.opts.nEpochs
             self.stop.doing = f"finishing epoch {epoch}'s checkpoint, then stopping"
@@ -152,7 +155,7 @@ class EpochLoop:
                 self.checkpoint.save(self.run_dir / f"model_{epoch}.pth", epoch, self.best)
             if self.stop.signal is not None and epoch < self.opts.nEpochs:
                 return self.exit(f"the end of epoch {epoch}")
-        self.watcher.close()
+        self.charts.close()
         self.stop.uninstall()
         return 0
 
@@ -167,11 +170,11 @@ class EpochLoop:
             return train_one_epoch(
                 self.train_net, parts.loss_fn, loader, self.optimizer, parts.codec, parts.context, epoch,
                 accumulation=opts.mini_batch_count, precision=parts.precision, scaler=self.scaler,
-                progress_mode=opts.progress, on_step=self.watcher.step_logger(epoch), resume_from=partial,
+                progress_mode=opts.progress, on_step=self.charts.step_logger(epoch), resume_from=partial,
                 requests=self.requests, channels_last=parts.channels_last,
             )  # fmt: skip
         except NonFiniteLossError as error:
-            self.watcher.close()
+            self.charts.close()
             kept = (
                 f"the last good checkpoint is kept: {self.last}"
                 if self.last.is_file()
@@ -198,10 +201,10 @@ class EpochLoop:
         kept = ("crop_images", "crop_truth", "crop_preds")
         self.pictured = {key: results[key] for key in kept if key in results}
         self.metrics = parts.val_set.evaluate(results, None)
-        self.watcher.log_predictions(epoch, parts.val_set, results)
+        self.charts.log_predictions(epoch, parts.val_set, results)
         self.recorder.log_metrics(epoch, "val", self.metrics)
-        self.watcher.log_epoch(epoch, "val", self.metrics)
-        self.watcher.write_curves()
+        self.charts.log_epoch(epoch, "val", self.metrics)
+        self.charts.write_curves()
         if self.metrics[self.main_metric] > self.best:
             self.best = self.metrics[self.main_metric]
             self.checkpoint.save(self.run_dir / "best.pth", epoch, self.best)
@@ -225,7 +228,7 @@ class EpochLoop:
         self.parts.say(line)
 
     def exit(self, where: str) -> int:
-        self.watcher.close()
+        self.charts.close()
         return self.stop.exit(self.last, where, self.parts.say, self.parts.context)
 
     def report(self) -> None:

@@ -572,36 +572,10 @@ class COCODataset(KeypointDataset):
             self.joint_spec = joint_spec
         if len(self.joint_spec.sigmas) != self.joint_spec.num_joints:
             raise ValueError(f"joint set {self.joint_spec.name!r} needs one OKS sigma per joint for COCO AP")
-        data_dir = Path(data_dir)
         self.split = split
-        if annotation_file is None:
-            self.annotation_file = data_dir / "annotations" / f"person_keypoints_{split}.json"
-        else:
-            self.annotation_file = data_dir / Path(annotation_file)
-        if not self.annotation_file.is_file():
-            raise DataError(
-                f"{self.label} annotations not found: expected {self.annotation_file} ({self.layout_hint})"
-            )
-        if image_dir is not None:
-            self.image_dir = data_dir / Path(image_dir)
-        elif annotation_file is None or (data_dir / "images" / split).is_dir():
-            self.image_dir = data_dir / "images" / split
-        else:
-            self.image_dir = self.annotation_file.parent
-        if not self.image_dir.is_dir():
-            raise DataError(
-                f"{self.label} images not found: expected a folder {self.image_dir} of .jpg files "
-                f"({self.layout_hint})"
-            )
-
+        self._locate_files(Path(data_dir), split, annotation_file, image_dir, bbox_file)
         num_joints = self.joint_spec.num_joints
         self.aspect_ratio = input_size[0] / input_size[1]
-        self.bbox_file = None if bbox_file is None else data_dir / Path(bbox_file)
-        if self.bbox_file is not None and not self.bbox_file.is_file():
-            raise DataError(
-                f"{self.label} person detections not found: expected {self.bbox_file} "
-                f"(a JSON list of image_id, category_id, bbox, score)"
-            )
         policy = policy or BadDataPolicy()
         self.half_body_prob = float(half_body_prob)
         self.half_body_min_joints = half_body_min_joints(num_joints)
@@ -658,6 +632,43 @@ class COCODataset(KeypointDataset):
             source=checkers.get("det", checkers["gt"]).source,
             notes=notes,
         )
+
+    def _locate_files(
+        self,
+        data_dir: Path,
+        split: str,
+        annotation_file: str | Path | None,
+        image_dir: str | Path | None,
+        bbox_file: str | Path | None,
+    ) -> None:
+        """``annotation_file``, ``image_dir`` and ``bbox_file`` under ``data_dir`` (the standard
+        layout where not given); a DataError naming what is missing."""
+        if annotation_file is None:
+            self.annotation_file = data_dir / "annotations" / f"person_keypoints_{split}.json"
+        else:
+            self.annotation_file = data_dir / Path(annotation_file)
+        if not self.annotation_file.is_file():
+            raise DataError(
+                f"{self.label} annotations not found: expected {self.annotation_file} ({self.layout_hint})"
+            )
+        if image_dir is not None:
+            self.image_dir = data_dir / Path(image_dir)
+        elif annotation_file is None or (data_dir / "images" / split).is_dir():
+            self.image_dir = data_dir / "images" / split
+        else:
+            self.image_dir = self.annotation_file.parent
+        if not self.image_dir.is_dir():
+            raise DataError(
+                f"{self.label} images not found: expected a folder {self.image_dir} of .jpg files "
+                f"({self.layout_hint})"
+            )
+
+        self.bbox_file = None if bbox_file is None else data_dir / Path(bbox_file)
+        if self.bbox_file is not None and not self.bbox_file.is_file():
+            raise DataError(
+                f"{self.label} person detections not found: expected {self.bbox_file} "
+                f"(a JSON list of image_id, category_id, bbox, score)"
+            )
 
     def _read(
         self, skip_empty: bool, det_score_threshold: float, checkers: dict[str, RecordChecker]

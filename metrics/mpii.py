@@ -115,6 +115,41 @@ def _check_thresholds(thresholds: Sequence[float]) -> tuple[float, ...]:
     return ths
 
 
+def _checked_inputs(
+    pred: np.ndarray, gt: np.ndarray, missing: np.ndarray, head_sizes: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(pred, gt, annotated, head_sizes, has_joints) as float64 / bool arrays of the shapes
+    :func:`pckh_table` documents; a ValueError naming the argument otherwise."""
+    pred = np.asarray(pred, dtype=np.float64)
+    gt = np.asarray(gt, dtype=np.float64)
+    missing = np.asarray(missing)
+    head_sizes = np.asarray(head_sizes, dtype=np.float64)
+
+    if gt.ndim != 3 or gt.shape[1:] != (NUM_JOINTS, 2):
+        raise ValueError(f"gt must have shape (N, {NUM_JOINTS}, 2), got {gt.shape}")
+    n = gt.shape[0]
+    if pred.shape != gt.shape:
+        raise ValueError(f"pred must have the shape of gt {gt.shape}, got {pred.shape}")
+    if missing.shape != (n, NUM_JOINTS):
+        raise ValueError(f"missing must have shape ({n}, {NUM_JOINTS}), got {missing.shape}")
+    if missing.dtype != np.bool_:
+        if not np.isin(missing, (0, 1)).all():
+            raise ValueError("missing must be boolean (or 0/1)")
+        missing = missing.astype(bool)
+    if head_sizes.shape != (n,):
+        raise ValueError(f"head_sizes must have shape ({n},), got {head_sizes.shape}")
+
+    annotated = ~missing
+    has_joints = annotated.any(axis=1)
+    bad = has_joints & ~(np.isfinite(head_sizes) & (head_sizes > 0))
+    if bad.any():
+        raise ValueError(
+            f"head size must be finite and > 0 for persons with annotated joints; "
+            f"person {int(np.flatnonzero(bad)[0])} has {head_sizes[bad][0]}"
+        )
+    return pred, gt, annotated, head_sizes, has_joints
+
+
 def pckh_table(
     pred: np.ndarray,
     gt: np.ndarray,
@@ -163,33 +198,7 @@ def pckh_table(
         ``thresholds``: the thresholds used. :func:`log_dict` flattens it for loggers.
     """
     ths = _check_thresholds(thresholds)
-    pred = np.asarray(pred, dtype=np.float64)
-    gt = np.asarray(gt, dtype=np.float64)
-    missing = np.asarray(missing)
-    head_sizes = np.asarray(head_sizes, dtype=np.float64)
-
-    if gt.ndim != 3 or gt.shape[1:] != (NUM_JOINTS, 2):
-        raise ValueError(f"gt must have shape (N, {NUM_JOINTS}, 2), got {gt.shape}")
-    n = gt.shape[0]
-    if pred.shape != gt.shape:
-        raise ValueError(f"pred must have the shape of gt {gt.shape}, got {pred.shape}")
-    if missing.shape != (n, NUM_JOINTS):
-        raise ValueError(f"missing must have shape ({n}, {NUM_JOINTS}), got {missing.shape}")
-    if missing.dtype != np.bool_:
-        if not np.isin(missing, (0, 1)).all():
-            raise ValueError("missing must be boolean (or 0/1)")
-        missing = missing.astype(bool)
-    if head_sizes.shape != (n,):
-        raise ValueError(f"head_sizes must have shape ({n},), got {head_sizes.shape}")
-
-    annotated = ~missing
-    has_joints = annotated.any(axis=1)
-    bad = has_joints & ~(np.isfinite(head_sizes) & (head_sizes > 0))
-    if bad.any():
-        raise ValueError(
-            f"head size must be finite and > 0 for persons with annotated joints; "
-            f"person {int(np.flatnonzero(bad)[0])} has {head_sizes[bad][0]}"
-        )
+    pred, gt, annotated, head_sizes, has_joints = _checked_inputs(pred, gt, missing, head_sizes)
 
     # Persons without annotated joints may carry a zero/NaN head size: divide by 1 instead so
     # numpy stays quiet; their entries are masked out below anyway.

@@ -6,7 +6,7 @@ its target type ("heatmap" or "regression"); codecs, losses and metrics are chos
 
 A heatmap model also states which ``inputRes / outputRes`` strides it can produce and, when it
 halves its heatmap-sized features internally (an hourglass), the option counting the halvings, so
-``utils.options.check_model_sizes`` refuses a configuration it cannot build before anything is built.
+``utils.option_checks.check_model_sizes`` refuses a configuration it cannot build before anything is built.
 """
 
 from __future__ import annotations

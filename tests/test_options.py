@@ -4,7 +4,8 @@ import sys
 import pytest
 
 from conftest import REPO_ROOT, parse_error
-from utils.options import parse_optimizer_pars, parse_options
+from utils.option_checks import parse_optimizer_pars
+from utils.options import parse_options
 
 
 def test_defaults_are_the_demo():
@@ -147,3 +148,17 @@ def test_flip_test_is_on_by_default_for_validation_and_test(tmp_path):
     mpii = str(REPO_ROOT / "conf/datasets/mpii.defconf")
     assert parse_options(["-DataConfig", mpii, "--dataDir", str(tmp_path)]).flipTest is True
     assert parse_options(["--flipTest", "0"]).flipTest is False
+
+
+def test_the_typed_options_declare_every_key_the_parser_has() -> None:
+    """Options (what parse_options returns) types every parser key and every derived value, so
+    a key added to the parser without its type, or a stale one, fails here."""
+    from utils.options import Options, build_parser
+
+    parser_keys = {action.dest for action in build_parser()._actions if action.dest != "help"}
+    derived = {"target_type", "joint_spec", "milestones", "optimizer_kwargs", "origins", "config",
+               "stored_config", "resume_changes", "run_dir"}  # fmt: skip
+    assert set(Options.__annotations__) == parser_keys | derived
+    opts = parse_options(["--nEpochs", "1", "--lrMilestones", "2,3"])
+    assert isinstance(opts, Options) and all(hasattr(opts, key) for key in Options.__annotations__)
+    assert opts.milestones == [2, 3] and opts.target_type == "heatmap" and opts.nJoints == 16

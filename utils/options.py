@@ -12,11 +12,10 @@ with status 2.
 from __future__ import annotations
 
 import argparse
-import math
 import re
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import configargparse
 
@@ -28,7 +27,13 @@ from checkpoints import (
     refused_resume_changes,
     resume_changes,
 )
-from utils.registry import close_match, did_you_mean
+from utils.legacy_options import RETIRED_KEYS
+from utils.legacy_options import translate as translate_original_keys
+from utils.option_checks import AMP_MODES, LR_SCHEDULES, PROGRESS_MODES, check_and_derive, check_model_sizes
+from utils.registry import close_match
+
+if TYPE_CHECKING:
+    from datasets.skeletons import JointSpec
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_CONFIG = REPO_ROOT / "conf" / "datasets" / "synthetic.defconf"
@@ -41,20 +46,138 @@ DATASET_JOINTS = {"synthetic": 16, "MPII": 16, "COCO": 17}
 DATASETS = (*DATASET_JOINTS, "custom")
 # the registry's names, written out so --help needs no torch import (a test keeps them equal)
 MODEL_NAMES = "ChainedPredictions, DeepPose, HRNet, PoseAttention, PyraNet, SimpleBaseline, StackedHourGlass"
-TARGET_TYPE_SPELLINGS = {"heatmap": "heatmap", "direct": "regression", "regression": "regression"}
-AMP_MODES = ("none", "bf16", "fp16")
-LR_SCHEDULES = ("step", "multistep")
-PROGRESS_MODES = ("auto", "bar", "lines", "none")
-
-
-RETIRED_KEYS = {
-    "worldCoors": "MPII head sizes now come from the annotations",
-    "headSize": "MPII head sizes now come from the annotations",
-}
 
 
 # what an error about a typed value ends with; one from a config file ends with "(in FILE)"
 ON_COMMAND_LINE = "(on the command line)"
+
+
+class Options(argparse.Namespace):
+    """The options of one command, checked once by :func:`parse_options`: every key the parser
+    declares (typed as parsed; None where the default is "the builder's or dataset's own"),
+    then the values derived from them. What a config file or a checkpoint stores is ``config``."""
+
+    # data
+    DataConfig: str | None
+    dataset: str
+    dataDir: str
+    trainAnnotation: str | None
+    valAnnotation: str | None
+    imageDir: str | None
+    headBoxesMat: str | None
+    bboxFile: str | None
+    detScoreThreshold: float
+    halfBodyProb: float
+    TargetType: str | None
+    nJoints: int | None
+    jointSpec: str | None
+    imageRes: int
+    inputRes: int
+    outputRes: int
+    aspectRatio: float
+    hmGauss: float
+    maxTranslate: float
+    maxScale: float
+    maxRotate: float
+    rotateProb: float
+    flipProb: float
+    colorJitter: float
+    syntheticTrain: int
+    syntheticVal: int
+    flipTest: bool
+    postProcess: str
+    browse: int
+    shuffle: bool
+    nThreads: int
+    data_loader_size: int
+    dont_pin_memory: bool
+    skipBadSamples: bool
+    maxBadFraction: float
+    allowOutsidePaths: bool
+    imageCache: str
+    # model
+    ModelConfig: str | None
+    model: str
+    inputNorm: str
+    coordConvention: str
+    nChannels: int | None
+    stemChannels: int | None
+    nStack: int | None
+    nModules: int | None
+    nReductions: int | None
+    baseWidth: int | None
+    cardinality: int | None
+    prmType: str | None
+    LRNSize: int | None
+    IterSize: int | None
+    modelName: str | None
+    hhKernel: int | None
+    ohKernel: int | None
+    baseName: str | None
+    nCascade: int | None
+    boxSigma: float | None
+    refineBaseName: str | None
+    cropSize: int | None
+    hiddenChannels: int | None
+    nPartStacks: int | None
+    prmLevels: int | None
+    nDeconv: int | None
+    deconvFilters: int | None
+    hrnetWidth: int | None
+    pretrainedPath: str | None
+    # training
+    nEpochs: int
+    LR: float
+    optimizer_type: str
+    optimizer_pars: list[str] | None
+    lrSchedule: str
+    dropLR: int
+    dropMag: float
+    lrMilestones: str
+    mini_batch_count: int
+    valInterval: int
+    seed: int
+    amp: str
+    usedouble: bool
+    channelsLast: bool
+    deterministic: bool
+    syncBN: bool
+    compile: bool
+    # checkpoint
+    expDir: str
+    expID: str
+    loadModel: str
+    loadOptim: bool
+    loadEpoch: bool
+    dropPreLoaded: bool
+    dropMagPreLoaded: float
+    saveInterval: int
+    saveEveryMinutes: float
+    allowConfigChange: bool
+    # runtime
+    test: bool
+    predict: str
+    export: str
+    onnx: str
+    detector: str
+    detectorWeights: str
+    tensorboard: bool
+    visdom: bool | None
+    DEBUG: bool
+    gpuid: int
+    progress: str
+    worldCoors: str | None
+    headSize: str | None
+    # derived once (utils/option_checks.py, parse_options)
+    target_type: str  # the model's: "heatmap" or "regression"
+    joint_spec: JointSpec  # the run's joint set (a custom spec's content is in jointSpec as JSON)
+    milestones: list[int]  # lrMilestones as epochs
+    optimizer_kwargs: dict[str, Any]  # optimizer_pars as keyword arguments
+    origins: dict[str, str]  # key -> "(on the command line)" or "(in FILE)", for error messages
+    config: dict[str, Any]  # the parser's own keys: what config.defconf and a checkpoint hold
+    stored_config: dict[str, Any] | None  # the --loadModel checkpoint's config
+    resume_changes: dict[str, tuple[Any, Any]]  # key -> (stored, now) on a resume
+    run_dir: Path  # where this command writes (checkpoints.plan_run_dir)
 
 
 class OptionError(ValueError):
@@ -440,240 +563,6 @@ def _with_default_configs(argv: list[str]) -> list[str]:
     return argv
 
 
-def parse_optimizer_pars(pairs: list[str] | None) -> dict[str, Any]:
-    """``["momentum=0.9", "nesterov=true"]`` -> ``{"momentum": 0.9, "nesterov": True}``."""
-    parsed: dict[str, Any] = {}
-    for pair in pairs or []:
-        for item in str(pair).strip("[] ").split(","):
-            if not item.strip():
-                continue
-            if "=" not in item:
-                raise OptionError(f"optimizer_pars: {item.strip()!r} is not key=value (e.g. momentum=0.9)")
-            key, raw = (part.strip() for part in item.split("=", 1))
-            parsed[key] = _literal(raw)
-    return parsed
-
-
-def _literal(raw: str) -> Any:
-    lowered = raw.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if raw.startswith("(") and raw.endswith(")"):
-        return tuple(_literal(p.strip()) for p in raw[1:-1].split(";") if p.strip())
-    for cast in (int, float):
-        try:
-            return cast(raw)
-        except ValueError:
-            pass
-    return raw
-
-
-def check_model_sizes(opts: argparse.Namespace) -> None:
-    """Refuse sizes the model's registry entry states it cannot build: an ``outputRes / inputRes``
-    ratio it does not produce, or more halvings of the heatmap grid (``heatmap_halvings``, e.g. an
-    hourglass's nReductions) than the grid has pixels for."""
-    from models.registry import get_entry
-
-    entry = get_entry(opts.model)
-    input_res, output_res, aspect_ratio = opts.inputRes, opts.outputRes, opts.aspectRatio
-    strides = entry.output_strides
-    reachable = not input_res % output_res and input_res // output_res in (strides or ())
-    if entry.target_type == "heatmap" and strides is not None and not reachable:
-        fits = [str(input_res // s) for s in strides if input_res % s == 0]
-        hint = f" (outputRes {' or '.join(fits)} for inputRes {input_res})" if fits else ""
-        raise OptionError(
-            f"outputRes: {output_res} with inputRes {input_res} is a ratio {entry.name} cannot produce; "
-            f"it accepts outputRes / inputRes {entry.output_ratios()}{hint}"
-        )
-    if entry.target_type != "heatmap" or entry.heatmap_halvings is None:
-        return
-    key = entry.heatmap_halvings
-    halvings = getattr(opts, key, None)
-    halvings = entry.default(key) if halvings is None else halvings  # None: the builder's default
-    height, width = output_res, round(output_res * aspect_ratio)
-    if halvings >= 1 and min(height, width) >> halvings == 0:
-        # each halving floors the grid; below 1 pixel there is nothing left to pool
-        deepest = min(height, width).bit_length() - 1
-        side = 1 << min(halvings, 62)  # the smallest grid side that takes every halving
-        needed = max(side, math.ceil((side - 0.5) / aspect_ratio))
-        while round(needed * aspect_ratio) < side:  # round() halves to even: at most a step or two
-            needed += 1
-        remedies = [f"{key} <= {deepest}"] if deepest >= 1 else []
-        if halvings <= 16 or not remedies:
-            remedies.append(f"outputRes >= {needed}")
-            if input_res % output_res == 0:
-                remedies[-1] += f" (inputRes {needed * (input_res // output_res)})"
-        raise OptionError(
-            f"{key}: {halvings} halvings of the {height}x{width} heatmap grid (outputRes {output_res}, "
-            f"inputRes {input_res}) go below 1x1 in {entry.name}; use {' or '.join(remedies)}"
-        )
-
-
-def validate(opts: argparse.Namespace) -> None:
-    """Reject nonsense values with an OptionError naming the key and what is allowed."""
-    import torch.optim
-
-    from datasets.codecs import CONVENTIONS, POST_PROCESSES
-    from datasets.custom import SpecError, spec_to_json
-    from datasets.registry import UnknownDatasetError, get_dataset_entry, joint_spec_for
-    from models.registry import UnknownModelError, get_entry
-
-    try:
-        entry = get_entry(opts.model)
-    except UnknownModelError as error:
-        raise OptionError(f"model: {error}") from None
-    opts.model = entry.name
-
-    try:
-        dataset = get_dataset_entry(opts.dataset)
-    except UnknownDatasetError as error:
-        raise OptionError(f"dataset: {error}") from None
-    opts.dataset = dataset.name
-    if opts.inputNorm not in ("imagenet", "unit", "bgr"):
-        raise OptionError(f"inputNorm: {opts.inputNorm!r} is not one of imagenet, unit, bgr")
-    if opts.inputNorm != "imagenet" and "input_norm" not in entry.parameter_names():
-        raise OptionError(
-            f"inputNorm: model {entry.name} reads ImageNet-normalised RGB only, got {opts.inputNorm!r}"
-        )
-    reads_data = not (opts.predict or opts.export)
-    if reads_data and dataset.needs_data_dir and not (opts.dataDir and Path(opts.dataDir).is_dir()):
-        raise OptionError(
-            f"dataDir: {opts.dataDir!r} is not a directory (expected the {opts.dataset} dataset root there; "
-            f"see docs/datasets.md)"
-        )
-    opts.jointSpec = opts.jointSpec or None
-    if dataset.joint_spec is not None and opts.jointSpec:
-        raise OptionError(
-            f"jointSpec: only --dataset custom reads a joint spec; {opts.dataset} has its own joints "
-            f"(--jointSpec '' drops one taken from a checkpoint)"
-        )
-    try:
-        opts.joint_spec = joint_spec_for(opts.dataset, opts.jointSpec)
-    except SpecError as error:
-        raise OptionError(str(error)) from None
-    if dataset.joint_spec is None:
-        # the run records the spec's content, not its path: a checkpoint needs no spec file
-        opts.jointSpec = spec_to_json(opts.joint_spec)
-    dataset_joints = opts.joint_spec.num_joints
-    if opts.nJoints is None:
-        opts.nJoints = dataset_joints
-    elif opts.nJoints != dataset_joints:
-        spec, hint = "", ""
-        if dataset.joint_spec is None:
-            spec = f" (spec '{opts.joint_spec.name}')"
-            hint = "; the spec sets it (conf/datasets/custom.defconf leaves it unset)"
-        raise OptionError(
-            f"nJoints: {opts.nJoints} disagrees with dataset {opts.dataset}{spec}, which has "
-            f"{dataset_joints} joints{hint}"
-        )
-
-    if opts.TargetType is not None:
-        spelled = TARGET_TYPE_SPELLINGS.get(str(opts.TargetType).lower())
-        if spelled is None:
-            raise OptionError(f"TargetType: {opts.TargetType!r} is not one of heatmap, direct")
-        if spelled != entry.target_type:
-            raise OptionError(
-                f"TargetType: {opts.TargetType!r} disagrees with model {entry.name}, which predicts "
-                f"{'heatmaps' if entry.target_type == 'heatmap' else 'coordinates (direct)'}"
-            )
-    opts.target_type = entry.target_type
-
-    positive = {
-        "LR": opts.LR,
-        "inputRes": opts.inputRes,
-        "outputRes": opts.outputRes,
-        "aspectRatio": opts.aspectRatio,
-        "hmGauss": opts.hmGauss,
-        "data_loader_size": opts.data_loader_size,
-        "mini_batch_count": opts.mini_batch_count,
-        "nEpochs": opts.nEpochs,
-        "valInterval": opts.valInterval,
-        "saveInterval": opts.saveInterval,
-        "dropMag": opts.dropMag,
-        "imageRes": opts.imageRes,
-        "syntheticTrain": opts.syntheticTrain,
-        "syntheticVal": opts.syntheticVal,
-    }
-    for key, value in positive.items():
-        if not value > 0:
-            raise OptionError(f"{key}: must be > 0, got {value}")
-    for key in ("nThreads", "dropLR", "gpuid", "maxScale", "maxRotate", "maxTranslate", "colorJitter"):
-        if getattr(opts, key) < 0:
-            raise OptionError(f"{key}: must be >= 0, got {getattr(opts, key)}")
-    for key in ("rotateProb", "flipProb", "halfBodyProb"):
-        if not 0 <= getattr(opts, key) <= 1:
-            raise OptionError(f"{key}: must be a probability in [0, 1], got {getattr(opts, key)}")
-    if not 0 <= opts.maxBadFraction <= 1:
-        raise OptionError(f"maxBadFraction: must be a fraction in [0, 1], got {opts.maxBadFraction}")
-    if round(opts.outputRes * opts.aspectRatio) < 1:
-        raise OptionError(
-            f"aspectRatio: {opts.aspectRatio} makes the heatmap (outputRes {opts.outputRes}) 0 pixels wide"
-        )
-    # a model stating its ratios gets them named instead, once a resume's changes are known (check_model_sizes)
-    if opts.inputRes % opts.outputRes != 0 and entry.output_strides is None:
-        raise OptionError(f"outputRes: {opts.outputRes} does not divide inputRes {opts.inputRes}")
-    for key in ("nChannels", "nStack", "nModules", "nReductions", "nJoints", "nDeconv", "deconvFilters",
-                "hrnetWidth", "stemChannels"):  # fmt: skip
-        value = getattr(opts, key)
-        if value is not None and value < 1:
-            raise OptionError(f"{key}: must be >= 1, got {value}")
-
-    if opts.coordConvention not in CONVENTIONS:
-        raise OptionError(f"coordConvention: {opts.coordConvention!r} is not one of {', '.join(CONVENTIONS)}")
-    if opts.coordConvention != "project" and opts.target_type != "heatmap":
-        raise OptionError(f"coordConvention: {opts.coordConvention!r} applies to heatmap models only")
-    if opts.postProcess not in POST_PROCESSES:
-        raise OptionError(f"postProcess: {opts.postProcess!r} is not one of {', '.join(POST_PROCESSES)}")
-    if opts.postProcess != "quarter" and opts.target_type != "heatmap":
-        raise OptionError(f"postProcess: {opts.postProcess!r} applies to heatmap models only")
-    if opts.amp not in AMP_MODES:
-        raise OptionError(f"amp: {opts.amp!r} is not one of {', '.join(AMP_MODES)}")
-    if opts.lrSchedule not in LR_SCHEDULES:
-        raise OptionError(f"lrSchedule: {opts.lrSchedule!r} is not one of {', '.join(LR_SCHEDULES)}")
-    if opts.progress not in PROGRESS_MODES:
-        raise OptionError(f"progress: {opts.progress!r} is not one of {', '.join(PROGRESS_MODES)}")
-    try:
-        opts.milestones = [int(m) for m in str(opts.lrMilestones).replace(" ", "").split(",") if m]
-    except ValueError:
-        raise OptionError(
-            f"lrMilestones: {opts.lrMilestones!r} is not a comma-separated list of epochs"
-        ) from None
-    if opts.lrSchedule == "multistep" and not opts.milestones:
-        raise OptionError("lrMilestones: multistep needs at least one epoch, e.g. --lrMilestones 60,90")
-
-    optimizer = getattr(torch.optim, str(opts.optimizer_type), None)
-    if not (isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer)):
-        names = sorted(
-            n
-            for n, c in vars(torch.optim).items()
-            if isinstance(c, type) and issubclass(c, torch.optim.Optimizer)
-        )
-        names = [n for n in names if n != "Optimizer"]
-        hint = did_you_mean(opts.optimizer_type, names)
-        raise OptionError(f"optimizer_type: {opts.optimizer_type!r} is not a torch.optim optimizer{hint}")
-    opts.optimizer_kwargs = parse_optimizer_pars(opts.optimizer_pars)
-
-    if opts.browse < 0:
-        raise OptionError(f"browse: must be >= 0, got {opts.browse}")
-    if opts.browse and opts.test:
-        raise OptionError("browse: shows augmented training samples; it cannot be combined with -test")
-    if opts.test and not opts.loadModel:
-        raise OptionError("-test: needs --loadModel PATH, the checkpoint to evaluate")
-    modes = [flag for flag, on in (("-test", opts.test), ("--browse", opts.browse), ("-predict", opts.predict),
-                                   ("-export", opts.export)) if on]  # fmt: skip
-    if len(modes) > 1:
-        raise OptionError(f"{modes[1]}: cannot be combined with {modes[0]}; run them one at a time")
-    for flag, value in (("-predict", opts.predict), ("-export", opts.export)):
-        if value and not opts.loadModel:
-            raise OptionError(f"{flag}: needs --loadModel PATH, the checkpoint to use")
-    if opts.predict and not Path(opts.predict).exists():
-        raise OptionError(f"-predict: no image, folder or video at {opts.predict}")
-    if opts.onnx and not Path(opts.onnx).is_file():
-        raise OptionError(f"onnx: no ONNX model file at {opts.onnx}")
-    if opts.loadModel and not Path(opts.loadModel).is_file():
-        raise OptionError(f"loadModel: no checkpoint file at {opts.loadModel}")
-
-
 def _option_value(argv: list[str], flag: str) -> str | None:
     """The value given to ``flag`` on the command line (``--flag v`` or ``--flag=v``), if any."""
     for position, item in enumerate(argv):
@@ -682,37 +571,6 @@ def _option_value(argv: list[str], flag: str) -> str | None:
         if item.startswith(flag + "="):
             return item.split("=", 1)[1]
     return None
-
-
-def apply_visdom(parser: configargparse.ArgParser, opts: argparse.Namespace) -> None:
-    """Map the original project's ``visdom`` key onto ``--tensorboard``, with a notice.
-
-    ``visdom: 1`` asked for live plots, so it turns TensorBoard on, unless ``tensorboard`` is
-    itself given (command line or config file), which wins. ``visdom: 0`` changes nothing:
-    TensorBoard stays as ``--tensorboard`` says (on by default), because the original configs
-    all carry ``visdom: 0`` and would otherwise turn it off everywhere."""
-    if opts.visdom is None:
-        return
-    typed = parser._typed or []
-    explicit = _config_file_of(parser, "tensorboard", typed) is not None or any(
-        item.lstrip("-").split("=", 1)[0] == "tensorboard" for item in typed if item.startswith("-")
-    )
-    if not opts.visdom:
-        note = "visdom: 0 leaves TensorBoard as --tensorboard sets it: " + (
-            "on (--tensorboard 0 turns it off)" if opts.tensorboard else "off"
-        )
-        print(f"note: option visdom is ignored ({note})", file=sys.stderr)
-    elif explicit and not opts.tensorboard:
-        print(
-            "note: option visdom is replaced by --tensorboard, which is given as 0 and wins", file=sys.stderr
-        )
-    else:
-        opts.tensorboard = True
-        print(
-            "note: option visdom is replaced by --tensorboard; visdom: 1 turns TensorBoard on "
-            "(events in <run>/tb: tensorboard --logdir <expDir>)",
-            file=sys.stderr,
-        )
 
 
 def config_of(parser: configargparse.ArgParser, opts: argparse.Namespace) -> dict[str, Any]:
@@ -745,7 +603,7 @@ def config_from_files(argv: list[str]) -> dict[str, Any]:
     return config_of(parser, opts)
 
 
-def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_options(argv: list[str] | None = None) -> Options:
     """Parse config files and command line; print one line and exit 2 on any bad input.
 
     With ``--loadModel`` the checkpoint's stored config is the starting point: config files and
@@ -774,7 +632,7 @@ def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
     else:
         argv = _with_default_configs(argv)
     parser._typed = [a for a in argv if a not in ("-DataConfig", "-ModelConfig")]
-    opts, unknown = parser.parse_known_args(argv)
+    opts, unknown = parser.parse_known_args(argv, namespace=Options())
     if unknown:
         fail(_unknown_key_message(parser, unknown, argv))
     opts.origins = {
@@ -782,14 +640,9 @@ def parse_options(argv: list[str] | None = None) -> argparse.Namespace:
         for action in parser._actions
         if (origin := _origin(parser, action.dest, parser._typed)) is not None
     }
-    for key, reason in RETIRED_KEYS.items():
-        if getattr(opts, key) is not None:
-            print(f"note: option {key} is ignored ({reason})", file=sys.stderr)
-    apply_visdom(parser, opts)
-    if opts.DEBUG:
-        opts.data_loader_size, opts.shuffle, opts.nThreads = 1, False, 0
+    translate_original_keys(parser, opts)
     try:
-        validate(opts)
+        check_and_derive(opts)
     except OptionError as error:
         fail(with_origin(opts, str(error)))
     opts.config = config_of(parser, opts)

@@ -27,7 +27,7 @@ from utils.drawing import skeleton_grid
 GRID_SAMPLES = 8
 
 
-class TrainingWatcher:
+class TrainingCharts:
     """TensorBoard scalars and images (``tensorboard``) plus ``curves.png`` (always), from rank 0.
 
     ``enabled`` is False on other ranks, where every method does nothing. A resume (at batch
