@@ -1,7 +1,8 @@
 """The objects a run needs, built from the options in one place: the device and process group,
 the network (profiled, its output checked against the targets), the codec and loss its target type
-implies, the datasets and their loaders, the optimizer and its schedule. Every mode (training,
--test, --browse) starts with :func:`build_run`; -predict and -export with ``inference.load_trained``.
+implies, the datasets and their loaders, the optimizer and its schedule. Training, -test and
+--browse start with :func:`build_run`; -predict and -export with :func:`load_trained` (a trained
+network rebuilt from a checkpoint's stored options, its weights loaded).
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from checkpoints import load_weights
 from datasets import Augmentation, KeypointDataset, build_datasets, make_codec
 from datasets.codecs import Codec
 from datasets.loading import BadSampleReport, GuardedDataLoader
+from datasets.registry import get_dataset_entry, joint_spec_for, list_datasets
+from datasets.skeletons import JointSpec
 from engine import Precision
-from inference import frame_sizes, joint_spec_of
 from losses import make_loss
 from models import build_model
 from models.complexity import ModelProfile, profile_model
@@ -82,9 +85,7 @@ def build_run(opts: Options, with_train: bool) -> RunParts:
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
 
-    codec = make_codec(
-        opts.target_type, input_size, heatmap_size, opts.hmGauss, opts.coordConvention, opts.postProcess
-    )
+    codec = build_codec(opts)
     train_set, val_set = build_data(opts, codec, input_size, with_train)
     # a training batch of one gives BatchNorm a single value per channel where a feature map is 1x1
     min_batch = 2 if profile.norm_values == 1 and not opts.browse else 1
@@ -93,6 +94,14 @@ def build_run(opts: Options, with_train: bool) -> RunParts:
         context, say, model, profile, precision, channels_last, codec, make_loss(opts.target_type),
         train_set, val_set, train_loader, val_loader,
     )  # fmt: skip
+
+
+def build_codec(opts: Options) -> Codec:
+    """The codec of the model's target type at the run's sizes (targets in, decoded joints out)."""
+    input_size, heatmap_size = frame_sizes(opts)
+    return make_codec(
+        opts.target_type, input_size, heatmap_size, opts.hmGauss, opts.coordConvention, opts.postProcess
+    )
 
 
 def build_data(
@@ -296,3 +305,41 @@ def make_scheduler(optimizer: torch.optim.Optimizer, opts: Options) -> torch.opt
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=opts.milestones, gamma=opts.dropMag)
     step = opts.dropLR if opts.dropLR > 0 else 10**9  # dropLR 0: never drop
     return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step, gamma=opts.dropMag)
+
+
+# the registered datasets' own joint sets; custom's comes from its spec, so ask joint_spec_of(opts)
+JOINT_SPECS = {
+    name: spec for name in list_datasets() if (spec := get_dataset_entry(name).joint_spec) is not None
+}
+
+
+def frame_sizes(opts: Options) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(input (w, h), heatmap (w, h)); COCO's 256x192 crops use aspectRatio 0.75."""
+    input_size = (round(opts.inputRes * opts.aspectRatio), opts.inputRes)
+    heatmap_size = (round(opts.outputRes * opts.aspectRatio), opts.outputRes)
+    return input_size, heatmap_size
+
+
+def joint_spec_of(opts: Options) -> JointSpec:
+    """The run's joint set: its dataset's, or for custom the spec ``jointSpec`` holds (the JSON a
+    run records, so a checkpoint's options are enough)."""
+    return joint_spec_for(opts.dataset, getattr(opts, "jointSpec", None))
+
+
+@dataclass
+class TrainedModel:
+    model: nn.Module  # eval mode, on ``device``, weights loaded
+    codec: Codec
+    input_size: tuple[int, int]  # (width, height)
+    joint_spec: JointSpec
+    device: torch.device
+
+
+def load_trained(opts: Options, device: torch.device | str = "cpu") -> TrainedModel:
+    """The network ``--loadModel`` holds, in eval mode on ``device``, with its codec and joints."""
+    model = build_model(opts.model, **vars(opts))
+    load_weights(model, opts)
+    device = torch.device(device)
+    return TrainedModel(
+        model.to(device).eval(), build_codec(opts), frame_sizes(opts)[0], joint_spec_of(opts), device
+    )

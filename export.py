@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from build import TrainedModel, load_trained
 from datasets.base import IMAGENET_MEAN, IMAGENET_STD
 from datasets.codecs import HeatmapCodec
-from inference import TrainedModel, load_trained
 from utils.options import fail
 
 if TYPE_CHECKING:

@@ -26,10 +26,10 @@ import cv2
 import numpy as np
 import torch
 
+from build import TrainedModel, load_trained
 from datasets.base import DataError, normalise, read_image
 from datasets.coco import box_to_center_scale
 from engine import Precision, average_with_mirrored
-from inference import TrainedModel, load_trained
 from utils.distributed import choose_device
 from utils.drawing import draw_pose
 from utils.logging import EpochProgress

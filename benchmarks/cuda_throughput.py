@@ -43,8 +43,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.cpu_models import CONF_DIR, conf_file  # noqa: E402
 from benchmarks.model_complexity import COCO_SETTINGS, CONF_NAMES  # noqa: E402
-from build import configure_numerics  # noqa: E402
-from inference import frame_sizes  # noqa: E402
+from build import configure_numerics, frame_sizes  # noqa: E402
 from losses import make_loss  # noqa: E402
 from models import build_model, list_models  # noqa: E402
 from models.complexity import profile_model  # noqa: E402

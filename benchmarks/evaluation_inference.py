@@ -33,9 +33,9 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.cpu_models import SMALL, conf_file, model_argv  # noqa: E402
 from benchmarks.loop_references import decode_quarter_loop, oks_nms_loop, pckh_table_loop  # noqa: E402
+from build import frame_sizes, joint_spec_of  # noqa: E402
 from datasets.codecs import HeatmapCodec, make_codec  # noqa: E402
 from engine import flip_averaged  # noqa: E402
-from inference import frame_sizes, joint_spec_of  # noqa: E402
 from metrics.coco import oks_nms  # noqa: E402
 from metrics.mpii import pckh_table  # noqa: E402
 from models import build_model, list_models  # noqa: E402

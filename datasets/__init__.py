@@ -53,7 +53,7 @@ def build_datasets(
 
     ``name`` is looked up in the dataset registry. ``head_boxes_mat`` (a gt_valid.mat) and
     ``bbox_file`` (person detections) apply to the validation split only; ``half_body_prob`` to
-    COCO-format training; ``joint_spec`` is the custom dataset's joint set (``inference.joint_spec_of``).
+    COCO-format training; ``joint_spec`` is the custom dataset's joint set (``build.joint_spec_of``).
     ``skip_bad_samples``, ``max_bad_fraction`` and ``allow_outside_paths`` say what to do with bad
     records and images (:class:`datasets.validation.BadDataPolicy`). ``image_cache``: a folder where
     decoded images are kept between epochs (:class:`datasets.base.DecodedCache`).

@@ -292,7 +292,7 @@ def test_predict_from_a_cuda_trained_checkpoint(tmp_path: Path, cuda_checkpoint:
 def test_export_from_a_cuda_trained_checkpoint_matches_pytorch(tmp_path: Path, cuda_checkpoint: Path) -> None:
     import onnxruntime
 
-    from inference import load_trained
+    from build import load_trained
 
     onnx_path = tmp_path / "pose.onnx"
     succeeded(main_py("-export", onnx_path, "--loadModel", cuda_checkpoint))

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import main as entry
+from build import JOINT_SPECS, joint_spec_of
 from conftest import REPO_ROOT, TINY_RUN, parse_error
 from datasets import build_datasets, list_datasets
 from datasets.base import Augmentation
@@ -24,7 +25,6 @@ from datasets.codecs import HeatmapCodec
 from datasets.custom import CustomDataset, load_joint_spec, parse_spec, spec_to_json
 from datasets.registry import DataRequest, get_dataset_entry, register_dataset
 from datasets.skeletons import COCO_JOINTS
-from inference import JOINT_SPECS, joint_spec_of
 from metrics.coco import COCO_SIGMAS, evaluate_keypoints
 from utils.options import DATASETS, parse_options
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import main as entry
+from build import load_trained
 from conftest import REPO_ROOT
 from datasets.skeletons import MPII_JOINTS
-from inference import load_trained
 from models import build_model, list_models
 from utils.checkpoint import save_checkpoint
 from utils.options import parse_options

@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 import main as entry
+from build import load_trained
 from datasets.base import IMAGENET_MEAN, IMAGENET_STD
-from inference import load_trained
 from models import build_model
 from models.import_weights import (
     ConversionError,

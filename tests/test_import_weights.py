@@ -145,8 +145,8 @@ def test_converted_port_checkpoint_gives_the_ports_heatmaps(port_checkpoint, tmp
     )
     assert config["coordConvention"] == "princeton-vl" and config["inputNorm"] == "unit"
     # the same picture through both networks: the port reads RGB in [0, 1], ours normalised RGB
+    from build import load_trained
     from datasets.base import IMAGENET_MEAN, IMAGENET_STD
-    from inference import load_trained
     from utils.options import parse_options
 
     pixels = torch.rand(2, 64, 64, 3)
@@ -172,7 +172,7 @@ def test_converted_port_checkpoint_gives_the_ports_heatmaps(port_checkpoint, tmp
 def test_narrower_port_checkpoint_keeps_the_ports_64_wide_stem(width: int, tmp_path: Path, capsys) -> None:
     """The port's stem is 64, 128, 128 wide whatever inp_dim is; ours is nChannels / 4 wide unless
     --stemChannels says otherwise, which the import sets."""
-    from inference import load_trained
+    from build import load_trained
     from utils.options import parse_options
 
     torch.manual_seed(0)
