@@ -134,18 +134,27 @@ def timed_steps(
     return time.perf_counter() - start, count, last
 
 
+def prepared(
+    base: torch.nn.Module, opts: argparse.Namespace, batch: int, training: bool
+) -> tuple[torch.nn.Module, torch.Tensor]:
+    """A fresh channels_last copy of ``base`` on the GPU in train or eval mode, and a random batch
+    (N, 3, h, w) at the run's input size, after freeing what the previous variant held."""
+    free_memory()
+    width, height = frame_sizes(opts)[0]
+    model = copy.deepcopy(base).to(DEVICE).to(memory_format=torch.channels_last).train(training)
+    image = torch.randn(batch, 3, height, width, device=DEVICE).contiguous(memory_format=torch.channels_last)
+    return model, image
+
+
 def measure_training(
     base: torch.nn.Module, opts: argparse.Namespace, amp: str, batch: int, args: argparse.Namespace
 ) -> Measured:
-    free_memory()
-    width, height = frame_sizes(opts)[0]
-    model = copy.deepcopy(base).to(DEVICE).to(memory_format=torch.channels_last).train()
+    model, image = prepared(base, opts, batch, training=True)
     optimizer = getattr(torch.optim, opts.optimizer_type)(
         model.parameters(), lr=opts.LR, **opts.optimizer_kwargs
     )
     scaler = torch.amp.GradScaler(DEVICE.type) if amp == "fp16" else None
     loss_fn = make_loss(opts.target_type)
-    image = torch.randn(batch, 3, height, width, device=DEVICE).contiguous(memory_format=torch.channels_last)
     targets: list[torch.Tensor] = []  # (target, weight), made at the first step from the output's shape
 
     def step() -> torch.Tensor:
@@ -182,10 +191,7 @@ def measure_training(
 def measure_inference(
     base: torch.nn.Module, opts: argparse.Namespace, amp: str, batch: int, args: argparse.Namespace
 ) -> Measured:
-    free_memory()
-    width, height = frame_sizes(opts)[0]
-    model = copy.deepcopy(base).to(DEVICE).to(memory_format=torch.channels_last).eval()
-    image = torch.randn(batch, 3, height, width, device=DEVICE).contiguous(memory_format=torch.channels_last)
+    model, image = prepared(base, opts, batch, training=False)
 
     @torch.no_grad()
     def step() -> torch.Tensor:
