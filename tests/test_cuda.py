@@ -316,6 +316,7 @@ def test_export_from_a_cuda_trained_checkpoint_matches_pytorch(tmp_path: Path, c
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.e2e  # a subprocess
 @pytest.mark.parametrize("sync_bn", ["0", "1"])
 def test_one_process_torchrun_trains_over_nccl(tmp_path: Path, sync_bn: str) -> None:
     result = subprocess.run(
@@ -383,6 +384,7 @@ print("RESULTS " + json.dumps(results))
 """
 
 
+@pytest.mark.e2e  # a subprocess
 def test_every_model_trains_bit_for_bit_again_under_deterministic_algorithms() -> None:
     """The switches of --deterministic 1 on CUDA: no model uses a kernel without a deterministic
     version (those stop the run), and two trainings from one seed give the same tensors."""

@@ -250,6 +250,7 @@ def test_bad_sources_are_one_line(tmp_path: Path, port_checkpoint, capsys) -> No
     assert "'outs.1.conv.weight' has shape (17, 256, 1, 1)" in err and "heads.1.weight" in err
 
 
+@pytest.mark.e2e  # a subprocess
 @pytest.mark.parametrize(("argv", "status"), [(["--help"], 0), ([], 2), (["nosuch", "a.pt", "b.pth"], 2)])
 def test_help_and_argument_errors_answer_before_torch_is_imported(argv: list[str], status: int) -> None:
     result = subprocess.run(
