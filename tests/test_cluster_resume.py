@@ -245,7 +245,7 @@ def test_sigterm_to_torchrun_during_a_long_validation_keeps_the_epoch(tmp_path: 
     and validation stops at once."""
     command = [
         *TORCHRUN, "--nproc_per_node", "2", "main.py", *TINY_RUN, "--syntheticTrain", "16",
-        "--syntheticVal", "60000", "--data_loader_size", "32", "--nEpochs", "1", "--progress", "lines",
+        "--syntheticVal", "200000", "--data_loader_size", "32", "--nEpochs", "1", "--progress", "lines",
         "--expDir", str(tmp_path), "--expID", "long",
     ]  # fmt: skip
     process, line, output = stop_at(command, "val ")
