@@ -199,21 +199,18 @@ def _read_step(
     """[loss, PCK, non-finite, stop asked, save due] of a batch, in its one host synchronisation
     (the optimizer must not apply a non-finite loss, and reading the loss, the PCK and the flags
     with it costs nothing more). At an optimizer step under torchrun the three flags are agreed
-    over ranks in one all-reduce, the host's two crossing to the device in one copy."""
-    read = [loss.detach().double(), pck.double(), (~window_finite).double()]
+    over ranks in one all-reduce (MAX), the host's two crossing to the device in one copy."""
+    flags = (~window_finite).double().reshape(1)
     if stepping and context.is_distributed:
         host = torch.tensor([float(flag) for flag in asked], dtype=torch.float64)
-        flags = torch.cat([read.pop().reshape(1), host.to(context.device, non_blocking=True)])
-        read.append(_max_over_ranks(flags, context))
-    values = torch.cat([v.reshape(-1) for v in read]).tolist()
-    return values if stepping and context.is_distributed else values + [float(flag) for flag in asked]
-
-
-def _max_over_ranks(flags: torch.Tensor, context: DistributedContext) -> torch.Tensor:
-    """Each flag's maximum over ranks (one all-reduce, asynchronous until it is read)."""
-    if context.is_distributed:
+        flags = torch.cat([flags, host.to(context.device, non_blocking=True)])
         torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
-    return flags
+    loss_value, pck_value, *agreed = torch.cat(
+        [loss.detach().double().reshape(1), pck.double().reshape(1), flags]
+    ).tolist()
+    if len(agreed) == 1:  # not agreed over ranks: this rank's own requests
+        agreed += [float(flag) for flag in asked]
+    return [loss_value, pck_value, *agreed]
 
 
 @dataclass

@@ -518,10 +518,6 @@ def build_parser() -> configargparse.ArgParser:
     return parser
 
 
-def _known_keys(parser: configargparse.ArgParser) -> list[str]:
-    return [s.lstrip("-") for action in parser._actions for s in action.option_strings]
-
-
 def _unknown_key_message(parser: configargparse.ArgParser, unknown: list[str], typed: list[str]) -> str:
     """Name the first unknown key, where it came from, and the right spelling or closest key."""
     spellings = {s.lstrip("-"): s for action in parser._actions for s in action.option_strings}
