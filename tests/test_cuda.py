@@ -283,10 +283,10 @@ def test_predict_from_a_cuda_trained_checkpoint(tmp_path: Path, cuda_checkpoint:
     for entry in entries:
         keypoints = np.asarray(entry["keypoints"], dtype=float).reshape(-1, 3)
         assert keypoints.shape == (16, 3) and np.isfinite(keypoints).all()
-        assert (run / Path(entry["image"]).with_suffix(".png")).is_file()
+        assert (run / f"{entry['image']}.png").is_file()  # x.jpg -> x.jpg.png: the whole name kept
     (whole,) = [e for e in entries if e["image"] == "synthetic.png"]
     assert whole["bbox"] == [0.0, 0.0, 120.0, 90.0]  # no boxes: the whole image is the person
-    assert cv2.imread(str(run / "synthetic.png")).shape == (90, 120, 3)
+    assert cv2.imread(str(run / "synthetic.png.png")).shape == (90, 120, 3)
 
 
 def test_export_from_a_cuda_trained_checkpoint_matches_pytorch(tmp_path: Path, cuda_checkpoint: Path) -> None:
