@@ -2,7 +2,12 @@
 
 A builder's signature is its defaults: ``build_model`` passes it only the keyword arguments it
 declares, so a new option never reaches a model that did not ask for it. Each model also declares
-its target type ("heatmap" or "regression"); codecs, losses and metrics are chosen from that.
+its target type ("heatmap", "regression" or "simcc"); codecs, losses and metrics are chosen from that.
+
+A "simcc" model (SimCC, Li et al. ECCV 2022: a 1-D classification per axis) returns as each stage
+output one tensor (N, K, Wx + Wy): the x vectors (Wx = round(input width x split ratio) bins) then
+the y vectors (Wy = round(input height x split ratio)), so a stage output stays one tensor as the
+loop, the flip test and the profiler expect; the codec splits it.
 
 A heatmap model also states which ``inputRes / outputRes`` strides it can produce and, when it
 halves its heatmap-sized features internally (an hourglass), the option counting the halvings, so
@@ -21,7 +26,7 @@ from torch import nn
 
 from utils.registry import Registry, UnknownNameError
 
-TARGET_TYPES = ("heatmap", "regression")
+TARGET_TYPES = ("heatmap", "regression", "simcc")
 
 
 @dataclass(frozen=True)

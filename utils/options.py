@@ -124,6 +124,8 @@ class Options(argparse.Namespace):
     nDeconv: int | None
     deconvFilters: int | None
     hrnetWidth: int | None
+    simccSplitRatio: float
+    simccSigma: str
     pretrainedPath: str | None
     # training
     nEpochs: int
@@ -421,6 +423,18 @@ def build_parser() -> configargparse.ArgParser:
     model.add_argument("--nDeconv", type=int, default=None, help="SimpleBaseline: transposed convolutions")
     model.add_argument("--deconvFilters", type=int, default=None, help="SimpleBaseline: their filters")
     model.add_argument("--hrnetWidth", type=int, default=None, help="HRNet: width, 32 or 48 (W32, W48)")
+    model.add_argument(
+        "--simccSplitRatio",
+        type=float,
+        default=2.0,
+        help="SimCC models: bins per input pixel of the 1-D x and y classifications (MMPose's 2.0)",
+    )
+    model.add_argument(
+        "--simccSigma",
+        default="4.9,5.66",
+        help="SimCC models: Gaussian label sigma in bins, x,y or one value for both (RTMPose: 4.9,5.66 "
+        "at 256x192, 5.66,5.66 at 256x256)",
+    )
     model.add_argument("--pretrainedPath", default=None, help="local ImageNet weights for the backbone")
 
     training = parser.add_argument_group("training")
