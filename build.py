@@ -68,9 +68,10 @@ def build_run(opts: Options, with_train: bool) -> RunParts:
     if context.device.type == "cuda" and not opts.deterministic:
         torch.backends.cudnn.benchmark = with_train  # fixed crop sizes: the fastest kernels, found once
 
-    input_size, heatmap_size = frame_sizes(opts)  # (width, height)
+    input_size, _ = frame_sizes(opts)  # (width, height)
+    codec = build_codec(opts)
     model, profile = build_profiled(opts, input_size)
-    check_output_shape(profile.output_shapes, opts, heatmap_size)
+    check_output_shape(profile.output_shapes, opts, codec)
     say(
         f"model {opts.model}: {profile.parameters / 1e6:.2f} M parameters, {profile.gflops:.2f} GFLOPs per image"
     )
@@ -85,13 +86,12 @@ def build_run(opts: Options, with_train: bool) -> RunParts:
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
 
-    codec = build_codec(opts)
     train_set, val_set = build_data(opts, codec, input_size, with_train)
     # a training batch of one gives BatchNorm a single value per channel where a feature map is 1x1
     min_batch = 2 if profile.norm_values == 1 and not opts.browse else 1
     train_loader, val_loader = make_loaders(train_set, val_set, opts, context, min_batch)
     return RunParts(
-        context, say, model, profile, precision, channels_last, codec, make_loss(opts.target_type),
+        context, say, model, profile, precision, channels_last, codec, make_loss(codec),
         train_set, val_set, train_loader, val_loader,
     )  # fmt: skip
 
@@ -100,8 +100,9 @@ def build_codec(opts: Options) -> Codec:
     """The codec of the model's target type at the run's sizes (targets in, decoded joints out)."""
     input_size, heatmap_size = frame_sizes(opts)
     return make_codec(
-        opts.target_type, input_size, heatmap_size, opts.hmGauss, opts.coordConvention, opts.postProcess
-    )
+        opts.target_type, input_size, heatmap_size, opts.hmGauss, opts.coordConvention, opts.postProcess,
+        split_ratio=opts.simccSplitRatio, simcc_sigma=opts.simcc_sigma,
+    )  # fmt: skip
 
 
 def build_data(
@@ -185,18 +186,18 @@ def build_profiled(opts: Options, input_size: tuple[int, int]) -> tuple[nn.Modul
         fail_option(opts, f"model {opts.model}: {message}", named[0] if named else None)
 
 
-def check_output_shape(shapes: list[tuple[int, ...]], opts: Options, heatmap_size: tuple[int, int]) -> None:
+def check_output_shape(shapes: list[tuple[int, ...]], opts: Options, codec: Codec) -> None:
     """The model's last stage must match what the codec encodes, else training is meaningless."""
-    expected = (
-        (1, opts.nJoints, heatmap_size[1], heatmap_size[0])
-        if opts.target_type == "heatmap"
-        else (1, opts.nJoints, 2)
-    )
+    expected = (1, *codec.output_shape(opts.nJoints))
     if tuple(shapes[-1]) != expected:
+        if codec.target_type == "simcc":
+            fix = "the model's SimCC bins follow inputRes, aspectRatio and simccSplitRatio"
+        else:
+            fix = "set outputRes to the model's output height"
         fail_option(
             opts,
             f"outputRes: model {opts.model} outputs {tuple(shapes[-1])[1:]} for inputRes {opts.inputRes} "
-            f"but the targets are {expected[1:]}; set outputRes to the model's output height",
+            f"but the targets are {expected[1:]}; {fix}",
         )
 
 

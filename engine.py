@@ -231,52 +231,23 @@ class EpochState:
         return {"loss": loss_sum / batches, "PCK": pck_sum / batches}
 
 
-def unflip_output(
-    output: torch.Tensor, flip_permutation: np.ndarray, target_type: str, shift: int = 0
-) -> torch.Tensor:
-    """Map the model's output for a mirrored image back to the original image's frame.
-
-    Heatmaps (N, K, H, W) are mirrored and their left/right channels swapped. In the project's
-    convention pixel centres sit at integers in both the input and the heatmap (see HeatmapCodec),
-    so input column x <-> W - 1 - x is exactly heatmap column u <-> W' - 1 - u: no shift. A model
-    trained in HRNet's convention (targets at x / stride, which mirrors to a point 1 - 1 / stride
-    columns off) is decoded as its authors did: the mirrored heatmap moves ``shift`` columns right,
-    the first column kept. Normalised coordinates (N, K, 2) of a regressor negate x.
-    """
-    swapped = output[:, torch.as_tensor(flip_permutation, device=output.device)]
-    if target_type == "heatmap":
-        mirrored = swapped.flip(-1)
-        if shift > 0:
-            mirrored = torch.cat([mirrored[..., :shift], mirrored[..., :-shift]], dim=-1)
-        return mirrored
-    return swapped * torch.tensor([-1.0, 1.0], device=output.device, dtype=output.dtype)
-
-
 def flip_averaged(
-    model: nn.Module,
-    image: torch.Tensor,
-    last: torch.Tensor,
-    flip_permutation: np.ndarray,
-    target_type: str,
-    shift: int = 0,
+    model: nn.Module, image: torch.Tensor, last: torch.Tensor, flip_permutation: np.ndarray, codec: Codec
 ) -> torch.Tensor:
     """The flip test: ``last``, the model's final output for ``image`` (N, 3, h, w), averaged with
     its final output for the mirrored image (:func:`average_with_mirrored`)."""
     mirrored = model(image.flip(-1))[-1].float()
-    return average_with_mirrored(last, mirrored, flip_permutation, target_type, shift)
+    return average_with_mirrored(last, mirrored, flip_permutation, codec)
 
 
 def average_with_mirrored(
-    output: torch.Tensor,
-    mirrored: torch.Tensor,
-    flip_permutation: np.ndarray,
-    target_type: str,
-    shift: int = 0,
+    output: torch.Tensor, mirrored: torch.Tensor, flip_permutation: np.ndarray, codec: Codec
 ) -> torch.Tensor:
-    """The flip test's output: ``output`` for an image, averaged with ``mirrored``, the output
-    for the mirrored image, mapped back by :func:`unflip_output`; however either was computed
+    """The flip test's output: ``output`` for an image, averaged with ``mirrored``, the output for
+    the mirrored image mapped back by the codec (``codec.mirror_back``: the left/right joints
+    swapped and the mirror undone as the codec's convention says); however either was computed
     (validation's model, -predict's PyTorch or ONNX Runtime)."""
-    return (output + unflip_output(mirrored, flip_permutation, target_type, shift)) / 2
+    return (output + codec.mirror_back(mirrored, flip_permutation)) / 2
 
 
 @torch.no_grad()
@@ -328,8 +299,7 @@ def predict_all(
             outputs = model(image)
             last = outputs[-1].float()
             if flip_permutation is not None:
-                shift = codec.convention.flip_shift
-                last = flip_averaged(model, image, last, flip_permutation, codec.target_type, shift)
+                last = flip_averaged(model, image, last, flip_permutation, codec)
         joints, scores = codec.decode(last.cpu().numpy())  # (N, K, 2) input px
         wanted = keep - sum(len(crops) for crops in kept["crop_images"])
         if wanted > 0:

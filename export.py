@@ -2,7 +2,8 @@
 
 The ONNX model maps ``image`` (N, 3, H, W) float32, an input crop normalised as the datasets do
 (RGB in 0-1, minus the ImageNet mean, over its std), to the network's last stage: ``heatmaps``
-(N, K, h, w) for a heatmap model, ``coordinates`` (N, K, 2) normalised to the crop for a regressor.
+(N, K, h, w) for a heatmap model, ``coordinates`` (N, K, 2) normalised to the crop for a regressor,
+``simcc_x`` (N, K, Wx) and ``simcc_y`` (N, K, Wy) for a SimCC model (the codec's output names).
 The batch dimension is dynamic; the crop size is fixed to the checkpoint's. Beside it,
 ``<name>.json`` holds what a deployer needs to feed it and decode its output: input size,
 normalisation, joints, flip pairs, skeleton and the codec's decoding rule.
@@ -30,7 +31,7 @@ from torch import nn
 
 from build import TrainedModel, load_trained
 from datasets.base import IMAGENET_MEAN, IMAGENET_STD
-from datasets.codecs import HeatmapCodec
+from datasets.codecs import Codec, HeatmapCodec, SimCCCodec
 from utils.options import fail
 
 if TYPE_CHECKING:
@@ -38,19 +39,19 @@ if TYPE_CHECKING:
 
 OPSET = 17
 INPUT_NAME = "image"
-OUTPUT_NAMES = {"heatmap": "heatmaps", "regression": "coordinates"}
 BOX_PADDING = 1.25  # datasets.coco.BOX_PADDING, written here so the JSON does not depend on the import
 
 
 class LastStage(nn.Module):
-    """The model's last stage output only (every model returns a list of stage outputs)."""
+    """The model's last stage output only (every model returns a list of stage outputs), as the
+    codec's outputs (one tensor; a SimCC model's x and y vectors apart)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, codec: Codec) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.codec = model, codec
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.model(image)[-1]
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.codec.split_outputs(self.model(image)[-1])
 
 
 def decoding_of(trained: TrainedModel) -> dict[str, Any]:
@@ -58,7 +59,7 @@ def decoding_of(trained: TrainedModel) -> dict[str, Any]:
     the codec's own description of its decoding, and how a person box becomes the crop."""
     codec = trained.codec
     width, height = trained.input_size
-    if isinstance(codec, HeatmapCodec):
+    if isinstance(codec, HeatmapCodec | SimCCCodec):
         crop_center = codec.convention.crop_center
         crop = (
             f"A person box [x, y, w, h] keeps its centre, grows in one dimension to the input aspect "
@@ -80,19 +81,19 @@ def decoding_of(trained: TrainedModel) -> dict[str, Any]:
 
 def describe_export(trained: TrainedModel, opts: Options, onnx_path: Path) -> dict[str, Any]:
     width, height = trained.input_size
-    target_type = trained.codec.target_type
+    codec = trained.codec
     joints = trained.joint_spec
-    if target_type == "heatmap":
-        heatmap_width, heatmap_height = trained.codec.heatmap_size
-        output_shape = ["batch", joints.num_joints, heatmap_height, heatmap_width]
-    else:
-        output_shape = ["batch", joints.num_joints, 2]
+    example = torch.zeros(1, *codec.output_shape(joints.num_joints))
+    outputs = [
+        {"name": name, "shape": ["batch", *tensor.shape[1:]], "dtype": "float32"}
+        for name, tensor in zip(codec.output_names, codec.split_outputs(example), strict=True)
+    ]
     return {
         "model": opts.model,
         "checkpoint": str(Path(opts.loadModel).resolve()),
         "onnx": onnx_path.name,
         "opset": OPSET,
-        "target_type": target_type,
+        "target_type": codec.target_type,
         "input": {
             "name": INPUT_NAME,
             "shape": ["batch", 3, height, width],
@@ -103,7 +104,8 @@ def describe_export(trained: TrainedModel, opts: Options, onnx_path: Path) -> di
             "std": [round(float(v), 6) for v in IMAGENET_STD],
             "normalisation": "(pixel / 255 - mean) / std per channel, RGB order, NCHW layout",
         },
-        "output": {"name": OUTPUT_NAMES[target_type], "shape": output_shape, "dtype": "float32"},
+        # one output as before; a codec with several (SimCC's x and y) lists them
+        **({"output": outputs[0]} if len(outputs) == 1 else {"outputs": outputs}),
         "joints": {
             "names": list(joints.names),
             "flip_pairs": [list(pair) for pair in joints.flip_pairs],
@@ -123,9 +125,9 @@ def run(opts: Options) -> int:
 
     trained = load_trained(opts, "cpu")
     width, height = trained.input_size
-    wrapper = LastStage(trained.model).eval()
+    wrapper = LastStage(trained.model, trained.codec).eval()
     example = torch.zeros(2, 3, height, width)  # batch 2, so no size-1 axis gets special-cased
-    output_name = OUTPUT_NAMES[trained.codec.target_type]
+    output_names = list(trained.codec.output_names)
     with warnings.catch_warnings():
         # the deprecation notice of the TorchScript exporter, and the tracer's notes that spatial
         # sizes become constants (they are: the crop size is part of the export)
@@ -140,8 +142,8 @@ def run(opts: Options) -> int:
                 dynamo=False,
                 opset_version=OPSET,
                 input_names=[INPUT_NAME],
-                output_names=[output_name],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, output_name: {0: "batch"}},
+                output_names=output_names,
+                dynamic_axes={INPUT_NAME: {0: "batch"}, **{name: {0: "batch"} for name in output_names}},
             )
     import onnx
 

@@ -241,7 +241,7 @@ class PoseRunner:
     def _forward(self, batch: np.ndarray) -> torch.Tensor:
         if self.session is not None:
             name = self.session.get_inputs()[0].name
-            return torch.from_numpy(self.session.run(None, {name: batch})[0])
+            return torch.from_numpy(self.trained.codec.join_outputs(self.session.run(None, {name: batch})))
         device = self.trained.device
         with torch.no_grad(), self.precision.autocast(device):
             image = torch.from_numpy(batch).to(device, non_blocking=device.type == "cuda")
@@ -256,11 +256,10 @@ class PoseRunner:
         if self.flip_test:
             mirrored = self._forward(np.ascontiguousarray(crops[..., ::-1], dtype=np.float32))
             permutation = self.trained.joint_spec.flip_permutation()
-            output = average_with_mirrored(
-                output, mirrored, permutation, codec.target_type, codec.convention.flip_shift
-            )
+            output = average_with_mirrored(output, mirrored, permutation, codec)
         joints, scores = codec.decode(output.numpy())  # (N, K, 2) input px, (N, K)
-        return np.concatenate([apply_affine(joints, inverses), scores[..., None]], axis=-1)
+        confidence = codec.confidence(scores)  # what keypoints.json gives per joint
+        return np.concatenate([apply_affine(joints, inverses), confidence[..., None]], axis=-1)
 
 
 def drawn_name(name: str, suffix: str) -> str:

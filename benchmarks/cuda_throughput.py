@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.cpu_models import CONF_DIR, conf_file  # noqa: E402
 from benchmarks.model_complexity import COCO_SETTINGS, CONF_NAMES  # noqa: E402
-from build import configure_numerics, frame_sizes  # noqa: E402
+from build import build_codec, configure_numerics, frame_sizes  # noqa: E402
 from losses import make_loss  # noqa: E402
 from models import build_model, list_models  # noqa: E402
 from models.complexity import profile_model  # noqa: E402
@@ -154,7 +154,7 @@ def measure_training(
         model.parameters(), lr=opts.LR, **opts.optimizer_kwargs
     )
     scaler = torch.amp.GradScaler(DEVICE.type) if amp == "fp16" else None
-    loss_fn = make_loss(opts.target_type)
+    loss_fn = make_loss(build_codec(opts))
     targets: list[torch.Tensor] = []  # (target, weight), made at the first step from the output's shape
 
     def step() -> torch.Tensor:

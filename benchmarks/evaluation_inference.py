@@ -33,8 +33,8 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.cpu_models import SMALL, conf_file, model_argv  # noqa: E402
 from benchmarks.loop_references import decode_quarter_loop, oks_nms_loop, pckh_table_loop  # noqa: E402
-from build import frame_sizes, joint_spec_of  # noqa: E402
-from datasets.codecs import HeatmapCodec, make_codec  # noqa: E402
+from build import build_codec, frame_sizes, joint_spec_of  # noqa: E402
+from datasets.codecs import HeatmapCodec  # noqa: E402
 from engine import flip_averaged  # noqa: E402
 from metrics.coco import oks_nms  # noqa: E402
 from metrics.mpii import pckh_table  # noqa: E402
@@ -186,8 +186,8 @@ def inference_row(name: str, quick: bool) -> str:
     opts, size_words = cpu_options(name)
     torch.manual_seed(0)
     model = build_model(opts.model, **vars(opts)).eval()
-    input_size, heatmap_size = frame_sizes(opts)  # (width, height)
-    codec = make_codec(opts.target_type, input_size, heatmap_size, opts.hmGauss, opts.coordConvention)
+    input_size, _ = frame_sizes(opts)  # (width, height)
+    codec = build_codec(opts)
     permutation = joint_spec_of(opts).flip_permutation()
     profile = profile_model(model, input_size[::-1])
     width, height = input_size
@@ -198,8 +198,7 @@ def inference_row(name: str, quick: bool) -> str:
         with torch.inference_mode():
             last = model(batch)[-1].float()
             if flip:
-                shift = codec.convention.flip_shift
-                last = flip_averaged(model, batch, last, permutation, codec.target_type, shift)
+                last = flip_averaged(model, batch, last, permutation, codec)
             codec.decode(last.numpy())
 
     latency_runs, batch_runs = (3, 1) if quick else (15, 3)

@@ -165,7 +165,7 @@ def bench_model(name: str, args: argparse.Namespace, matmul: Callable[[], None])
         image = prepare_images(torch.stack([s["image"] for s in samples]), None, torch.device("cpu"))
         target = torch.stack([s["target"] for s in samples])  # (N, K, h, w) or (N, K, 2)
         weight = torch.stack([s["target_weight"] for s in samples])  # (N, K)
-        loss_fn = make_loss(target_type)
+        loss_fn = make_loss(codec)
     except Exception as error:  # a model that cannot be built gets a row saying why
         result.failure = f"build failed: {one_line(error)}"
         return result

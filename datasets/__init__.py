@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from datasets.base import Augmentation, DataError, KeypointDataset
-from datasets.codecs import Codec, HeatmapCodec, RegressionCodec, make_codec
+from datasets.codecs import Codec, HeatmapCodec, RegressionCodec, SimCCCodec, make_codec
 from datasets.registry import DataRequest, get_dataset_entry, joint_spec_for, list_datasets, register_dataset
 from datasets.skeletons import JointSpec
 from datasets.validation import BadDataPolicy
@@ -98,6 +98,7 @@ __all__ = [
     "KeypointDataset",
     "MPIIDataset",
     "RegressionCodec",
+    "SimCCCodec",
     "SyntheticPeople",
     "build_datasets",
     "get_dataset_entry",

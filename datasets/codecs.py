@@ -47,16 +47,64 @@ CONVENTIONS = {
     # x / stride (rounded to whole heatmap pixels), and the flip test shifts the mirrored-back
     # heatmap one column right, because x / stride mirrors to a point 1 - 1 / stride columns off.
     "hrnet": CoordinateConvention("hrnet", crop_center=0.5, anchor=0.0, flip_shift=1),
+    # MMPose's top-down SimCC models (RTMPose): HRNet's crop (the box centre at (w / 2, h / 2)), input
+    # x at bin x * split_ratio (``SimCCLabel``, decoded as argmax / split_ratio), and a flip test that
+    # mirrors the x vectors without a shift (``flip_vectors``). That mirror is split_ratio - 1 bins off
+    # (x * r mirrors to W r - r - b, the reversed vector to W r - 1 - b); kept, since it is what the
+    # authors' figures were measured with.
+    "mmpose": CoordinateConvention("mmpose", crop_center=0.5, anchor=0.0, flip_shift=0),
+}
+# The conventions each target type can decode in; a regressor's normalised coordinates have their own.
+CONVENTIONS_OF_TARGET = {
+    "heatmap": ("project", "princeton-vl", "hrnet"),
+    "regression": ("project",),
+    "simcc": ("project", "mmpose"),
 }
 
 
-def get_convention(name: str) -> CoordinateConvention:
-    try:
-        return CONVENTIONS[name]
-    except KeyError:
+def get_convention(name: str, target_type: str | None = None) -> CoordinateConvention:
+    """Convention ``name``; with ``target_type``, one that applies to that target type."""
+    if name not in CONVENTIONS:
+        raise ValueError(f"unknown coordinate convention {name!r}: choose one of {', '.join(CONVENTIONS)}")
+    allowed = (
+        CONVENTIONS_OF_TARGET.get(target_type, tuple(CONVENTIONS)) if target_type else tuple(CONVENTIONS)
+    )
+    if name not in allowed:
         raise ValueError(
-            f"unknown coordinate convention {name!r}: choose one of {', '.join(CONVENTIONS)}"
-        ) from None
+            f"coordinate convention {name!r} does not apply to {target_type} models: choose one of "
+            f"{', '.join(allowed)}"
+        )
+    return CONVENTIONS[name]
+
+
+def mirror_back_columns(output: torch.Tensor, flip_permutation: np.ndarray, shift: int = 0) -> torch.Tensor:
+    """output (N, K, ..., W) for a mirrored input -> the original input's frame: the left/right
+    channels swapped, the last axis reversed, then moved ``shift`` columns right keeping the first
+    column (HRNet's flip test; 0 for an exact mirror)."""
+    swapped = output[:, torch.as_tensor(flip_permutation, device=output.device)]
+    mirrored = swapped.flip(-1)
+    if shift > 0:
+        mirrored = torch.cat([mirrored[..., :shift], mirrored[..., :-shift]], dim=-1)
+    return mirrored
+
+
+class OneOutput:
+    """What a codec whose network output is one tensor says about it (ONNX export and -predict
+    join and split a stage output through these)."""
+
+    output_names: tuple[str, ...] = ("output",)
+
+    def split_outputs(self, output: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """A stage output -> the exported graph's outputs."""
+        return (output,)
+
+    def join_outputs(self, outputs: list[np.ndarray]) -> np.ndarray:
+        """The exported graph's outputs (ONNX Runtime's list) -> one stage output."""
+        return outputs[0]
+
+    def confidence(self, scores: np.ndarray) -> np.ndarray:
+        """Decoded scores as -predict writes them per joint (its own scores, for this codec)."""
+        return scores
 
 
 # How a heatmap becomes a sub-pixel position (``--postProcess``): see quarter_peaks and dark_peaks.
@@ -241,13 +289,14 @@ def dark_peaks(heatmaps: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarr
     return joints, scores.astype(np.float64)
 
 
-class HeatmapCodec:
+class HeatmapCodec(OneOutput):
     """One Gaussian heatmap per joint. Decoding follows ``post_process``: "quarter" (argmax plus
     a quarter-pixel step towards the higher neighbour, ``quarter_peaks``) or "dark" (Gaussian
     smoothing and a Taylor step on the log, ``dark_peaks``); both give heatmap px, which
     ``to_input_frame`` maps to the input crop by the coordinate convention."""
 
     target_type = "heatmap"
+    output_names = ("heatmaps",)
 
     def __init__(
         self,
@@ -264,7 +313,7 @@ class HeatmapCodec:
         self.input_size = tuple(input_size)  # (width, height)
         self.heatmap_size = tuple(heatmap_size)  # (width, height)
         self.sigma = float(sigma)
-        self.convention = get_convention(convention)
+        self.convention = get_convention(convention, self.target_type)
         self.post_process = post_process
         # heatmap px per input px, (x, y)
         self._to_heatmap = (
@@ -307,6 +356,20 @@ class HeatmapCodec:
         gauss_y = np.exp(-((ys[None, :] - centers[:, 1:]) ** 2) / (2 * self.sigma**2))  # (K, H)
         heatmaps = gauss_y[:, :, None] * gauss_x[:, None, :] * weight[:, None, None]  # (K, H, W)
         return heatmaps.astype(np.float32), weight
+
+    def output_shape(self, num_joints: int) -> tuple[int, ...]:
+        """A stage output's shape without the batch: (K, H, W)."""
+        return (num_joints, self.heatmap_size[1], self.heatmap_size[0])
+
+    def mirror_back(self, heatmaps: torch.Tensor, flip_permutation: np.ndarray) -> torch.Tensor:
+        """heatmaps (N, K, H, W) for a mirrored input -> the original input's frame (the flip test).
+
+        In the project's convention pixel centres sit at integers in both the input and the
+        heatmap, so input column x <-> W - 1 - x is exactly heatmap column u <-> W' - 1 - u: no
+        shift. A model trained in HRNet's convention (targets at x / stride, which mirrors to a
+        point 1 - 1 / stride columns off) is decoded as its authors did: the mirrored heatmap
+        moves ``flip_shift`` columns right, the first column kept."""
+        return mirror_back_columns(heatmaps, flip_permutation, self.convention.flip_shift)
 
     def decode(self, heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """heatmaps (N, K, H, W) -> joints (N, K, 2) input px, scores (N, K) peak values."""
@@ -370,12 +433,13 @@ class HeatmapCodec:
         )
 
 
-class RegressionCodec:
+class RegressionCodec(OneOutput):
     """Joint coordinates normalised to the crop, (x + 0.5) / width - 0.5, so the crop spans
     [-0.5, 0.5] whatever its size (DeepPose regresses these directly)."""
 
     target_type = "regression"
     convention = CONVENTIONS["project"]
+    output_names = ("coordinates",)
 
     def __init__(self, input_size: tuple[int, int]) -> None:
         self.input_size = tuple(input_size)
@@ -397,6 +461,16 @@ class RegressionCodec:
 
     decode_tensor = decode  # the same on the device
 
+    def output_shape(self, num_joints: int) -> tuple[int, ...]:
+        """A stage output's shape without the batch: (K, 2)."""
+        return (num_joints, 2)
+
+    def mirror_back(self, outputs: torch.Tensor, flip_permutation: np.ndarray) -> torch.Tensor:
+        """outputs (N, K, 2) for a mirrored input -> the original's: rows swapped, x negated (the
+        crop's normalised coordinates are symmetric about 0)."""
+        swapped = outputs[:, torch.as_tensor(flip_permutation, device=outputs.device)]
+        return swapped * torch.tensor([-1.0, 1.0], device=outputs.device, dtype=outputs.dtype)
+
     def describe_decoding(self) -> dict[str, Any]:
         """This decoding for a reader without this code (-export's notes): in words, the change
         of frame and the flip test."""
@@ -414,7 +488,151 @@ class RegressionCodec:
         }
 
 
-Codec = HeatmapCodec | RegressionCodec
+class SimCCCodec(OneOutput):
+    """SimCC (Li et al., "SimCC: a Simple Coordinate Classification Perspective for Human Pose
+    Estimation", ECCV 2022), as RTMPose uses it: each joint is two 1-D classifications, over
+    Wx = round(w x split_ratio) bins for x and Wy = round(h x split_ratio) for y.
+
+    A stage output (and a target) is one tensor (N, K, Wx + Wy), the x vector then the y vector
+    (see models/registry.py), so the loop handles it as any other. Input px x sits at bin
+    (x + anchor) x split_ratio - anchor: with MMPose's convention ("mmpose", anchor 0) bin x r, as
+    ``SimCCLabel`` encodes and decodes; with the project's (anchor 0.5) pixel edges scale, so
+    mirroring the input mirrors the vector exactly.
+
+    Labels are MMPose's Gaussian labels with ``normalize=False`` (peak 1; RTMPose's setting), with
+    one departure: the centre is the exact bin position rather than MMPose's rounded one (at most
+    half a bin, a quarter pixel at split ratio 2): rounding throws the sub-bin position away, and
+    in the project's convention at split ratio 2 every whole-pixel joint would sit on a rounding tie.
+    Decoding is MMPose's ``get_simcc_maximum``: the argmax of each vector (the first on a tie), and
+    as the score the smaller of the two maxima, raw logits as the network gives them.
+    """
+
+    target_type = "simcc"
+    output_names = ("simcc_x", "simcc_y")
+
+    def __init__(
+        self,
+        input_size: tuple[int, int],
+        split_ratio: float = 2.0,
+        sigma: tuple[float, float] = (4.9, 5.66),
+        convention: str = "project",
+    ) -> None:
+        if not split_ratio > 0:
+            raise ValueError(f"SimCC split ratio must be > 0, got {split_ratio}")
+        if len(sigma) != 2 or not min(sigma) > 0:
+            raise ValueError(f"SimCC sigma must be two values > 0 (x, y), got {tuple(sigma)}")
+        self.input_size = tuple(input_size)  # (width, height)
+        self.split_ratio = float(split_ratio)
+        self.sigma = (float(sigma[0]), float(sigma[1]))  # in bins, (x, y)
+        self.convention = get_convention(convention, self.target_type)
+        self.bins = (
+            round(self.input_size[0] * self.split_ratio),
+            round(self.input_size[1] * self.split_ratio),
+        )
+
+    def output_shape(self, num_joints: int) -> tuple[int, ...]:
+        """A stage output's shape without the batch: (K, Wx + Wy)."""
+        return (num_joints, self.bins[0] + self.bins[1])
+
+    def to_bin_frame(self, joints: Array) -> Array:
+        """joints (..., 2) input px -> bins (float64; numpy or a tensor, as given)."""
+        return _rescale(joints, self.convention.anchor, (self.split_ratio, self.split_ratio))
+
+    def to_input_frame(self, bins: Array) -> Array:
+        """bins (..., 2) -> input px (float64; numpy or a tensor, as given)."""
+        return _rescale(bins, self.convention.anchor, (self.split_ratio, self.split_ratio), inverse=True)
+
+    def split_outputs(self, output: Array) -> tuple[Array, Array]:
+        """(..., Wx + Wy) -> x vectors (..., Wx), y vectors (..., Wy)."""
+        return output[..., : self.bins[0]], output[..., self.bins[0] :]
+
+    def join_outputs(self, outputs: list[np.ndarray]) -> np.ndarray:
+        """[x (N, K, Wx), y (N, K, Wy)] (the exported graph's two outputs) -> (N, K, Wx + Wy)."""
+        return np.concatenate(outputs, axis=-1)
+
+    def encode(self, joints: np.ndarray, visible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """joints (K, 2) input px, visible (K,) -> target (K, Wx + Wy) float32, weight (K,) float32.
+
+        A labelled joint is supervised while its Gaussian's 3-sigma window overlaps the bins on both
+        axes (MMPose's test: mu - 3 sigma < W and mu + 3 sigma + 1 >= 0); otherwise, and for a missing
+        joint, weight 0 and all-zero vectors."""
+        centers = self.to_bin_frame(np.asarray(joints, dtype=np.float64))  # (K, 2)
+        sizes, sigma = np.array(self.bins, dtype=np.float64), np.array(self.sigma)
+        with np.errstate(invalid="ignore"):
+            overlaps = ((centers - 3 * sigma < sizes) & (centers + 3 * sigma + 1 >= 0)).all(axis=1)
+        weight = ((np.asarray(visible) > 0) & overlaps & np.isfinite(centers).all(axis=1)).astype(np.float32)
+        centers = np.where(weight[:, None] > 0, centers, 0.0)
+        vectors = []
+        for axis in range(2):
+            positions = np.arange(self.bins[axis], dtype=np.float64)
+            gauss = np.exp(
+                -((positions[None, :] - centers[:, axis : axis + 1]) ** 2) / (2 * sigma[axis] ** 2)
+            )
+            vectors.append(gauss * weight[:, None])  # (K, W_axis)
+        return np.concatenate(vectors, axis=1).astype(np.float32), weight
+
+    def decode(self, outputs: Array) -> tuple[Array, Array]:
+        """outputs (N, K, Wx + Wy) -> joints (N, K, 2) input px, scores (N, K): each vector's argmax
+        (the first on a tie) in bins, back to input px; the score is the smaller of the two maxima
+        (MMPose's raw value, which exceeds 1 at times: see ``confidence``). float64; numpy for
+        numpy, tensors on the outputs' device for a tensor."""
+        xp = torch if _is_tensor(outputs) else np
+        peaks, values = [], []
+        for vectors in self.split_outputs(outputs):
+            index = vectors.argmax(-1)  # (N, K)
+            peaks.append(index)
+            values.append(_take(vectors, index[..., None])[..., 0])
+        bins = _float64(xp.stack(peaks, -1))
+        scores = _float64(xp.minimum(values[0], values[1]))
+        return self.to_input_frame(bins), scores
+
+    decode_tensor = decode  # the same on the device: the running training PCK
+
+    def mirror_back(self, outputs: torch.Tensor, flip_permutation: np.ndarray) -> torch.Tensor:
+        """outputs (N, K, Wx + Wy) for a mirrored input -> the original's: the joints' rows swapped,
+        each x vector reversed (then moved ``flip_shift`` bins right), the y vectors as they are."""
+        x, y = self.split_outputs(outputs)
+        x = mirror_back_columns(x, flip_permutation, self.convention.flip_shift)
+        y = y[:, torch.as_tensor(flip_permutation, device=y.device)]
+        return torch.cat([x, y], dim=-1)
+
+    def confidence(self, scores: np.ndarray) -> np.ndarray:
+        """The per-joint confidence -predict writes: the raw score clipped to [0, 1].
+
+        The raw maximum is a logit whose level the KL loss leaves free (a softmax ignores a constant
+        added to a vector); trained against peak-1 labels it reads about 1 at a confident joint and
+        goes above 1 at times, and MMPose marks a joint with a value <= 0 as not found. Clipping keeps
+        the order of joints below 1 and reads as a confidence. Validation and the COCO rescoring use
+        the raw values, as MMPose does, so AP is computed on the authors' numbers."""
+        return np.clip(scores, 0.0, 1.0)
+
+    def describe_decoding(self) -> dict[str, Any]:
+        """This decoding for a reader without this code (-export's notes beside the ONNX graph's
+        two outputs, ``simcc_x`` (N, K, Wx) and ``simcc_y`` (N, K, Wy))."""
+        anchor = self.convention.anchor
+        return {
+            "convention": self.convention.name,
+            "crop_center": self.convention.crop_center,
+            "anchor": anchor,
+            "flip_shift": self.convention.flip_shift,
+            "split_ratio": self.split_ratio,
+            "bins": list(self.bins),
+            "sigma": list(self.sigma),
+            "rule": (
+                "For each joint take the argmax bx of its simcc_x vector and by of its simcc_y vector (the "
+                "first on a tie); its score is min(simcc_x[bx], simcc_y[by]), the raw values (they can "
+                f"exceed 1; <= 0 means not found). Then input px = (b + anchor) / split_ratio - anchor per "
+                f"axis (anchor {anchor}, split_ratio {self.split_ratio:g})."
+            ),
+            "flip_test": (
+                "Optional: run the horizontally mirrored input too; for its outputs swap the rows of each "
+                "flip pair, reverse each simcc_x vector and move it flip_shift bins right keeping the first "
+                "bin, keep simcc_y as it is, and average with the direct outputs before decoding."
+            ),
+        }
+
+
+Codec = HeatmapCodec | RegressionCodec | SimCCCodec
 
 
 def make_codec(
@@ -424,16 +642,22 @@ def make_codec(
     sigma: float,
     convention: str = "project",
     post_process: str = "quarter",
+    *,
+    split_ratio: float = 2.0,
+    simcc_sigma: tuple[float, float] = (4.9, 5.66),
 ) -> Codec:
-    """The codec for a model's declared target type ("heatmap" or "regression"); heatmap codecs
-    follow ``convention`` (see ``CONVENTIONS``) and decode by ``post_process`` (see
-    ``POST_PROCESSES``), regressors always the project's convention and their own decoding."""
+    """The codec for a model's declared target type ("heatmap", "regression" or "simcc").
+
+    Heatmap codecs follow ``convention`` (see ``CONVENTIONS``) and decode by ``post_process`` (see
+    ``POST_PROCESSES``); regressors keep the project's convention and their own decoding; SimCC
+    codecs take ``split_ratio`` and ``simcc_sigma`` (x, y in bins) and decode by the argmax."""
+    if target_type not in CONVENTIONS_OF_TARGET:
+        raise ValueError(f"unknown target type {target_type!r}")
+    if post_process != "quarter" and target_type != "heatmap":
+        raise ValueError(f"post-process {post_process!r} applies to heatmap models only")
     if target_type == "heatmap":
         return HeatmapCodec(input_size, heatmap_size, sigma, convention, post_process)
-    if target_type == "regression":
-        if convention != "project":
-            raise ValueError(f"coordinate convention {convention!r} applies to heatmap models only")
-        if post_process != "quarter":
-            raise ValueError(f"post-process {post_process!r} applies to heatmap models only")
-        return RegressionCodec(input_size)
-    raise ValueError(f"unknown target type {target_type!r}")
+    if target_type == "simcc":
+        return SimCCCodec(input_size, split_ratio, simcc_sigma, convention)
+    get_convention(convention, target_type)  # a regressor's one convention
+    return RegressionCodec(input_size)

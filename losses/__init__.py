@@ -1,9 +1,16 @@
-"""Losses over every stage output, chosen by the model's target type."""
+"""Losses over every stage output, chosen by the codec's target type (the codec carries what a
+loss needs to read its targets: the SimCC vectors' split)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from datasets.codecs import Codec
 
 
 class HeatmapMSELoss(nn.Module):
@@ -29,9 +36,39 @@ class RegressionL2Loss(nn.Module):
         return sum((((output - target) ** 2).sum(dim=-1) * weight).mean() for output in outputs)
 
 
-def make_loss(target_type: str) -> nn.Module:
-    if target_type == "heatmap":
+class SimCCKLLoss(nn.Module):
+    """MMPose's ``KLDiscretLoss`` as RTMPose trains with it (beta 10, label softmax, target weights):
+    per joint and axis, KL(softmax(beta_label x label) || softmax(beta x logits)) averaged over the
+    bins, weighted by ``target_weight``, summed over the batch and both axes, divided by K; summed
+    over stages. The sum over the batch (not a mean) is MMPose's, so the authors' learning rates
+    apply at their per-GPU batch size."""
+
+    def __init__(self, x_bins: int, beta: float = 10.0, label_beta: float = 10.0) -> None:
+        super().__init__()
+        self.x_bins, self.beta, self.label_beta = x_bins, beta, label_beta
+
+    def forward(
+        self, outputs: list[torch.Tensor], target: torch.Tensor, weight: torch.Tensor
+    ) -> torch.Tensor:
+        # outputs: S x (N, K, Wx + Wy) logits; target (N, K, Wx + Wy) labels; weight (N, K)
+        labels = target.float().split([self.x_bins, target.shape[-1] - self.x_bins], dim=-1)
+        labels = [F.softmax(label * self.label_beta, dim=-1) for label in labels]
+        total = 0.0
+        for output in outputs:
+            logits = output.float().split([self.x_bins, output.shape[-1] - self.x_bins], dim=-1)
+            for logit, label in zip(logits, labels, strict=True):
+                log_p = F.log_softmax(logit * self.beta, dim=-1)
+                divergence = F.kl_div(log_p, label, reduction="none").mean(dim=-1)  # (N, K)
+                total = total + (divergence * weight).sum()
+        return total / target.shape[1]
+
+
+def make_loss(codec: Codec) -> nn.Module:
+    """The loss of ``codec``'s target type."""
+    if codec.target_type == "heatmap":
         return HeatmapMSELoss()
-    if target_type == "regression":
+    if codec.target_type == "regression":
         return RegressionL2Loss()
-    raise ValueError(f"unknown target type {target_type!r}")
+    if codec.target_type == "simcc":
+        return SimCCKLLoss(codec.bins[0])
+    raise ValueError(f"unknown target type {codec.target_type!r}")

@@ -170,7 +170,7 @@ def test_micro_batches_that_do_not_step_skip_the_gradient_all_reduce() -> None:
     steps = []
     context = DistributedContext(0, 1, 0, torch.device("cpu"))
     state = train_one_epoch(
-        wrapped, make_loss("heatmap"), loader, optimizer, codec, context, 1, accumulation=3,
+        wrapped, make_loss(codec), loader, optimizer, codec, context, 1, accumulation=3,
         progress_mode="none", on_step=lambda step, *_: steps.append(step),
     )  # fmt: skip
     assert state.complete and steps == [3, 6, 7]  # the epoch's last batch steps too

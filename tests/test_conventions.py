@@ -6,7 +6,7 @@ Gaussian (HRNet: ``get_affine_transform`` + ``generate_target``; princeton-vl's 
 ``get_transform`` / ``transform`` + ``GenerateHeatmap``; the project: ``crop_affine`` +
 ``HeatmapCodec.encode``). The target is then decoded through this project's pipeline
 (``HeatmapCodec.decode`` with that convention, optionally the flip test through
-``engine.unflip_output`` with the convention's ``flip_shift``, then the inverse of
+``HeatmapCodec.mirror_back`` with the convention's ``flip_shift``, then the inverse of
 ``crop_affine(..., convention.crop_center)``), and the point must come back within 0.3 input-crop
 pixels. Decoding with a convention whose numbers differ must miss by more than that, so the tests
 tell the conventions apart. The reference code (leoxiaobin/deep-high-resolution-net.pytorch,
@@ -28,8 +28,7 @@ import pytest
 import torch
 
 from datasets.coco import box_to_center_scale
-from datasets.codecs import CONVENTIONS, HeatmapCodec
-from engine import unflip_output
+from datasets.codecs import CONVENTIONS, CONVENTIONS_OF_TARGET, HeatmapCodec
 from utils.transforms import apply_affine, crop_affine, invert_affine
 
 TOLERANCE = 0.3  # input-crop pixels
@@ -288,14 +287,14 @@ def case_id(case: Case) -> str:
 
 def decode_error(case: Case, convention: str, flip: bool) -> float:
     """Decode ``case``'s target with this project's pipeline as ``convention`` (averaged with the
-    mirrored target unflipped by ``unflip_output`` when ``flip``); distance to the true point in
+    mirrored target mapped back by ``codec.mirror_back`` when ``flip``); distance to the true point in
     input-crop pixels."""
     conv = CONVENTIONS[convention]
     codec = HeatmapCodec(case.input_size, case.heatmap_size, case.sigma, convention)
     heatmaps = case.render()[None, None]
     if flip:
         mirrored = torch.from_numpy(case.render(mirrored=True)[None, None])
-        back = unflip_output(mirrored, ONE_JOINT, "heatmap", shift=conv.flip_shift).numpy()
+        back = codec.mirror_back(mirrored, ONE_JOINT).numpy()
         heatmaps = (heatmaps + back) * 0.5
     joints, _ = codec.decode(heatmaps)
     center, box_height = case.center_and_box_height
@@ -365,7 +364,10 @@ def test_own_convention_decodes_the_point(case: Case, flip: bool) -> None:
     assert decode_error(case, case.codebase, flip) <= TOLERANCE
 
 
-WRONG_PAIRS = [(case, name) for case in CASES for name in CONVENTIONS if name != case.codebase]
+# the heatmap conventions (the others, e.g. SimCC's mmpose, do not decode heatmaps)
+WRONG_PAIRS = [
+    (case, name) for case in CASES for name in CONVENTIONS_OF_TARGET["heatmap"] if name != case.codebase
+]
 
 
 @pytest.mark.parametrize("flip", [False, True], ids=["direct", "flip"])
@@ -420,9 +422,7 @@ def test_decode_matches_the_codebases_own_decoder_on_sub_pixel_blobs(codebase: s
                 theirs_map = (blobs[0] + hrnet_flip_back(blobs[1])) * 0.5
             else:
                 theirs_map = (blobs[0] + blobs[1][..., ::-1]) * 0.5
-            back = unflip_output(
-                torch.from_numpy(blobs[1][None, None]), ONE_JOINT, "heatmap", conv.flip_shift
-            )
+            back = codec.mirror_back(torch.from_numpy(blobs[1][None, None]), ONE_JOINT)
             ours_map = (blobs[0][None, None] + back.numpy()) * 0.5
             np.testing.assert_array_equal(ours_map[0, 0], theirs_map)
         else:

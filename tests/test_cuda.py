@@ -36,6 +36,7 @@ from test_models import CONF_FILES
 from test_models import SMALL as MODEL_SIZES
 
 from conftest import REPO_ROOT, SHARED_DATA, TINY_RUN
+from datasets import make_codec
 from losses import make_loss
 from models import build_model, list_models
 from models.registry import get_entry
@@ -351,6 +352,7 @@ import torch
 torch.use_deterministic_algorithms(True)
 torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
 torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+from datasets import make_codec
 from losses import make_loss
 from models import build_model
 from models.registry import get_entry
@@ -366,7 +368,7 @@ for name, argv in json.loads(sys.argv[1]).items():
             model = build_model(opts.model, **vars(opts)).to("cuda").to(memory_format=torch.channels_last)
             model.train()
             optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-            loss_fn = make_loss(get_entry(name).target_type)
+            loss_fn = make_loss(make_codec(get_entry(name).target_type, (64, 64), (16, 16), 1.0))
             data = torch.Generator().manual_seed(1)
             for _ in range(2):
                 image = torch.randn(4, 3, 64, 64, generator=data).to("cuda")
@@ -438,11 +440,11 @@ def test_model_forward_and_backward_on_cuda_in_channels_last(name: str) -> None:
 
     # training mode, float32 and bf16 autocast: every stage has the codec's shape, every
     # parameter gets a finite gradient
-    target_type = get_entry(name).target_type
-    shape = (4, 16, 16, 16) if target_type == "heatmap" else (4, 16, 2)
+    codec = make_codec(get_entry(name).target_type, (64, 64), (16, 16), 1.0)
+    shape = (4, *codec.output_shape(16))
     target = torch.rand(shape, device="cuda", generator=torch.Generator("cuda").manual_seed(3))
     weight = torch.ones(4, 16, device="cuda")
-    loss_fn = make_loss(target_type)
+    loss_fn = make_loss(codec)
     on_gpu.train()
     for amp in ("none", "bf16"):
         on_gpu.zero_grad(set_to_none=True)

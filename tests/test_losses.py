@@ -1,5 +1,6 @@
 import torch
 
+from datasets import make_codec
 from losses import HeatmapMSELoss, RegressionL2Loss, make_loss
 
 
@@ -23,5 +24,5 @@ def test_regression_loss_is_masked_squared_distance():
 
 
 def test_loss_follows_target_type():
-    assert isinstance(make_loss("heatmap"), HeatmapMSELoss)
-    assert isinstance(make_loss("regression"), RegressionL2Loss)
+    assert isinstance(make_loss(make_codec("heatmap", (64, 64), (16, 16), 1.0)), HeatmapMSELoss)
+    assert isinstance(make_loss(make_codec("regression", (64, 64), (16, 16), 1.0)), RegressionL2Loss)

@@ -137,11 +137,13 @@ def test_help_lists_groups():
 def test_coordinate_convention_is_checked(capsys):
     assert parse_options([]).coordConvention == "project"
     assert parse_options(["--coordConvention", "hrnet"]).config["coordConvention"] == "hrnet"  # checkpointed
+    err = parse_error(capsys, ["--coordConvention", "caffe"])
+    assert "coordConvention: 'caffe' is not one of project, princeton-vl, hrnet, mmpose" in err
     err = parse_error(capsys, ["--coordConvention", "mmpose"])
-    assert "coordConvention: 'mmpose' is not one of project, princeton-vl, hrnet" in err
+    assert "coordConvention: 'mmpose' does not apply to heatmap models (StackedHourGlass)" in err
     deeppose = str(REPO_ROOT / "conf/models/DeepPose.defconf")
     err = parse_error(capsys, ["-ModelConfig", deeppose, "--coordConvention", "hrnet"])
-    assert "applies to heatmap models only" in err
+    assert "'hrnet' does not apply to regression models (DeepPose): choose project" in err
 
 
 def test_flip_test_is_on_by_default_for_validation_and_test(tmp_path):
@@ -156,7 +158,7 @@ def test_the_typed_options_declare_every_key_the_parser_has() -> None:
     from utils.options import Options, build_parser
 
     parser_keys = {action.dest for action in build_parser()._actions if action.dest != "help"}
-    derived = {"target_type", "joint_spec", "milestones", "optimizer_kwargs", "origins", "config",
+    derived = {"target_type", "simcc_sigma", "joint_spec", "milestones", "optimizer_kwargs", "origins", "config",
                "stored_config", "resume_changes", "run_dir"}  # fmt: skip
     assert set(Options.__annotations__) == parser_keys | derived
     opts = parse_options(["--nEpochs", "1", "--lrMilestones", "2,3"])

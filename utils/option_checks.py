@@ -41,6 +41,7 @@ def check_and_derive(opts: Options) -> None:
     opts.target_type = entry.target_type
     _check_numbers(opts, entry)
     _check_choices(opts)
+    _derive_simcc_sigma(opts)
     _derive_schedule(opts)
     _derive_optimizer(opts)
     _check_modes(opts)
@@ -165,12 +166,16 @@ def _check_numbers(opts: Options, entry: Any) -> None:
 
 
 def _check_choices(opts: Options) -> None:
-    from datasets.codecs import CONVENTIONS, POST_PROCESSES
+    from datasets.codecs import CONVENTIONS, CONVENTIONS_OF_TARGET, POST_PROCESSES
 
     if opts.coordConvention not in CONVENTIONS:
         raise _error(f"coordConvention: {opts.coordConvention!r} is not one of {', '.join(CONVENTIONS)}")
-    if opts.coordConvention != "project" and opts.target_type != "heatmap":
-        raise _error(f"coordConvention: {opts.coordConvention!r} applies to heatmap models only")
+    allowed = CONVENTIONS_OF_TARGET[opts.target_type]
+    if opts.coordConvention not in allowed:
+        raise _error(
+            f"coordConvention: {opts.coordConvention!r} does not apply to {opts.target_type} models "
+            f"({opts.model}): choose {' or '.join(allowed)}"
+        )
     if opts.postProcess not in POST_PROCESSES:
         raise _error(f"postProcess: {opts.postProcess!r} is not one of {', '.join(POST_PROCESSES)}")
     if opts.postProcess != "quarter" and opts.target_type != "heatmap":
@@ -178,6 +183,21 @@ def _check_choices(opts: Options) -> None:
     for key, allowed in (("amp", AMP_MODES), ("lrSchedule", LR_SCHEDULES), ("progress", PROGRESS_MODES)):
         if getattr(opts, key) not in allowed:
             raise _error(f"{key}: {getattr(opts, key)!r} is not one of {', '.join(allowed)}")
+
+
+def _derive_simcc_sigma(opts: Options) -> None:
+    """``simcc_sigma``: simccSigma as (x, y) bins; one value serves both axes."""
+    if not opts.simccSplitRatio > 0:
+        raise _error(f"simccSplitRatio: must be > 0, got {opts.simccSplitRatio}")
+    try:
+        values = [float(v) for v in str(opts.simccSigma).replace(" ", "").split(",")]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or not all(math.isfinite(v) and v > 0 for v in values):
+        raise _error(
+            f"simccSigma: {opts.simccSigma!r} is not one or two values > 0 (x,y in bins), e.g. 4.9,5.66"
+        )
+    opts.simcc_sigma = (values[0], values[-1])
 
 
 def _derive_schedule(opts: Options) -> None:

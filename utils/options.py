@@ -171,7 +171,8 @@ class Options(argparse.Namespace):
     worldCoors: str | None
     headSize: str | None
     # derived once (utils/option_checks.py, parse_options)
-    target_type: str  # the model's: "heatmap" or "regression"
+    target_type: str  # the model's: "heatmap", "regression" or "simcc"
+    simcc_sigma: tuple[float, float]  # simccSigma as (x, y) bins
     joint_spec: JointSpec  # the run's joint set (a custom spec's content is in jointSpec as JSON)
     milestones: list[int]  # lrMilestones as epochs
     optimizer_kwargs: dict[str, Any]  # optimizer_pars as keyword arguments
@@ -384,8 +385,9 @@ def build_parser() -> configargparse.ArgParser:
     model.add_argument(
         "--coordConvention",
         default="project",
-        help="heatmap coordinate convention the weights were trained in: project, hrnet or "
-        "princeton-vl (set by models.import_weights; training from scratch keeps project)",
+        help="coordinate convention the weights were trained in: project; for heatmap models also hrnet "
+        "or princeton-vl, for SimCC models mmpose (set by models.import_weights; training from scratch "
+        "keeps project)",
     )
     model.add_argument("--nChannels", type=int, default=None, help="hourglass feature width")
     model.add_argument(
