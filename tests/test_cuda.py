@@ -439,7 +439,8 @@ def test_model_forward_and_backward_on_cuda_in_channels_last(name: str) -> None:
     # training mode, float32 and bf16 autocast: every stage has the codec's shape, every
     # parameter gets a finite gradient
     target_type = get_entry(name).target_type
-    shape = (4, 16, 16, 16) if target_type == "heatmap" else (4, 16, 2)
+    # simcc: 64 x and 64 y pixels at the default 2 bins per pixel, x bins then y bins
+    shape = {"heatmap": (4, 16, 16, 16), "regression": (4, 16, 2), "simcc": (4, 16, 256)}[target_type]
     target = torch.rand(shape, device="cuda", generator=torch.Generator("cuda").manual_seed(3))
     weight = torch.ones(4, 16, device="cuda")
     loss_fn = make_loss(target_type)

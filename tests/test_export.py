@@ -30,14 +30,16 @@ SMALL = {
     # a ResNet trunk needs sides that are multiples of 32: a 32x64 (w x h) crop, 8x16 heatmaps
     "SimpleBaseline": ["--baseName", "resnet18", "--deconvFilters", "16", "--inputRes", "64", "--outputRes", "16",
                        "--aspectRatio", "0.5"],
+    # as SimpleBaseline: both sides multiples of 32
+    "RTMPose": ["--rtmposeSize", "t", "--inputRes", "64", "--outputRes", "16", "--aspectRatio", "0.5"],
 }  # fmt: skip
 CASES = [(name, "project") for name in sorted(SMALL)] + [("StackedHourGlass", "hrnet")]
 # a 24x32 (w x h) crop; sigma 1 also where the conf file has the paper's 2
 SIZES = ["--inputRes", "32", "--outputRes", "8", "--aspectRatio", "0.75", "--hmGauss", "1"]
 # (height, width) of the crop and of the heatmaps
-FRAMES = {"SimpleBaseline": ((64, 32), (16, 8))}
+FRAMES = {"SimpleBaseline": ((64, 32), (16, 8)), "RTMPose": ((64, 32), (16, 8))}
 FRAME = ((32, 24), (8, 6))
-CONF_NAMES = {"HRNet": "HRNet-W32"}  # the paper's width names the file
+CONF_NAMES = {"HRNet": "HRNet-W32", "RTMPose": "RTMPose-t"}  # a paper's width or size names the file
 
 
 def make_checkpoint(folder: Path, name: str, convention: str) -> tuple[Path, torch.nn.Module]:

@@ -21,8 +21,9 @@ SMALL = {
     "ChainedPredictions": ["--modelName", "resnet18"],
     "SimpleBaseline": ["--baseName", "resnet18", "--deconvFilters", "32"],
     "HRNet": ["--hrnetWidth", "8"],
+    "RTMPose": ["--rtmposeSize", "t"],  # at the tests' 64x64 input: a 2x2 map for the head
 }
-CONF_NAMES = {"HRNet": "HRNet-W32"}  # the paper's width names the file
+CONF_NAMES = {"HRNet": "HRNet-W32", "RTMPose": "RTMPose-t"}  # a paper's width or size names the file
 CONF_FILES = {name: REPO_ROOT / "conf" / "models" / f"{CONF_NAMES.get(name, name)}.defconf" for name in SMALL}
 
 
@@ -51,7 +52,10 @@ def test_model_trains_on_a_fixed_batch(name):
     outputs = model(image)
     expected_stages = {"StackedHourGlass": 2, "PoseAttention": 2, "PyraNet": 2, "DeepPose": 2}.get(name, 1)
     assert isinstance(outputs, list) and len(outputs) == expected_stages
-    expected_shape = (4, 16, 16, 16) if target_type == "heatmap" else (4, 16, 2)
+    # simcc: 64 x and 64 y pixels at the default 2 bins per pixel, x bins then y bins
+    expected_shape = {"heatmap": (4, 16, 16, 16), "regression": (4, 16, 2), "simcc": (4, 16, 256)}[
+        target_type
+    ]
     assert all(tuple(o.shape) == expected_shape for o in outputs)
     assert all(torch.isfinite(o).all() for o in outputs)
 
