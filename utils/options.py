@@ -381,8 +381,8 @@ def build_parser() -> configargparse.ArgParser:
         "--inputNorm",
         default="imagenet",
         help="pixel format the weights expect: imagenet, unit (RGB in [0, 1], Newell et al.'s PyTorch port; "
-        "StackedHourGlass, SimpleBaseline, HRNet) or bgr (BGR normalised with ImageNet's RGB-ordered mean "
-        "and std, Simple Baselines' code; SimpleBaseline, HRNet); set by models.import_weights",
+        "StackedHourGlass, SimpleBaseline, HRNet, RTMPose) or bgr (BGR normalised with ImageNet's RGB-ordered mean "
+        "and std, Simple Baselines' code; SimpleBaseline, HRNet, RTMPose); set by models.import_weights",
     )
     model.add_argument(
         "--coordConvention",
