@@ -15,6 +15,7 @@ MODEL_MODULES = (
     "hrnet",
     "pose_attention",
     "pyranet",
+    "rtmpose",
     "simple_baseline",
     "stacked_hourglass",
 )

@@ -3,6 +3,7 @@
     python -m models.import_weights princeton-vl SRC DST.pth [--trustSource]
     python -m models.import_weights hrnet SRC DST.pth [--inputRes 384] [--aspectRatio 0.75]
     python -m models.import_weights simplebaseline SRC DST.pth [--inputRes 384] [--aspectRatio 0.75]
+    python -m models.import_weights rtmpose SRC DST.pth
 
 ``princeton-vl``: Newell et al.'s own PyTorch port of the Stacked Hourglass
 (princeton-vl/pytorch_stacked_hourglass), which published 2- and 8-stack MPII checkpoints. Its
@@ -21,6 +22,21 @@ and the others: a plain state dict of ``PoseHighResolutionNet``, keys possibly p
 depth, deconvolutions, their filters and the joints from the shapes. Both codebases feed this
 network BGR images normalised with ImageNet's RGB-ordered statistics, so the config says
 ``inputNorm: bgr``.
+
+``rtmpose``: RTMPose-t/s/m/l as MMPose publishes them (``rtmpose-m_simcc-coco_pt-aic-coco_420e-
+256x192-d8dd5ca4_20230127.pth`` and the others: ``{'meta', 'state_dict'}``, keys ``backbone.*``
+(mmdet's CSPNeXt) and ``head.*`` (RTMCCHead)), onto ``RTMPose``, tensor for tensor. The size from
+the backbone's widths and block counts, the joints from the head, and the input size and split
+ratio from the head's shapes alone: its linear layer takes (H/32)(W/32) inputs and its classifiers
+give W x r and H x r bins, which fix H, W and r (a checkpoint they do not fit is refused). The
+config: COCO for 17 joints, MPII for 16, the input the weights were trained at (256x192, 384x288,
+256x256), ImageNet-normalised RGB (what MMPose's data preprocessor feeds, bgr_to_rgb with ImageNet's
+mean and std x 255), the SimCC label sigma MMPose's configs give that input (sqrt(side / 8) bins:
+4.9 for 192, 5.66 for 256, 6 for 288, 6.93 for 384), MMPose's ``mmpose`` coordinate convention
+(the crop's centre at (w/2, h/2), bin = x x r, the flip test mirrors the vectors without a shift),
+flip test on. MMEngine keeps the dataset's metainfo, numpy arrays among it, in ``meta``: numpy
+arrays, dtypes and scalars are allowed in a ``weights_only`` read (data, no code), for every
+source.
 
 The result holds the weights and a complete config, so ``-test --loadModel DST.pth``, ``-predict``
 and ``-export`` run the published model. princeton-vl: stacks, width and joints inferred from the
@@ -62,6 +78,22 @@ class ConversionError(ValueError):
     """A source that cannot be converted; the message is one line naming the file and key."""
 
 
+def numpy_data_globals() -> list[Any]:
+    """What a pickled numpy array, dtype or scalar names, under numpy 1's module path (the releases'
+    era) and numpy 2's: they rebuild data from bytes and call no other code, so a ``weights_only``
+    read may allow them (MMEngine checkpoints keep numpy arrays in ``meta``)."""
+    import numpy as np
+
+    multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
+    allowed: list[Any] = [np.ndarray, np.dtype]
+    # a dtype is rebuilt as an instance of its class (numpy.dtypes.Float32DType, ...), then given its state
+    allowed += sorted({type(np.dtype(code)) for code in np.typecodes["All"]}, key=str)
+    for name in ("_reconstruct", "scalar"):
+        function = getattr(multiarray, name)
+        allowed += [(function, f"numpy.core.multiarray.{name}"), (function, f"numpy._core.multiarray.{name}")]
+    return allowed
+
+
 def read_source(path: Path, trust: bool) -> dict[str, torch.Tensor]:
     """The source's state dict, wrapper prefixes removed."""
     import torch
@@ -69,7 +101,8 @@ def read_source(path: Path, trust: bool) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ConversionError(f"{path}: no such file")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(numpy_data_globals()):
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         if not trust:
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
@@ -231,16 +264,21 @@ AUTHORS_SIGMA = 2
 HEATMAP_STRIDE = 4
 
 
-def authors_data_options(joints: int, size: InputSize, multiple: int) -> list[str]:
-    """Data config and sizes for weights with ``joints`` joints: the dataset whose joint order they
-    use and its published input size, unless typed. The input's sides must be multiples of
-    ``multiple`` (the network's coarsest stride), so its heatmaps are exactly 1/4 of it."""
+def published_data(joints: int) -> tuple[str, int, float]:
+    """(data config, input height, width / height) the authors published for ``joints`` joints."""
     if joints not in PUBLISHED_DATA:
         raise ConversionError(
             f"the weights predict {joints} joints: neither COCO's 17 nor MPII's 16, the joint sets the "
             f"authors published"
         )
-    dataset, default_res, default_aspect = PUBLISHED_DATA[joints]
+    return PUBLISHED_DATA[joints]
+
+
+def authors_data_options(joints: int, size: InputSize, multiple: int) -> list[str]:
+    """Data config and sizes for weights with ``joints`` joints: the dataset whose joint order they
+    use and its published input size, unless typed. The input's sides must be multiples of
+    ``multiple`` (the network's coarsest stride), so its heatmaps are exactly 1/4 of it."""
+    dataset, default_res, default_aspect = published_data(joints)
     res = size.res or default_res
     aspect = size.aspect_ratio or default_aspect
     width = round(res * aspect)
@@ -410,6 +448,144 @@ def import_simple_baseline(source: dict[str, torch.Tensor], size: InputSize) -> 
     return {"model": weights, "config": config, "epoch": 0, "source": "simplebaseline"}, summary
 
 
+# ------------------------------------------------------------------------------ rtmpose
+
+RTMPOSE_STRIDE = 32  # the head reads the backbone's stride-32 map, flattened
+
+
+def _conv_module(theirs: str, ours: str) -> dict[str, str]:
+    """mmcv's ConvModule (conv, bn, activate) onto ``models.rtmpose.ConvBNAct`` (conv, bn, act)."""
+    return {f"{theirs}.conv": f"{ours}.conv", f"{theirs}.bn": f"{ours}.bn"}
+
+
+def rtmpose_names(blocks: tuple[int, ...]) -> dict[str, str]:
+    """Module name in MMPose's RTMPose (``TopdownPoseEstimator``: mmdet's ``CSPNeXt`` as
+    ``backbone``, ``RTMCCHead`` as ``head``) -> module name in ``models.rtmpose.RTMPose``, for
+    ``blocks`` CSPNeXt blocks in each of the four stages.
+
+    Theirs: ``stem.0-2`` ConvModules; ``stage{s}`` a Sequential of the stride-2 ConvModule, in the
+    last stage ``SPPBottleneck`` (conv1, conv2), then ``CSPLayer`` (main_conv, short_conv,
+    final_conv, ``blocks.j`` = CSPNeXtBlock with conv1 and conv2 a DepthwiseSeparableConvModule of
+    depthwise_conv and pointwise_conv, ``attention.fc``); the head's final_layer, ``mlp`` =
+    (ScaleNorm g, Linear), ``gau`` (RTMCCBlock: uv, o, gamma, beta, ``ln`` ScaleNorm,
+    ``res_scale.scale``), cls_x, cls_y."""
+    names = {}
+    for index in range(3):
+        names |= _conv_module(f"backbone.stem.{index}", f"backbone.stem.{index}")
+    for stage, count in enumerate(blocks):
+        theirs, ours = f"backbone.stage{stage + 1}", f"backbone.stages.{stage}"
+        names |= _conv_module(f"{theirs}.0", f"{ours}.down")
+        spp = stage == len(blocks) - 1  # P5: only the last stage pools
+        if spp:
+            names |= _conv_module(f"{theirs}.1.conv1", f"{ours}.spp.reduce")
+            names |= _conv_module(f"{theirs}.1.conv2", f"{ours}.spp.expand")
+        csp = f"{theirs}.{2 if spp else 1}"
+        for their_name, our_name in (("main_conv", "main"), ("short_conv", "short"), ("final_conv", "final")):
+            names |= _conv_module(f"{csp}.{their_name}", f"{ours}.csp.{our_name}")
+        names[f"{csp}.attention.fc"] = f"{ours}.csp.attention.fc"
+        for block in range(count):
+            their_block, our_block = f"{csp}.blocks.{block}", f"{ours}.csp.blocks.{block}"
+            names |= _conv_module(f"{their_block}.conv1", f"{our_block}.conv")
+            names |= _conv_module(f"{their_block}.conv2.depthwise_conv", f"{our_block}.depthwise")
+            names |= _conv_module(f"{their_block}.conv2.pointwise_conv", f"{our_block}.pointwise")
+    return names | {
+        "head.final_layer": "head.conv",
+        "head.mlp.0": "head.norm",
+        "head.mlp.1": "head.embed",
+        "head.gau": "head.gau",  # gamma, beta
+        "head.gau.ln": "head.gau.norm",
+        "head.gau.uv": "head.gau.uv",
+        "head.gau.o": "head.gau.out",
+        "head.gau.res_scale": "head.gau",  # res_scale.scale -> gau.scale
+        "head.cls_x": "head.cls_x",
+        "head.cls_y": "head.cls_y",
+    }
+
+
+def rtmpose_size_of(source: dict[str, torch.Tensor]) -> tuple[str, tuple[int, ...]]:
+    """The size letter and the blocks per stage, from the stem's output width and the block count
+    of each stage: the four sizes differ in both."""
+    from models.rtmpose import SIZES, stage_layout
+
+    needed = ("backbone.stem.2.conv.weight", "head.gau.uv.weight", "head.final_layer.weight")
+    if not all(key in source for key in needed):
+        raise ConversionError(
+            "the source is not an RTMPose network: no backbone.stem.2.conv, head.gau.uv or head.final_layer keys"
+        )
+    width = source["backbone.stem.2.conv.weight"].shape[0]
+    counts: dict[int, int] = {}
+    for key in source:
+        if match := re.match(r"backbone\.stage(\d+)\.\d+\.blocks\.(\d+)\.", key):
+            stage, block = int(match.group(1)), int(match.group(2))
+            counts[stage] = max(counts.get(stage, 0), block + 1)
+    blocks = tuple(counts.get(stage, 0) for stage in range(1, 5))
+    for size in SIZES:
+        _, stages = stage_layout(size)
+        if stages[0][0] == width and tuple(stage[2] for stage in stages) == blocks:
+            return size, blocks
+    raise ConversionError(
+        f"the source's CSPNeXt has {width} channels after the stem and {blocks} blocks per stage: none "
+        f"of RTMPose's sizes {', '.join(SIZES)}"
+    )
+
+
+def rtmpose_input_of(source: dict[str, torch.Tensor]) -> tuple[int, int, float]:
+    """(height, width, split ratio) the head was built for: its linear layer takes h x w inputs
+    (the stride-32 map flattened) and its classifiers give W x r and H x r bins, so
+    Wy / Wx = h / w; with h x w known that fixes h and w, then r = Wx / W."""
+    keys = ("head.mlp.1.weight", "head.cls_x.weight", "head.cls_y.weight")
+    if not all(key in source and source[key].dim() == 2 for key in keys):
+        raise ConversionError("the source's head lacks a 2-D head.mlp.1, head.cls_x or head.cls_y weight")
+    flat = source["head.mlp.1.weight"].shape[1]
+    bins_x, bins_y = source["head.cls_x.weight"].shape[0], source["head.cls_y.weight"].shape[0]
+    for rows in range(1, flat + 1):
+        cols = flat // rows
+        if rows * cols == flat and bins_y * cols == bins_x * rows:
+            height, width = rows * RTMPOSE_STRIDE, cols * RTMPOSE_STRIDE
+            ratio = bins_x / width
+            if round(width * ratio) == bins_x and round(height * ratio) == bins_y:
+                return height, width, ratio
+    raise ConversionError(
+        f"the source's head fits no input: 'head.mlp.1.weight' takes {flat} values (a stride-32 map "
+        f"h x w) but 'head.cls_x.weight' and 'head.cls_y.weight' give {bins_x} and {bins_y} bins, not "
+        f"in the ratio w : h of any such map"
+    )
+
+
+def simcc_sigma(height: int, width: int) -> str:
+    """MMPose's SimCCLabel sigma (x,y) for a height x width input, as its RTMPose configs set it:
+    sqrt(side / 8) to 2 decimals gives each of their values (4.9 for 192, 5.66 for 256, 6 for 288,
+    6.93 for 384)."""
+    return ",".join(f"{round((side / 8) ** 0.5, 2):g}" for side in (width, height))
+
+
+def import_rtmpose(source: dict[str, torch.Tensor], size: InputSize) -> tuple[dict[str, Any], str]:
+    letter, blocks = rtmpose_size_of(source)
+    joints = source["head.final_layer.weight"].shape[0]
+    dataset, _, _ = published_data(joints)
+    height, width, ratio = rtmpose_input_of(source)
+    typed_width = round((size.res or height) * (size.aspect_ratio or width / height))
+    if (size.res or height) != height or typed_width != width:
+        raise ConversionError(
+            f"--inputRes/--aspectRatio give a {size.res or height}x{typed_width} input, but the source's "
+            f"head was built for {height}x{width} (its shapes fix the input; leave both out)"
+        )
+    config = config_from_files(
+        [
+            "-ModelConfig", str(REPO_ROOT / "conf" / "models" / f"RTMPose-{letter}.defconf"),
+            "-DataConfig", str(REPO_ROOT / "conf" / "datasets" / f"{dataset}.defconf"),
+            "--rtmposeSize", letter, "--nJoints", str(joints), "--inputRes", str(height),
+            "--aspectRatio", str(width / height), "--simccSplitRatio", str(ratio),
+            "--simccSigma", simcc_sigma(height, width), "--inputNorm", "imagenet",
+            "--coordConvention", "mmpose", "--flipTest", "1",
+        ]
+    )  # fmt: skip
+    model = _build(config)
+    weights = convert(source, rtmpose_names(blocks), model.state_dict(), "RTMPose")
+    summary = f"RTMPose-{letter}, {joints} joints, {height}x{width} input, {ratio:g} bins per pixel"
+    return {"model": weights, "config": config, "epoch": 0, "source": "rtmpose"}, summary
+
+
 def _input(config: dict[str, Any]) -> str:
     return f"{config['inputRes']}x{round(config['inputRes'] * config['aspectRatio'])}"
 
@@ -418,6 +594,7 @@ IMPORTERS: dict[str, Callable[[dict[str, torch.Tensor], InputSize], tuple[dict[s
     "princeton-vl": import_princeton_vl,
     "hrnet": import_hrnet,
     "simplebaseline": import_simple_baseline,
+    "rtmpose": import_rtmpose,
 }
 
 
@@ -433,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
         "--inputRes",
         type=int,
         default=None,
-        help="input height the weights were trained at (default: published)",
+        help="input height the weights were trained at (default: published; rtmpose: from the shapes)",
     )
     parser.add_argument(
         "--aspectRatio", type=float, default=None, help="input width / height (default: published)"

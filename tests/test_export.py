@@ -30,14 +30,16 @@ SMALL = {
     # a ResNet trunk needs sides that are multiples of 32: a 32x64 (w x h) crop, 8x16 heatmaps
     "SimpleBaseline": ["--baseName", "resnet18", "--deconvFilters", "16", "--inputRes", "64", "--outputRes", "16",
                        "--aspectRatio", "0.5"],
+    # as SimpleBaseline: both sides multiples of 32
+    "RTMPose": ["--rtmposeSize", "t", "--inputRes", "64", "--outputRes", "16", "--aspectRatio", "0.5"],
 }  # fmt: skip
-CASES = [(name, "project") for name in sorted(SMALL)] + [("StackedHourGlass", "hrnet")]
+CASES = [(name, "project") for name in sorted(SMALL)] + [("StackedHourGlass", "hrnet"), ("RTMPose", "mmpose")]
 # a 24x32 (w x h) crop; sigma 1 also where the conf file has the paper's 2
 SIZES = ["--inputRes", "32", "--outputRes", "8", "--aspectRatio", "0.75", "--hmGauss", "1"]
 # (height, width) of the crop and of the heatmaps
-FRAMES = {"SimpleBaseline": ((64, 32), (16, 8))}
+FRAMES = {"SimpleBaseline": ((64, 32), (16, 8)), "RTMPose": ((64, 32), (16, 8))}
 FRAME = ((32, 24), (8, 6))
-CONF_NAMES = {"HRNet": "HRNet-W32"}  # the paper's width names the file
+CONF_NAMES = {"HRNet": "HRNet-W32", "RTMPose": "RTMPose-t"}  # a paper's width or size names the file
 
 
 def make_checkpoint(folder: Path, name: str, convention: str) -> tuple[Path, torch.nn.Module]:
@@ -72,6 +74,10 @@ def decode_by_the_json(output: np.ndarray, notes: dict) -> np.ndarray:
     decoding = notes["decoding"]
     if notes["target_type"] == "regression":
         return (output.astype(np.float64) + 0.5) * np.array(notes["input"]["size"]) - 0.5
+    if notes["target_type"] == "simcc":  # output: simcc_x then simcc_y, as the JSON's outputs list them
+        x_bins = notes["outputs"][0]["shape"][-1]
+        bins = np.stack([output[..., :x_bins].argmax(-1), output[..., x_bins:].argmax(-1)], axis=-1)
+        return (bins + decoding["anchor"]) / decoding["split_ratio"] - decoding["anchor"]
     n, k, height, width = output.shape
     flat = output.reshape(n, k, -1)
     peak = flat.argmax(axis=2)
@@ -116,14 +122,16 @@ def test_export_matches_pytorch_and_describes_the_decoding(
     (image_input,) = session.get_inputs()
     assert image_input.name == "image" and image_input.shape[1:] == [3, height, width]
     assert isinstance(image_input.shape[0], str)  # a dynamic batch
-    assert len(session.get_outputs()) == 1
+    simcc = name == "RTMPose"
+    names = [node.name for node in session.get_outputs()]
+    assert names == (["simcc_x", "simcc_y"] if simcc else [names[0]])
     generator = torch.Generator().manual_seed(2)
     difference, scale = 0.0, 1.0
     for batch in (2, 3):
         image = torch.randn(batch, 3, height, width, generator=generator)
         with torch.no_grad():
             expected = model(image)[-1].numpy()
-        (output,) = session.run(None, {"image": image.numpy()})
+        output = np.concatenate(session.run(None, {"image": image.numpy()}), axis=-1)  # one, or x then y
         assert output.shape == expected.shape
         difference = max(difference, float(np.abs(output - expected).max()))
         # an untrained HRNet's eval-mode outputs reach 1e4 (its fusions sum up to four branches,
@@ -150,6 +158,15 @@ def test_export_matches_pytorch_and_describes_the_decoding(
         assert (decoding["anchor"], decoding["crop_center"], decoding["flip_shift"]) == (
             (0.5, 0.0, 0) if convention == "project" else (0.0, 0.5, 1)
         )
+    elif simcc:  # 2 bins per pixel of the 32x64 (w x h) crop
+        assert notes["outputs"] == [
+            {"name": "simcc_x", "shape": ["batch", 16, 64], "dtype": "float32"},
+            {"name": "simcc_y", "shape": ["batch", 16, 128], "dtype": "float32"},
+        ]
+        assert (decoding["anchor"], decoding["crop_center"], decoding["flip_shift"]) == (
+            (0.5, 0.0, 0) if convention == "project" else (0.0, 0.5, 0)
+        )
+        assert decoding["split_ratio"] == 2.0 and decoding["bins"] == [64, 128]
     else:
         assert name == "DeepPose" and notes["output"]["shape"] == ["batch", 16, 2]
 

@@ -21,8 +21,9 @@ SMALL = {
     "ChainedPredictions": ["--modelName", "resnet18"],
     "SimpleBaseline": ["--baseName", "resnet18", "--deconvFilters", "32"],
     "HRNet": ["--hrnetWidth", "8"],
+    "RTMPose": ["--rtmposeSize", "t"],  # at the tests' 64x64 input: a 2x2 map for the head
 }
-CONF_NAMES = {"HRNet": "HRNet-W32"}  # the paper's width names the file
+CONF_NAMES = {"HRNet": "HRNet-W32", "RTMPose": "RTMPose-t"}  # a paper's width or size names the file
 CONF_FILES = {name: REPO_ROOT / "conf" / "models" / f"{CONF_NAMES.get(name, name)}.defconf" for name in SMALL}
 
 

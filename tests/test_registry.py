@@ -55,7 +55,7 @@ def test_duplicate_registration_rejected():
 
 def test_every_registered_model_declares_a_target_type():
     for name in list_models():
-        assert get_entry(name).target_type in ("heatmap", "regression")
+        assert get_entry(name).target_type in ("heatmap", "regression", "simcc")
 
 
 def test_every_builder_parameter_has_a_config_key():

@@ -45,7 +45,9 @@ DATASET_JOINTS = {"synthetic": 16, "MPII": 16, "COCO": 17}
 # come from --jointSpec
 DATASETS = (*DATASET_JOINTS, "custom")
 # the registry's names, written out so --help needs no torch import (a test keeps them equal)
-MODEL_NAMES = "ChainedPredictions, DeepPose, HRNet, PoseAttention, PyraNet, SimpleBaseline, StackedHourGlass"
+MODEL_NAMES = (
+    "ChainedPredictions, DeepPose, HRNet, PoseAttention, PyraNet, RTMPose, SimpleBaseline, StackedHourGlass"
+)
 
 
 # what an error about a typed value ends with; one from a config file ends with "(in FILE)"
@@ -124,6 +126,7 @@ class Options(argparse.Namespace):
     nDeconv: int | None
     deconvFilters: int | None
     hrnetWidth: int | None
+    rtmposeSize: str | None
     simccSplitRatio: float
     simccSigma: str
     pretrainedPath: str | None
@@ -379,8 +382,8 @@ def build_parser() -> configargparse.ArgParser:
         "--inputNorm",
         default="imagenet",
         help="pixel format the weights expect: imagenet, unit (RGB in [0, 1], Newell et al.'s PyTorch port; "
-        "StackedHourGlass, SimpleBaseline, HRNet) or bgr (BGR normalised with ImageNet's RGB-ordered mean "
-        "and std, Simple Baselines' code; SimpleBaseline, HRNet); set by models.import_weights",
+        "StackedHourGlass, SimpleBaseline, HRNet, RTMPose) or bgr (BGR normalised with ImageNet's RGB-ordered mean "
+        "and std, Simple Baselines' code; SimpleBaseline, HRNet, RTMPose); set by models.import_weights",
     )
     model.add_argument(
         "--coordConvention",
@@ -425,6 +428,7 @@ def build_parser() -> configargparse.ArgParser:
     model.add_argument("--nDeconv", type=int, default=None, help="SimpleBaseline: transposed convolutions")
     model.add_argument("--deconvFilters", type=int, default=None, help="SimpleBaseline: their filters")
     model.add_argument("--hrnetWidth", type=int, default=None, help="HRNet: width, 32 or 48 (W32, W48)")
+    model.add_argument("--rtmposeSize", default=None, help="RTMPose: size t, s, m or l (default m)")
     model.add_argument(
         "--simccSplitRatio",
         type=float,
