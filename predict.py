@@ -44,6 +44,7 @@ from video.smoothing import OneEuroFilter
 from video.tracking import PoseTracker, tracking_sigmas
 
 if TYPE_CHECKING:
+    from datasets.skeletons import JointSpec
     from utils.options import Options
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
@@ -289,7 +290,7 @@ class PoseRunner:
         return np.concatenate([apply_affine(joints, inverses), scores[..., None]], axis=-1)
 
 
-def video_tracker(opts: Options, spec, fps: float) -> PoseTracker:
+def video_tracker(opts: Options, spec: JointSpec, fps: float) -> PoseTracker:
     """The tracker of a video's persons (--trackIoU, --trackOKS, --trackMemory), with a One-Euro
     filter per person under --smooth oneeuro, clocked by the video's frame rate."""
     smoother = None
