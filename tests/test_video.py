@@ -161,6 +161,8 @@ def test_box_iou_oks_and_assignment() -> None:
     score = np.array([[0.9, 0.8], [0.7, 0.1]])
     assert assign(score, np.ones((2, 2), bool)) == [(0, 1), (1, 0)]  # 1.5 beats 1.0
     assert assign(score, np.array([[True, True], [False, False]])) == [(0, 0)]
+    # one strong pair beats two weak ones: the most summed score, not the most pairs
+    assert assign(np.array([[1.9, 0.4], [0.4, 0.0]]), np.array([[True, True], [True, False]])) == [(0, 0)]
     assert assign(np.zeros((0, 3)), np.zeros((0, 3), bool)) == []
     # OKS between two sets is pairwise_oks's off-diagonal block
     poses = np.random.default_rng(4).uniform(0, 100, (5, 17, 2))

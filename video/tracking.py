@@ -56,14 +56,13 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def assign(score: np.ndarray, allowed: np.ndarray) -> list[tuple[int, int]]:
-    """The (row, column) pairs of the assignment maximising the summed ``score`` (R, C) over the
-    ``allowed`` (R, C) pairs only, each row and column used at most once; sorted by row."""
+    """The (row, column) pairs of the assignment maximising the summed ``score`` (R, C), >= 0, over
+    the ``allowed`` (R, C) pairs only, each row and column used at most once; sorted by row."""
     if score.size == 0 or not allowed.any():
         return []
-    # a forbidden pair costs more than any allowed assignment gains, so it is chosen only where
-    # nothing allowed is left, and then dropped
-    forbidden = 1.0 + 2.0 * float(np.abs(score[allowed]).sum())
-    rows, columns = linear_sum_assignment(np.where(allowed, -score, forbidden))
+    # a forbidden pair gains nothing, as leaving both unmatched does (scores are >= 0): the best
+    # assignment is then the best over allowed pairs, even where fewer pairs score more
+    rows, columns = linear_sum_assignment(np.where(allowed, -score, 0.0))
     return [(int(r), int(c)) for r, c in zip(rows, columns, strict=True) if allowed[r, c]]
 
 
