@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 # Keys a checkpoint's stored config does not pass on: they say what this command does with it.
 COMMAND_KEYS = (
     "expID", "loadModel", "loadOptim", "loadEpoch", "dropPreLoaded", "dropMagPreLoaded", "test", "browse",
-    "predict", "export", "onnx", "detector", "detectorWeights",
+    "predict", "export", "onnx", "detector", "detectorWeights", "smooth", "smoothMinCutoff", "smoothBeta",
+    "smoothDCutoff", "trackIoU", "trackOKS", "trackMemory",
 )  # fmt: skip
 # Keys a resumed run may change: they steer training or the machine, not what is trained on.
 STEERING_KEYS = (

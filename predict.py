@@ -11,10 +11,15 @@ aspect ratio, placed by the checkpoint's coordinate convention), crops are batch
 and poses are decoded back to frame pixels. Results go to a new run directory: ``keypoints.json``
 (COCO's results layout plus the file name), one drawn PNG per image and one drawn MP4 per video,
 named after the whole input name (``x.jpg`` -> ``x.jpg.png``), so two inputs never share one.
+
+In a video each pose gets a ``track_id`` (the same person keeps it from frame to frame) and, with
+``--smooth oneeuro``, keypoints smoothed over time per person, the raw ones kept beside them
+(``video/``: tracking.py, smoothing.py).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Iterator
@@ -31,17 +36,26 @@ from datasets.base import DataError, normalise, read_image
 from datasets.coco import box_to_center_scale
 from engine import Precision, average_with_mirrored
 from utils.distributed import choose_device
-from utils.drawing import draw_pose
+from utils.drawing import draw_label, draw_pose
 from utils.logging import EpochProgress
 from utils.options import fail
 from utils.transforms import apply_affine, crop_affine, invert_affine, warp_image
+from video.smoothing import OneEuroFilter
+from video.tracking import PoseTracker, tracking_sigmas
 
 if TYPE_CHECKING:
+    from datasets.skeletons import JointSpec
     from utils.options import Options
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 DEFAULT_DETECTOR_THRESHOLD = 0.5
 PERSON_LABEL = 1  # COCO's person class in torchvision's detectors
+FALLBACK_FPS = 25.0  # a video whose container states no frame rate is taken to be PAL's
+# one colour per track id (RGB, matplotlib's tab10), so a person keeps their colour in the drawn video
+TRACK_COLORS = (
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+)  # fmt: skip
 
 
 @dataclass
@@ -53,6 +67,8 @@ class Frame:
     pixels: np.ndarray  # (H, W, 3) uint8 RGB, upright
     boxes: list[tuple[list[float], float]] = field(default_factory=list)  # ([x, y, w, h], score)
     poses: list[np.ndarray] = field(default_factory=list)  # (K, 3): x, y, confidence
+    track_ids: list[int] | None = None  # per pose, in a video
+    raw_poses: list[np.ndarray] | None = None  # (K, 3) per pose before smoothing, when smoothed
 
 
 def find_images(root: Path) -> list[Path]:
@@ -74,6 +90,17 @@ def count_frames(root: Path, images: list[Path]) -> int:
         capture.release()
         return max(count, 1)
     return len(images)
+
+
+def video_fps(path: Path) -> float:
+    """The frame rate the video's container states, or ``FALLBACK_FPS`` (with a note) without one."""
+    capture = cv2.VideoCapture(str(path))
+    fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
+    capture.release()
+    if not (np.isfinite(fps) and 0 < fps <= 1000):
+        print(f"note: -predict: {path} states no frame rate; taking {FALLBACK_FPS:g} frames per second")
+        return FALLBACK_FPS
+    return fps
 
 
 def read_frames(root: Path, images: list[Path], skipped: list[str]) -> Iterator[Frame]:
@@ -262,6 +289,26 @@ class PoseRunner:
         return np.concatenate([apply_affine(joints, inverses), confidence[..., None]], axis=-1)
 
 
+def video_tracker(opts: Options, spec: JointSpec, fps: float) -> PoseTracker:
+    """The tracker of a video's persons (--trackIoU, --trackOKS, --trackMemory), with a One-Euro
+    filter per person under --smooth oneeuro, clocked by the video's frame rate."""
+    smoother = None
+    if opts.smooth == "oneeuro":
+        smoother = functools.partial(OneEuroFilter, opts.smoothMinCutoff, opts.smoothBeta, opts.smoothDCutoff)
+    sigmas = tracking_sigmas(spec.sigmas, spec.num_joints)
+    return PoseTracker(sigmas, opts.trackIoU, opts.trackOKS, opts.trackMemory, fps, smoother)
+
+
+def track_frame(tracker: PoseTracker, frame: Frame, num_joints: int) -> None:
+    """A video frame's poses get their track ids and, when the tracker smooths, smoothed
+    keypoints, the raw ones moving to ``raw_poses``."""
+    boxes = np.array([box for box, _ in frame.boxes], dtype=np.float64).reshape(-1, 4)
+    poses = np.stack(frame.poses) if frame.poses else np.zeros((0, num_joints, 3))
+    frame.track_ids, smoothed = tracker.update(frame.index, boxes, poses)
+    if tracker.smooths:
+        frame.raw_poses, frame.poses = frame.poses, list(smoothed)
+
+
 def drawn_name(name: str, suffix: str) -> str:
     """The drawing of input ``name`` (a path relative to the -predict argument): the whole name,
     extension included, plus ``suffix``, so two inputs never share a drawing (``x.jpg`` ->
@@ -269,14 +316,20 @@ def drawn_name(name: str, suffix: str) -> str:
     return f"{name}{suffix}"
 
 
-def write_outputs(frames: list[Frame], run_dir: Path, skeleton, left_joints, videos: dict) -> list[dict]:
-    """Draw each finished frame (PNG per image, appended to the MP4 of a video) and return its
-    results entries."""
+def write_outputs(
+    frames: list[Frame], run_dir: Path, skeleton, left_joints, videos: dict, fps: float = FALLBACK_FPS
+) -> list[dict]:
+    """Draw each finished frame (PNG per image, appended to the MP4 of a video, at ``fps``) and
+    return its results entries; a tracked pose is drawn in its track's colour, with its id."""
     entries = []
     for frame in frames:
         drawn = frame.pixels
-        for (box, box_score), pose in zip(frame.boxes, frame.poses, strict=True):
-            drawn = draw_pose(drawn, pose[:, :2], np.ones(len(pose)), skeleton, (0, 255, 0), left_joints)
+        for number, ((box, box_score), pose) in enumerate(zip(frame.boxes, frame.poses, strict=True)):
+            track_id = None if frame.track_ids is None else frame.track_ids[number]
+            color = (0, 255, 0) if track_id is None else TRACK_COLORS[track_id % len(TRACK_COLORS)]
+            drawn = draw_pose(drawn, pose[:, :2], np.ones(len(pose)), skeleton, color, left_joints)
+            if track_id is not None:
+                drawn = draw_label(drawn, str(track_id), (box[0], box[1]), color)
             entry = {
                 "image": frame.name,
                 "bbox": [round(v, 2) for v in box],
@@ -285,6 +338,10 @@ def write_outputs(frames: list[Frame], run_dir: Path, skeleton, left_joints, vid
             }
             if frame.index is not None:
                 entry["frame"] = frame.index
+            if track_id is not None:
+                entry["track_id"] = track_id
+            if frame.raw_poses is not None:
+                entry["keypoints_raw"] = [round(float(v), 3) for v in frame.raw_poses[number].reshape(-1)]
             entries.append(entry)
         bgr = cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR)
         if frame.index is None:
@@ -296,7 +353,7 @@ def write_outputs(frames: list[Frame], run_dir: Path, skeleton, left_joints, vid
                 height, width = bgr.shape[:2]
                 target = run_dir / drawn_name(Path(frame.name).name, ".mp4")
                 videos[frame.name] = cv2.VideoWriter(
-                    str(target), cv2.VideoWriter_fourcc(*"mp4v"), 25.0, (width, height)
+                    str(target), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height)
                 )
             videos[frame.name].write(bgr)
     return entries
@@ -320,6 +377,10 @@ def run(opts: Options) -> int:
     run_dir.mkdir(parents=True, exist_ok=False)
     spec = trained.joint_spec
     progress = EpochProgress("predict", count_frames(root, images), opts.progress)
+    fps = FALLBACK_FPS if images else video_fps(root)
+    tracker = None if images else video_tracker(opts, spec, fps)
+    if images and opts.smooth != "none":
+        print(f"note: smooth: {opts.smooth} applies to videos; {root} is not one, so nothing is smoothed")
     skipped: list[str] = []
     entries: list[dict[str, Any]] = []
     videos: dict[str, Any] = {}
@@ -335,7 +396,10 @@ def run(opts: Options) -> int:
             for frame in pending:
                 frame.poses = list(poses[cursor : cursor + len(frame.boxes)])
                 cursor += len(frame.boxes)
-        entries.extend(write_outputs(pending, run_dir, spec.skeleton, spec.left_joints, videos))
+        if tracker is not None:  # in frame order: pending holds the frames since the last flush
+            for frame in pending:
+                track_frame(tracker, frame, spec.num_joints)
+        entries.extend(write_outputs(pending, run_dir, spec.skeleton, spec.left_joints, videos, fps))
         pending.clear(), crops.clear(), inverses.clear()
 
     for frame in read_frames(root, images, skipped):
@@ -354,6 +418,9 @@ def run(opts: Options) -> int:
     for writer in videos.values():
         writer.release()
     elapsed = time.monotonic() - started
+    tracked = "" if tracker is None else f"; {tracker.next_id} person tracks"
+    if tracker is not None and tracker.smooths:
+        tracked += f", smoothed ({opts.smooth})"
     with open(run_dir / "keypoints.json", "w", encoding="utf-8") as stream:
         json.dump(entries, stream)
     for line in skipped:
@@ -361,7 +428,7 @@ def run(opts: Options) -> int:
     print(
         f"{len(entries)} poses in {frames_done} frames, {frames_done / max(elapsed, 1e-9):.1f} images/s "
         f"({'flip test, ' if opts.flipTest else ''}{'onnxruntime on the cpu' if opts.onnx else device.type}); "
-        f"{len(skipped)} unreadable files skipped"
+        f"{len(skipped)} unreadable files skipped{tracked}"
     )
     print(f"run directory: {run_dir} (keypoints.json and the drawn frames)")
     return 0

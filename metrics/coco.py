@@ -139,6 +139,33 @@ def pairwise_oks(kpts: np.ndarray, areas: np.ndarray, sigmas: np.ndarray = COCO_
     return _oks_block((x, y, areas), (x, y, areas), variances)
 
 
+def cross_oks(
+    kpts_a: np.ndarray,
+    areas_a: np.ndarray,
+    kpts_b: np.ndarray,
+    areas_b: np.ndarray,
+    sigmas: np.ndarray = COCO_SIGMAS,
+) -> np.ndarray:
+    """OKS of every pose of one set with every pose of another, by :func:`pairwise_oks`'s rule
+    (e.g. a video frame's poses against the tracks of the frames before).
+
+    Args:
+        kpts_a: (A, K, 2 or 3) poses; only x, y are used.
+        areas_a: (A,) their object scales, pixels^2.
+        kpts_b: (B, K, 2 or 3) poses.
+        areas_b: (B,) their object scales, pixels^2.
+        sigmas: (K,) per-keypoint sigmas.
+
+    Returns:
+        (A, B) float64.
+    """
+    xa, ya, areas_a, variances = _check_poses(kpts_a, areas_a, sigmas)
+    xb, yb, areas_b, _ = _check_poses(kpts_b, areas_b, sigmas)
+    if xa.shape[1] != xb.shape[1]:
+        raise ValueError(f"both sets need the same keypoints, got {xa.shape[1]} and {xb.shape[1]}")
+    return _oks_block((xa, ya, areas_a), (xb, yb, areas_b), variances)
+
+
 def oks_nms(
     kpts: np.ndarray,
     scores: np.ndarray,

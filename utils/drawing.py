@@ -118,3 +118,24 @@ def browse_samples(dataset, codec, count: int, directory: str | Path) -> list[Pa
         )
         paths.append(save_grid([drawn], directory / f"sample_{index:04d}.png", columns=1))
     return paths
+
+
+def draw_label(
+    image: np.ndarray, text: str, corner: tuple[float, float], color: tuple[int, int, int]
+) -> np.ndarray:
+    """``text`` on a filled box of ``color`` whose top-left corner is ``corner`` (x, y) pixels,
+    moved inside the image, on a copy of an RGB uint8 image (a video's track id at its box)."""
+    canvas = np.ascontiguousarray(image.copy())
+    height, width = canvas.shape[:2]
+    scale = max(0.35, min(height, width) / 600)
+    thickness = max(1, round(scale * 1.5))
+    (text_width, text_height), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+    pad = max(1, round(2 * scale))
+    box_width, box_height = text_width + 2 * pad, text_height + baseline + 2 * pad
+    x = int(min(max(corner[0], 0), max(width - box_width, 0)))
+    y = int(min(max(corner[1], 0), max(height - box_height, 0)))
+    cv2.rectangle(canvas, (x, y), (x + box_width, y + box_height), color, -1)
+    ink = (0, 0, 0) if sum(color) > 382 else (255, 255, 255)  # dark text on a light box
+    origin = (x + pad, y + pad + text_height)
+    cv2.putText(canvas, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, ink, thickness, cv2.LINE_AA)
+    return canvas

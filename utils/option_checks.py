@@ -23,6 +23,7 @@ AMP_MODES = ("none", "bf16", "fp16")
 LR_SCHEDULES = ("step", "multistep")
 PROGRESS_MODES = ("auto", "bar", "lines", "none")
 INPUT_NORMS = ("imagenet", "unit", "bgr")
+SMOOTH_MODES = ("none", "oneeuro")  # --smooth: raw keypoints, or video.smoothing.OneEuroFilter
 
 
 def _error(message: str) -> Exception:
@@ -45,6 +46,7 @@ def check_and_derive(opts: Options) -> None:
     _derive_schedule(opts)
     _derive_optimizer(opts)
     _check_modes(opts)
+    _check_video(opts)
 
 
 def _derive_names(opts: Options) -> tuple[Any, Any]:
@@ -247,6 +249,22 @@ def _check_modes(opts: Options) -> None:
         raise _error(f"onnx: no ONNX model file at {opts.onnx}")
     if opts.loadModel and not Path(opts.loadModel).is_file():
         raise _error(f"loadModel: no checkpoint file at {opts.loadModel}")
+
+
+def _check_video(opts: Options) -> None:
+    """-predict on a video: the tracking and smoothing keys."""
+    if opts.smooth not in SMOOTH_MODES:
+        raise _error(f"smooth: {opts.smooth!r} is not one of {', '.join(SMOOTH_MODES)}")
+    for key in ("smoothMinCutoff", "smoothDCutoff"):
+        if not getattr(opts, key) > 0:  # also refuses nan
+            raise _error(f"{key}: must be > 0 Hz, got {getattr(opts, key)}")
+    if not opts.smoothBeta >= 0:
+        raise _error(f"smoothBeta: must be >= 0, got {opts.smoothBeta}")
+    for key in ("trackIoU", "trackOKS"):
+        if not 0 <= getattr(opts, key) <= 1:
+            raise _error(f"{key}: must be in [0, 1], got {getattr(opts, key)}")
+    if opts.trackMemory < 0:
+        raise _error(f"trackMemory: must be >= 0 frames, got {opts.trackMemory}")
 
 
 def check_model_sizes(opts: Options) -> None:

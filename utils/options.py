@@ -29,7 +29,14 @@ from checkpoints import (
 )
 from utils.legacy_options import RETIRED_KEYS
 from utils.legacy_options import translate as translate_original_keys
-from utils.option_checks import AMP_MODES, LR_SCHEDULES, PROGRESS_MODES, check_and_derive, check_model_sizes
+from utils.option_checks import (
+    AMP_MODES,
+    LR_SCHEDULES,
+    PROGRESS_MODES,
+    SMOOTH_MODES,
+    check_and_derive,
+    check_model_sizes,
+)
 from utils.registry import close_match
 
 if TYPE_CHECKING:
@@ -166,6 +173,13 @@ class Options(argparse.Namespace):
     onnx: str
     detector: str
     detectorWeights: str
+    smooth: str
+    smoothMinCutoff: float
+    smoothBeta: float
+    smoothDCutoff: float
+    trackIoU: float
+    trackOKS: float
+    trackMemory: int
     tensorboard: bool
     visdom: bool | None
     DEBUG: bool
@@ -523,6 +537,47 @@ def build_parser() -> configargparse.ArgParser:
         "--detector", default="", help="-predict: torchvision person detector, e.g. fasterrcnn_resnet50_fpn"
     )
     runtime.add_argument("--detectorWeights", default="", help="-predict: local weights file of --detector")
+    # video: persons tracked across frames, keypoints smoothed per person (docs/inference.md says
+    # why these defaults suit 25-30 fps video)
+    runtime.add_argument(
+        "--smooth",
+        default="none",
+        help=f"-predict on a video: keypoints smoothed over time per tracked person, one of "
+        f"{', '.join(SMOOTH_MODES)} (oneeuro: Casiez et al. 2012); the raw ones stay in keypoints_raw",
+    )
+    runtime.add_argument(
+        "--smoothMinCutoff",
+        type=float,
+        default=1.0,
+        help="--smooth oneeuro: cutoff frequency at rest, Hz (lower: steadier, more lag when slow)",
+    )
+    runtime.add_argument(
+        "--smoothBeta",
+        type=float,
+        default=0.05,
+        help="--smooth oneeuro: cutoff rise per px/s of joint speed, Hz (higher: less lag when moving)",
+    )
+    runtime.add_argument(
+        "--smoothDCutoff", type=float, default=1.0, help="--smooth oneeuro: cutoff of the speed estimate, Hz"
+    )
+    runtime.add_argument(
+        "--trackIoU",
+        type=float,
+        default=0.3,
+        help="-predict on a video: a pose continues a track when its box IoU with the track's reaches this",
+    )
+    runtime.add_argument(
+        "--trackOKS",
+        type=float,
+        default=0.5,
+        help="-predict on a video: ... or when its keypoint OKS with the track's reaches this",
+    )
+    runtime.add_argument(
+        "--trackMemory",
+        type=int,
+        default=15,
+        help="-predict on a video: frames a person may be missed and still keep their track id",
+    )
     runtime.add_argument(
         "--tensorboard", type=_flag, default=True, help="write TensorBoard events to <run>/tb"
     )
