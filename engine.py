@@ -238,7 +238,8 @@ def unflip_output(
 
     Heatmaps (N, K, H, W) are mirrored and their left/right channels swapped. In the project's
     convention pixel centres sit at integers in both the input and the heatmap (see HeatmapCodec),
-    so input column x <-> W - 1 - x is exactly heatmap column u <-> W' - 1 - u: no shift. A model
+    so input column x <-> W - 1 - x is exactly heatmap column u <-> W' - 1 - u: no shift (so too
+    in UDP's, where u = x (W' - 1) / (W - 1)). A model
     trained in HRNet's convention (targets at x / stride, which mirrors to a point 1 - 1 / stride
     columns off) is decoded as its authors did: the mirrored heatmap moves ``shift`` columns right,
     the first column kept. Normalised coordinates (N, K, 2) of a regressor negate x.
