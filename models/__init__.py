@@ -17,6 +17,7 @@ MODEL_MODULES = (
     "pyranet",
     "simple_baseline",
     "stacked_hourglass",
+    "vitpose",
 )
 
 __all__ = ["build_model", "get_entry", "list_models", "register_model", "target_type_of"]

@@ -21,8 +21,9 @@ SMALL = {
     "ChainedPredictions": ["--modelName", "resnet18"],
     "SimpleBaseline": ["--baseName", "resnet18", "--deconvFilters", "32"],
     "HRNet": ["--hrnetWidth", "8"],
+    "ViTPose": ["--vitWidth", "32", "--vitDepth", "2", "--vitNumHeads", "4", "--deconvFilters", "16"],
 }
-CONF_NAMES = {"HRNet": "HRNet-W32"}  # the paper's width names the file
+CONF_NAMES = {"HRNet": "HRNet-W32", "ViTPose": "ViTPose-S"}  # the paper's width or size names the file
 CONF_FILES = {name: REPO_ROOT / "conf" / "models" / f"{CONF_NAMES.get(name, name)}.defconf" for name in SMALL}
 
 

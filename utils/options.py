@@ -45,7 +45,9 @@ DATASET_JOINTS = {"synthetic": 16, "MPII": 16, "COCO": 17}
 # come from --jointSpec
 DATASETS = (*DATASET_JOINTS, "custom")
 # the registry's names, written out so --help needs no torch import (a test keeps them equal)
-MODEL_NAMES = "ChainedPredictions, DeepPose, HRNet, PoseAttention, PyraNet, SimpleBaseline, StackedHourGlass"
+MODEL_NAMES = (
+    "ChainedPredictions, DeepPose, HRNet, PoseAttention, PyraNet, SimpleBaseline, StackedHourGlass, ViTPose"
+)
 
 
 # what an error about a typed value ends with; one from a config file ends with "(in FILE)"
@@ -124,6 +126,12 @@ class Options(argparse.Namespace):
     nDeconv: int | None
     deconvFilters: int | None
     hrnetWidth: int | None
+    vitSize: str | None
+    vitDecoder: str | None
+    vitWidth: int | None
+    vitDepth: int | None
+    vitNumHeads: int | None
+    dropPath: float | None
     simccSplitRatio: float
     simccSigma: str
     pretrainedPath: str | None
@@ -384,8 +392,8 @@ def build_parser() -> configargparse.ArgParser:
     model.add_argument(
         "--coordConvention",
         default="project",
-        help="heatmap coordinate convention the weights were trained in: project, hrnet or "
-        "princeton-vl (set by models.import_weights; training from scratch keeps project)",
+        help="heatmap coordinate convention the weights were trained in: project, hrnet, princeton-vl "
+        "or udp (set by models.import_weights; training from scratch keeps project)",
     )
     model.add_argument("--nChannels", type=int, default=None, help="hourglass feature width")
     model.add_argument(
@@ -421,8 +429,34 @@ def build_parser() -> configargparse.ArgParser:
     )
     model.add_argument("--prmLevels", type=int, default=None, help="PyraNet: hourglass levels using pyramids")
     model.add_argument("--nDeconv", type=int, default=None, help="SimpleBaseline: transposed convolutions")
-    model.add_argument("--deconvFilters", type=int, default=None, help="SimpleBaseline: their filters")
+    model.add_argument(
+        "--deconvFilters",
+        type=int,
+        default=None,
+        help="SimpleBaseline, ViTPose (classic decoder): the transposed convolutions' filters",
+    )
     model.add_argument("--hrnetWidth", type=int, default=None, help="HRNet: width, 32 or 48 (W32, W48)")
+    model.add_argument("--vitSize", default=None, help="ViTPose: the authors' size, S, B, L or H")
+    model.add_argument(
+        "--vitDecoder",
+        default=None,
+        help="ViTPose: classic (two 4x4 deconvolutions, 1x1 convolution) or simple (ReLU, bilinear x4, "
+        "3x3 convolution)",
+    )
+    model.add_argument("--vitWidth", type=int, default=None, help="ViTPose: token width (default: vitSize's)")
+    model.add_argument(
+        "--vitDepth", type=int, default=None, help="ViTPose: transformer blocks (default: vitSize's)"
+    )
+    model.add_argument(
+        "--vitNumHeads", type=int, default=None, help="ViTPose: attention heads (default: vitSize's)"
+    )
+    model.add_argument(
+        "--dropPath",
+        type=float,
+        default=None,
+        help="ViTPose: stochastic depth rate of the last block, rising linearly from 0 (default: vitSize's, "
+        "the authors' 0.1, 0.3, 0.5, 0.55 for S, B, L, H)",
+    )
     model.add_argument(
         "--simccSplitRatio",
         type=float,
@@ -435,7 +469,11 @@ def build_parser() -> configargparse.ArgParser:
         help="SimCC models: Gaussian label sigma in bins, x,y or one value for both (RTMPose: 4.9,5.66 "
         "at 256x192, 5.66,5.66 at 256x256)",
     )
-    model.add_argument("--pretrainedPath", default=None, help="local ImageNet weights for the backbone")
+    model.add_argument(
+        "--pretrainedPath",
+        default=None,
+        help="local pre-trained weights for the backbone: ImageNet (torchvision backbones) or MAE (ViTPose)",
+    )
 
     training = parser.add_argument_group("training")
     training.add_argument("--nEpochs", type=int, default=8, help="training epochs")
