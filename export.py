@@ -60,11 +60,17 @@ def decoding_of(trained: TrainedModel) -> dict[str, Any]:
     codec = trained.codec
     width, height = trained.input_size
     if isinstance(codec, HeatmapCodec | SimCCCodec):
-        crop_center = codec.convention.crop_center
+        crop_center, offset = codec.convention.crop_center, codec.convention.size_offset
+        span = "the box height maps to the input height"
+        if offset:  # UDP: the box's sides onto the first and last pixel centres
+            span = (
+                f"the box's sides map to the input's first and last pixel centres (size_offset {offset:g}: "
+                f"x zooms by (W - {offset:g}) / box width, y by (H - {offset:g}) / box height)"
+            )
         crop = (
             f"A person box [x, y, w, h] keeps its centre, grows in one dimension to the input aspect "
-            f"ratio (width / height = {width / height:g}), then both sides grow {BOX_PADDING}x; the "
-            f"box height maps to the input height. The box centre lands at ((W - 1) / 2 + "
+            f"ratio (width / height = {width / height:g}), then both sides grow {BOX_PADDING}x; "
+            f"{span}. The box centre lands at ((W - 1) / 2 + "
             f"crop_center, (H - 1) / 2 + crop_center) in the input crop (crop_center "
             f"{crop_center}). Map joints back to the image with the inverse of that affine."
         )

@@ -262,7 +262,15 @@ class PoseRunner:
         width, height = self.trained.input_size
         center, box_height = box_to_center_scale(np.asarray(box), width / height)
         convention = self.trained.codec.convention
-        matrix = crop_affine(center, box_height, self.trained.input_size, 0.0, False, convention.crop_center)
+        matrix = crop_affine(
+            center,
+            box_height,
+            self.trained.input_size,
+            0.0,
+            False,
+            convention.crop_center,
+            convention.size_offset,
+        )
         return normalise(warp_image(pixels, matrix, self.trained.input_size)), invert_affine(matrix)
 
     def _forward(self, batch: np.ndarray) -> torch.Tensor:

@@ -30,12 +30,13 @@ from models.release_layouts import (  # noqa: E402
 )
 from utils.options import REPO_ROOT, parse_options  # noqa: E402
 
-# conf file of a model, where it is not the model's name (RTMPose: the size the authors lead with)
-CONF_NAMES = {"HRNet": "HRNet-W32", "RTMPose": "RTMPose-m"}
+# conf file of a model, where it is not the model's name (RTMPose: the size the authors lead with;
+# ViTPose: the paper's base size)
+CONF_NAMES = {"HRNet": "HRNet-W32", "RTMPose": "RTMPose-m", "ViTPose": "ViTPose-B"}
 # Their figures are for COCO's 256x192 crops: the COCO data config gives those (nothing is read).
 COCO_SETTINGS = {
     name: ["-DataConfig", str(REPO_ROOT / "conf" / "datasets" / "coco.defconf"), "--dataDir", str(REPO_ROOT)]
-    for name in ("HRNet", "SimpleBaseline", "RTMPose")
+    for name in ("HRNet", "SimpleBaseline", "RTMPose", "ViTPose")
 }
 # The authors' README tables (256x192): code, parameters (M), GFLOPs. Their get_model_summary counts
 # multiply-adds of convolutions only, as weight size x output pixels (so a stride-2 transposed
@@ -79,6 +80,8 @@ def release_column() -> dict[str, str]:
     used = count(stacked_hourglass_release_shapes())
     unused = count(stacked_hourglass_release_shapes(include_unused=True)) - used
     return {
+        "ViTPose": "equal to ViTAE-Transformer/ViTPose's network tensor for tensor (tests/test_vitpose.py): "
+        "ViTPose-B with the classic decoder, 89,994,513 (published: about 90.0 M)",
         "StackedHourGlass": f"{used / 1e6:.2f} M used, plus {unused / 1e6:.2f} M in 1x1 skip convs the code "
         "never calls (princeton-vl/pytorch_stacked_hourglass, transcribed)",
         "PyraNet": f"{count(pyranet_release_shapes()) / 1e6:.2f} M (bearpaw/PyraNet `hg-prm.lua`, transcribed; "

@@ -477,8 +477,15 @@ class KeypointDataset(Dataset, ABC):
         """Sample ``index`` as it is, raising DataError if its image is bad."""
         record = self.records[index]
         center, box_height, rotation, flip, gain = self.sample_transform(index)
+        convention = self.codec.convention
         matrix = crop_affine(
-            center, box_height, self.input_size, rotation, flip, self.codec.convention.crop_center
+            center,
+            box_height,
+            self.input_size,
+            rotation,
+            flip,
+            convention.crop_center,
+            convention.size_offset,
         )
         # one warp from the decoded pixels straight to the crop (rotation, zoom and flip at once)
         decoded = self.load_decoded(record, zoom=self.input_size[1] / box_height)

@@ -25,12 +25,17 @@ class CoordinateConvention:
     heatmap. ``crop_center``: where the box centre lands in the crop, added to (w - 1) / 2.
     ``anchor``: input x maps to heatmap ``(x + anchor) / stride - anchor``. ``flip_shift``:
     heatmap columns by which the flip test moves the mirrored-back heatmap to the right.
+    ``size_offset``: what a side of n pixels measures in the scalings, n - size_offset: 0 measures
+    across the pixels (edge to edge); 1 from the first pixel centre to the last (UDP), so the box
+    spans the crop's pixel centres 0 to w - 1 (zoom (w - 1) / box width on x, (h - 1) / box height
+    on y) and input x maps to heatmap x (W - 1) / (w - 1).
     """
 
     name: str
     crop_center: float
     anchor: float
     flip_shift: int
+    size_offset: float = 0.0
 
 
 CONVENTIONS = {
@@ -53,10 +58,17 @@ CONVENTIONS = {
     # (x * r mirrors to W r - r - b, the reversed vector to W r - 1 - b); kept, since it is what the
     # authors' figures were measured with.
     "mmpose": CoordinateConvention("mmpose", crop_center=0.5, anchor=0.0, flip_shift=0),
+    # UDP (Huang et al., CVPR 2020), as ViTPose's configs use it (use_udp=True; MMPose 0.x and 1.x):
+    # get_warp_matrix maps the box [c - s / 2, c + s / 2] onto the crop's pixel centres [0, w - 1],
+    # so the centre lands at (w - 1) / 2 and each axis zooms by (size - 1) / box size; targets sit at
+    # x / feat_stride with feat_stride = (w - 1) / (W - 1) (not rounded), transform_preds maps back
+    # with the same scale; x -> w - 1 - x mirrors to u -> W - 1 - u exactly, so no flip shift
+    # (their test config: shift_heatmap=False).
+    "udp": CoordinateConvention("udp", crop_center=0.0, anchor=0.0, flip_shift=0, size_offset=1.0),
 }
 # The conventions each target type can decode in; a regressor's normalised coordinates have their own.
 CONVENTIONS_OF_TARGET = {
-    "heatmap": ("project", "princeton-vl", "hrnet"),
+    "heatmap": ("project", "princeton-vl", "hrnet", "udp"),
     "regression": ("project",),
     "simcc": ("project", "mmpose"),
 }
@@ -315,10 +327,12 @@ class HeatmapCodec(OneOutput):
         self.sigma = float(sigma)
         self.convention = get_convention(convention, self.target_type)
         self.post_process = post_process
-        # heatmap px per input px, (x, y)
+        # heatmap px per input px, (x, y); each size less the convention's offset (UDP measures from
+        # the first pixel centre to the last)
+        offset = self.convention.size_offset
         self._to_heatmap = (
-            self.heatmap_size[0] / self.input_size[0],
-            self.heatmap_size[1] / self.input_size[1],
+            (self.heatmap_size[0] - offset) / (self.input_size[0] - offset),
+            (self.heatmap_size[1] - offset) / (self.input_size[1] - offset),
         )
 
     def to_heatmap_frame(self, joints: Array) -> Array:
@@ -366,7 +380,7 @@ class HeatmapCodec(OneOutput):
 
         In the project's convention pixel centres sit at integers in both the input and the
         heatmap, so input column x <-> W - 1 - x is exactly heatmap column u <-> W' - 1 - u: no
-        shift. A model trained in HRNet's convention (targets at x / stride, which mirrors to a
+        shift (so too in UDP's, where u = x (W' - 1) / (W - 1)). A model trained in HRNet's convention (targets at x / stride, which mirrors to a
         point 1 - 1 / stride columns off) is decoded as its authors did: the mirrored heatmap
         moves ``flip_shift`` columns right, the first column kept."""
         return mirror_back_columns(heatmaps, flip_permutation, self.convention.flip_shift)
@@ -397,8 +411,13 @@ class HeatmapCodec(OneOutput):
             "crop_center": convention.crop_center,
             "anchor": convention.anchor,
             "flip_shift": convention.flip_shift,
+            "size_offset": convention.size_offset,
             "heatmap_size": [heatmap_width, heatmap_height],
-            "stride": [self.input_size[0] / heatmap_width, self.input_size[1] / heatmap_height],
+            # input px per heatmap px: (input size - size_offset) / (heatmap size - size_offset)
+            "stride": [
+                (self.input_size[0] - convention.size_offset) / (heatmap_width - convention.size_offset),
+                (self.input_size[1] - convention.size_offset) / (heatmap_height - convention.size_offset),
+            ],
             "sigma": self.sigma,
             "post_process": self.post_process,
             "rule": self._post_process_in_words()

@@ -18,6 +18,7 @@ MODEL_MODULES = (
     "rtmpose",
     "simple_baseline",
     "stacked_hourglass",
+    "vitpose",
 )
 
 __all__ = ["build_model", "get_entry", "list_models", "register_model", "target_type_of"]

@@ -4,6 +4,7 @@
     python -m models.import_weights hrnet SRC DST.pth [--inputRes 384] [--aspectRatio 0.75]
     python -m models.import_weights simplebaseline SRC DST.pth [--inputRes 384] [--aspectRatio 0.75]
     python -m models.import_weights rtmpose SRC DST.pth
+    python -m models.import_weights vitpose SRC DST.pth [--inputRes 256] [--aspectRatio 0.75] [--vitNumHeads N]
 
 ``princeton-vl``: Newell et al.'s own PyTorch port of the Stacked Hourglass
 (princeton-vl/pytorch_stacked_hourglass), which published 2- and 8-stack MPII checkpoints. Its
@@ -37,6 +38,18 @@ mean and std x 255), the SimCC label sigma MMPose's configs give that input (sqr
 flip test on. MMEngine keeps the dataset's metainfo, numpy arrays among it, in ``meta``: numpy
 arrays, dtypes and scalars are allowed in a ``weights_only`` read (data, no code), for every
 source.
+
+``vitpose``: ViTPose as ViTAE-Transformer/ViTPose publishes it (mmcv checkpoints whose
+``state_dict`` holds ``backbone.*``, timm's ViT names, and ``keypoint_head.*``) and as MMPose 1.x
+republishes and retrains it (``td-hm_ViTPose-*_coco-256x192-*.pth``: MMPretrain's
+``VisionTransformer`` names, ``backbone.layers.N.ln1``, ``ffn.layers``, ``backbone.ln1``, and
+``head.*``), told apart by their keys, onto ``ViTPose``. Width, depth, decoder (classic or simple),
+its filters and the joints from the shapes; the attention heads from the width (the authors' S, B,
+L, H: 12, 12, 16, 16), or ``--vitNumHeads`` for another width. MMPose's position embedding has no
+class slot (theirs is added to every token): ours gets a zero one. Config: COCO (17 joints) or MPII
+(16) at the authors' 256x192 unless typed, heatmaps at 1/4, Gaussian sigma 2, the ``udp``
+convention, flip test on without a shift, and DARK decoding (their test config's ``use_udp=True``
+decodes Gaussian heatmaps with ``post_dark_udp``); ImageNet-normalised RGB as both pipelines feed.
 
 The result holds the weights and a complete config, so ``-test --loadModel DST.pth``, ``-predict``
 and ``-export`` run the published model. princeton-vl: stacks, width and joints inferred from the
@@ -264,21 +277,30 @@ AUTHORS_SIGMA = 2
 HEATMAP_STRIDE = 4
 
 
-def published_data(joints: int) -> tuple[str, int, float]:
+def published_data(
+    joints: int, published: dict[int, tuple[str, int, float]] = PUBLISHED_DATA
+) -> tuple[str, int, float]:
     """(data config, input height, width / height) the authors published for ``joints`` joints."""
-    if joints not in PUBLISHED_DATA:
+    if joints not in published:
         raise ConversionError(
             f"the weights predict {joints} joints: neither COCO's 17 nor MPII's 16, the joint sets the "
             f"authors published"
         )
-    return PUBLISHED_DATA[joints]
+    return published[joints]
 
 
-def authors_data_options(joints: int, size: InputSize, multiple: int) -> list[str]:
+def authors_data_options(
+    joints: int,
+    size: InputSize,
+    multiple: int,
+    published: dict[int, tuple[str, int, float]] = PUBLISHED_DATA,
+    convention: str = "hrnet",
+) -> list[str]:
     """Data config and sizes for weights with ``joints`` joints: the dataset whose joint order they
-    use and its published input size, unless typed. The input's sides must be multiples of
-    ``multiple`` (the network's coarsest stride), so its heatmaps are exactly 1/4 of it."""
-    dataset, default_res, default_aspect = published_data(joints)
+    use and its published input size (``published``), unless typed. The input's sides must be
+    multiples of ``multiple`` (the network's coarsest stride), so its heatmaps are exactly 1/4 of
+    it. ``convention``: the authors' coordinate convention."""
+    dataset, default_res, default_aspect = published_data(joints, published)
     res = size.res or default_res
     aspect = size.aspect_ratio or default_aspect
     width = round(res * aspect)
@@ -290,7 +312,7 @@ def authors_data_options(joints: int, size: InputSize, multiple: int) -> list[st
     return [
         "-DataConfig", str(REPO_ROOT / "conf" / "datasets" / f"{dataset}.defconf"),
         "--nJoints", str(joints), "--inputRes", str(res), "--outputRes", str(res // HEATMAP_STRIDE),
-        "--aspectRatio", str(aspect), "--hmGauss", str(AUTHORS_SIGMA), "--coordConvention", "hrnet",
+        "--aspectRatio", str(aspect), "--hmGauss", str(AUTHORS_SIGMA), "--coordConvention", convention,
         "--flipTest", "1",
     ]  # fmt: skip
 
@@ -586,6 +608,173 @@ def import_rtmpose(source: dict[str, torch.Tensor], size: InputSize) -> tuple[di
     return {"model": weights, "config": config, "epoch": 0, "source": "rtmpose"}, summary
 
 
+# ------------------------------------------------------------------------------ vitpose
+
+# ViTPose's own configs use 256x192 crops for COCO and for MPII (ViTPose_*_mpii_256x192.py)
+VITPOSE_DATA = {17: ("coco", 256, 0.75), 16: ("mpii", 256, 0.75)}
+VITPOSE_PATCH = 16
+# the authors' sizes by token width: (size, depth, attention heads); heads cannot be read from shapes
+VITPOSE_WIDTHS = {384: ("S", 12, 12), 768: ("B", 12, 12), 1024: ("L", 24, 16), 1280: ("H", 32, 16)}
+
+
+@dataclass(frozen=True)
+class ViTPoseLayout:
+    """Where a ViTPose checkpoint keeps its tensors: the repository's (``backbone.blocks``,
+    ``keypoint_head``, timm's names) or MMPose 1.x's (MMPretrain's ``VisionTransformer``:
+    ``backbone.layers``, ``ln1``/``ln2``, ``ffn.layers``, ``head``)."""
+
+    name: str
+    blocks: str  # the blocks' prefix
+    head: str  # the decoder's prefix
+    pos_embed: str
+    patch: str  # the patch convolution
+    last_norm: str
+    block_parts: tuple[tuple[str, str], ...]  # (their module in a block, ours)
+
+
+VITPOSE_LAYOUTS = (
+    ViTPoseLayout(
+        "ViTPose", "backbone.blocks", "keypoint_head", "backbone.pos_embed", "backbone.patch_embed.proj",
+        "backbone.last_norm",
+        (("norm1", "norm1"), ("attn.qkv", "attn.qkv"), ("attn.proj", "attn.proj"), ("norm2", "norm2"),
+         ("mlp.fc1", "mlp.fc1"), ("mlp.fc2", "mlp.fc2")),
+    ),
+    ViTPoseLayout(
+        "MMPose 1.x", "backbone.layers", "head", "backbone.pos_embed", "backbone.patch_embed.projection",
+        "backbone.ln1",
+        (("ln1", "norm1"), ("attn.qkv", "attn.qkv"), ("attn.proj", "attn.proj"), ("ln2", "norm2"),
+         ("ffn.layers.0.0", "mlp.fc1"), ("ffn.layers.1", "mlp.fc2")),
+    ),
+)  # fmt: skip
+
+
+def vitpose_layout(source: dict[str, torch.Tensor]) -> ViTPoseLayout:
+    """The layout whose blocks and decoder the source's keys hold."""
+    for layout in VITPOSE_LAYOUTS:
+        if (
+            any(k.startswith(f"{layout.blocks}.") for k in source)
+            and f"{layout.head}.final_layer.weight" in source
+        ):
+            return layout
+    raise ConversionError(
+        "the source is not a ViTPose network: neither backbone.blocks and keypoint_head keys (the ViTPose "
+        "repository's) nor backbone.layers and head keys (MMPose 1.x's)"
+    )
+
+
+def vitpose_names(layout: ViTPoseLayout, depth: int, n_deconv: int) -> dict[str, str]:
+    """Module name in ``layout`` -> module name in ``models.vitpose.ViTPose`` (the position
+    embedding, a parameter of the backbone itself, is converted apart). Both layouts' decoders are
+    one Sequential of (ConvTranspose2d, BatchNorm2d, ReLU) triples, ``deconv_layers``, then
+    ``final_layer``; ours: ``deconvs.i`` (0: deconv, 1: BN), ``head``."""
+    names = {layout.patch: "patch_embed.proj", layout.last_norm: "last_norm"}
+    for block in range(depth):
+        for theirs, ours in layout.block_parts:
+            names[f"{layout.blocks}.{block}.{theirs}"] = f"blocks.{block}.{ours}"
+    for index in range(n_deconv):
+        names[f"{layout.head}.deconv_layers.{3 * index}"] = f"deconvs.{index}.0"
+        names[f"{layout.head}.deconv_layers.{3 * index + 1}"] = f"deconvs.{index}.1"
+    names[f"{layout.head}.final_layer"] = "head"
+    return names
+
+
+def _vitpose_decoder(source: dict[str, torch.Tensor], layout: ViTPoseLayout) -> tuple[str, int, int]:
+    """(decoder, its deconvolutions, their filters) from the shapes: ``classic`` has two 4x4
+    deconvolutions and a 1x1 convolution, ``simple`` none and a 3x3 one."""
+    deconvs = sorted(
+        int(m.group(1))
+        for k in source
+        if (m := re.fullmatch(rf"{re.escape(layout.head)}\.deconv_layers\.(\d+)\.weight", k))
+        and source[k].dim() == 4
+    )
+    final_key = f"{layout.head}.final_layer.weight"
+    kernel = source[final_key].shape[-1] if source[final_key].dim() == 4 else 0
+    if not deconvs:
+        if kernel != 3:
+            raise ConversionError(
+                f"source key {final_key!r} has {kernel}x{kernel} kernels without deconvolutions; ViTPose's "
+                f"simple decoder has a 3x3 one"
+            )
+        return "simple", 0, 256
+    if len(deconvs) != 2:
+        raise ConversionError(
+            f"the source has {len(deconvs)} deconvolutions; ViTPose's classic decoder has 2 (heatmaps at 1/4)"
+        )
+    first_key = f"{layout.head}.deconv_layers.{deconvs[0]}.weight"
+    if source[first_key].shape[-1] != 4:
+        size = source[first_key].shape[-1]
+        raise ConversionError(f"source key {first_key!r} has {size}x{size} kernels; ViTPose's are 4x4")
+    return "classic", 2, source[first_key].shape[1]  # (in, out, k, k): a transposed convolution's layout
+
+
+def import_vitpose(
+    source: dict[str, torch.Tensor], size: InputSize, heads: int | None = None
+) -> tuple[dict[str, Any], str]:
+    import torch
+
+    layout = vitpose_layout(source)
+    if layout.pos_embed not in source or source[layout.pos_embed].dim() != 3:
+        raise ConversionError(f"the source has no {layout.pos_embed!r} of shape (1, positions, width)")
+    positions, width = source[layout.pos_embed].shape[1:]
+    depth = 1 + max(
+        int(m.group(1)) for k in source if (m := re.match(rf"{re.escape(layout.blocks)}\.(\d+)\.", k))
+    )
+    known = width in VITPOSE_WIDTHS
+    if heads is None and not known:
+        widths = ", ".join(f"{w} ({name})" for w, (name, _, _) in VITPOSE_WIDTHS.items())
+        raise ConversionError(
+            f"source key {layout.pos_embed!r} is {width} wide, none of the authors' sizes ({widths}); give "
+            f"its attention heads with --vitNumHeads"
+        )
+    # an unknown width takes B's settings (drop path, recipe) with its own width, depth and heads
+    vit_size, size_depth, size_heads = VITPOSE_WIDTHS[width] if known else ("B", None, None)
+    heads = heads or size_heads
+    if width % heads:
+        raise ConversionError(
+            f"source key {layout.pos_embed!r} is {width} wide: not divisible by {heads} heads"
+        )
+    overrides = [] if known else ["--vitWidth", str(width)]
+    overrides += ["--vitDepth", str(depth)] if depth != size_depth else []
+    overrides += ["--vitNumHeads", str(heads)] if heads != size_heads else []
+    decoder, n_deconv, filters = _vitpose_decoder(source, layout)
+    joints = source[f"{layout.head}.final_layer.weight"].shape[0]
+    config = config_from_files(
+        [
+            "-ModelConfig", str(REPO_ROOT / "conf" / "models" / f"ViTPose-{vit_size}.defconf"),
+            "--vitSize", vit_size, "--vitDecoder", decoder, "--deconvFilters", str(filters),
+            *overrides,
+            *authors_data_options(joints, size, VITPOSE_PATCH, VITPOSE_DATA, "udp"),
+            # their test config's decoding: use_udp with Gaussian heatmaps runs DARK (post_dark_udp)
+            "--postProcess", "dark", "--inputNorm", "imagenet",
+        ]
+    )  # fmt: skip
+    model = _build(config)
+    target = model.state_dict()
+    # the position embedding: theirs (1, 1 + h*w, C) with the class slot that the forward pass adds to
+    # every token; MMPose's (1, h*w, C) without one (the slot is 0 here, which adds nothing)
+    ours = tuple(target["pos_embed"].shape)
+    slots = 1 if layout.name == "ViTPose" else 0
+    if positions + 1 - slots != ours[1] or width != ours[2]:
+        grid = model.grid
+        raise ConversionError(
+            f"source key {layout.pos_embed!r} has shape {tuple(source[layout.pos_embed].shape)} but a "
+            f"{_input(config)} input needs {(1, ours[1] - 1 + slots, ours[2])} ({grid[0]}x{grid[1]} patches); "
+            f"give the input size the weights were trained at with --inputRes and --aspectRatio"
+        )
+    position = source[layout.pos_embed]
+    if not slots:
+        position = torch.cat([torch.zeros_like(position[:, :1]), position], dim=1)
+    rest = {key: value for key, value in source.items() if key != layout.pos_embed}
+    without = {key: value for key, value in target.items() if key != "pos_embed"}
+    weights = convert(rest, vitpose_names(layout, depth, n_deconv), without, "ViTPose")
+    weights["pos_embed"] = position
+    summary = (
+        f"ViTPose ({layout.name} layout), width {width}, {depth} blocks, {heads} heads, {decoder} decoder, "
+        f"{joints} joints, {_input(config)} input"
+    )
+    return {"model": weights, "config": config, "epoch": 0, "source": "vitpose"}, summary
+
+
 def _input(config: dict[str, Any]) -> str:
     return f"{config['inputRes']}x{round(config['inputRes'] * config['aspectRatio'])}"
 
@@ -595,6 +784,7 @@ IMPORTERS: dict[str, Callable[[dict[str, torch.Tensor], InputSize], tuple[dict[s
     "hrnet": import_hrnet,
     "simplebaseline": import_simple_baseline,
     "rtmpose": import_rtmpose,
+    "vitpose": import_vitpose,
 }
 
 
@@ -615,6 +805,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--aspectRatio", type=float, default=None, help="input width / height (default: published)"
     )
+    parser.add_argument(
+        "--vitNumHeads",
+        type=int,
+        default=None,
+        help="vitpose: attention heads, for a width none of the authors' sizes has (default: by width)",
+    )
     args = parser.parse_args(argv)
     try:
         if args.destination.exists():
@@ -625,7 +821,16 @@ def main(argv: list[str] | None = None) -> int:
             if getattr(args, key) is not None and not getattr(args, key) > 0:
                 raise ConversionError(f"--{key} must be > 0, got {getattr(args, key)}")
         size = InputSize(args.inputRes, args.aspectRatio)
-        state, summary = IMPORTERS[args.source_format](read_source(args.source, args.trustSource), size)
+        extra = {}
+        if args.vitNumHeads is not None:
+            if args.source_format != "vitpose" or args.vitNumHeads < 1:
+                raise ConversionError(
+                    f"--vitNumHeads applies to vitpose and must be >= 1, got {args.vitNumHeads} for "
+                    f"{args.source_format}"
+                )
+            extra["heads"] = args.vitNumHeads
+        source = read_source(args.source, args.trustSource)
+        state, summary = IMPORTERS[args.source_format](source, size, **extra)
     except ConversionError as error:
         print(f"import_weights: error: {error}", file=sys.stderr)
         return 2

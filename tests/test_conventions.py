@@ -3,14 +3,15 @@
 For each convention in ``datasets.codecs.CONVENTIONS`` a one-joint target is rendered exactly as
 that codebase's own training code renders it, through its own box-to-crop transform and its own
 Gaussian (HRNet: ``get_affine_transform`` + ``generate_target``; princeton-vl's stacked hourglass:
-``get_transform`` / ``transform`` + ``GenerateHeatmap``; the project: ``crop_affine`` +
+``get_transform`` / ``transform`` + ``GenerateHeatmap``; UDP as ViTPose's bundled MMPose 0.x runs it:
+``get_warp_matrix`` + ``TopDownGenerateTarget`` with ``encoding='UDP'``; the project: ``crop_affine`` +
 ``HeatmapCodec.encode``). The target is then decoded through this project's pipeline
 (``HeatmapCodec.decode`` with that convention, optionally the flip test through
 ``HeatmapCodec.mirror_back`` with the convention's ``flip_shift``, then the inverse of
 ``crop_affine(..., convention.crop_center)``), and the point must come back within 0.3 input-crop
 pixels. Decoding with a convention whose numbers differ must miss by more than that, so the tests
 tell the conventions apart. The reference code (leoxiaobin/deep-high-resolution-net.pytorch,
-princeton-vl/pytorch_stacked_hourglass) is re-implemented here, minimally and in numpy, from its
+princeton-vl/pytorch_stacked_hourglass, ViTAE-Transformer/ViTPose's mmpose 0.x) is re-implemented here, minimally and in numpy, from its
 math; nothing is imported from it.
 
 Rounding in the reference targets (HRNet's ``int(x / stride + 0.5)``, princeton-vl's ``int``
@@ -23,12 +24,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
 from datasets.coco import box_to_center_scale
-from datasets.codecs import CONVENTIONS, CONVENTIONS_OF_TARGET, HeatmapCodec
+from datasets.codecs import CONVENTIONS, CONVENTIONS_OF_TARGET, HeatmapCodec, mirror_back_columns
 from utils.transforms import apply_affine, crop_affine, invert_affine
 
 TOLERANCE = 0.3  # input-crop pixels
@@ -191,6 +193,95 @@ def pvl_decode(
 
 
 # --------------------------------------------------------------------------------------------
+# UDP as ViTAE-Transformer/ViTPose's mmpose 0.x runs it (use_udp=True; MMPose 1.x's is the same)
+# --------------------------------------------------------------------------------------------
+
+
+def udp_warp_matrix(
+    theta: float, center: np.ndarray, box_size: np.ndarray, output_size: tuple[int, int]
+) -> np.ndarray:
+    """``TopDownAffine(use_udp=True)``: ``get_warp_matrix(theta, c * 2, image_size - 1, s * 200)``
+    (post_transforms.py), in float64. ``box_size`` is s * 200, (w, h) in px."""
+    angle = np.deg2rad(theta)
+    size_input = 2.0 * np.asarray(center, dtype=np.float64)
+    size_dst = np.asarray(output_size, dtype=np.float64) - 1.0
+    sx, sy = size_dst[0] / box_size[0], size_dst[1] / box_size[1]
+    cos, sin = np.cos(angle), np.sin(angle)
+    return np.array(
+        [
+            [
+                cos * sx,
+                -sin * sx,
+                sx * (-0.5 * size_input[0] * cos + 0.5 * size_input[1] * sin + 0.5 * box_size[0]),
+            ],
+            [
+                sin * sy,
+                cos * sy,
+                sy * (-0.5 * size_input[0] * sin - 0.5 * size_input[1] * cos + 0.5 * box_size[1]),
+            ],
+        ]
+    )
+
+
+def udp_target(
+    joint: np.ndarray, input_size: tuple[int, int], heatmap_size: tuple[int, int], sigma: float
+) -> np.ndarray:
+    """``TopDownGenerateTarget._udp_generate_target`` (GaussianHeatmap) for one joint in crop px ->
+    (H, W) float32: feat_stride = (image_size - 1) / (heatmap_size - 1); a Gaussian centred on the
+    unrounded x / feat_stride, cut to the (6 sigma + 1)^2 window around int(x / feat_stride + 0.5)."""
+    width, height = heatmap_size
+    feat_stride = (np.array(input_size, dtype=np.float64) - 1) / (
+        np.array(heatmap_size, dtype=np.float64) - 1
+    )
+    target = np.zeros((height, width), dtype=np.float32)
+    tmp_size = sigma * 3
+    mu = [int(joint[i] / feat_stride[i] + 0.5) for i in range(2)]
+    ul = (int(mu[0] - tmp_size), int(mu[1] - tmp_size))
+    br = (int(mu[0] + tmp_size + 1), int(mu[1] + tmp_size + 1))
+    if ul[0] >= width or ul[1] >= height or br[0] < 0 or br[1] < 0:
+        return target
+    size = 2 * tmp_size + 1
+    grid = np.arange(0, size, 1, np.float32)
+    x0 = size // 2 + joint[0] / feat_stride[0] - mu[0]
+    y0 = size // 2 + joint[1] / feat_stride[1] - mu[1]
+    g = np.exp(-((grid[None, :] - x0) ** 2 + (grid[:, None] - y0) ** 2) / (2 * sigma**2))
+    gx = max(0, -ul[0]), min(br[0], width) - ul[0]
+    gy = max(0, -ul[1]), min(br[1], height) - ul[1]
+    ix = max(0, ul[0]), min(br[0], width)
+    iy = max(0, ul[1]), min(br[1], height)
+    target[iy[0] : iy[1], ix[0] : ix[1]] = g[int(gy[0]) : int(gy[1]), int(gx[0]) : int(gx[1])]
+    return target
+
+
+def udp_decode(
+    heatmap: np.ndarray,
+    center: np.ndarray,
+    box_size: np.ndarray,
+    heatmap_size: tuple[int, int],
+    kernel: int = 11,
+) -> np.ndarray:
+    """ViTPose's test decoding of one (H, W) map, ``keypoints_from_heatmaps(use_udp=True)`` for
+    Gaussian heatmaps: the argmax refined by ``post_dark_udp`` (an 11x11 cv2 Gaussian blur, the log
+    of the map clipped to [0.001, 50], edge padding, one Newton step), then
+    ``transform_preds(use_udp=True)``: x * box / (W - 1) + center - box / 2."""
+    y, x = np.unravel_index(int(heatmap.argmax()), heatmap.shape)
+    blurred = cv2.GaussianBlur(np.ascontiguousarray(heatmap, dtype=np.float32), (kernel, kernel), 0)
+    logged = np.pad(np.log(np.clip(blurred, 0.001, 50)), 1, mode="edge")
+
+    def at(dx: int, dy: int) -> float:
+        return float(logged[y + 1 + dy, x + 1 + dx])
+
+    gradient = np.array([0.5 * (at(1, 0) - at(-1, 0)), 0.5 * (at(0, 1) - at(0, -1))])
+    dxx = at(1, 0) - 2 * at(0, 0) + at(-1, 0)
+    dyy = at(0, 1) - 2 * at(0, 0) + at(0, -1)
+    dxy = 0.5 * (at(1, 1) - at(1, 0) - at(0, 1) + 2 * at(0, 0) - at(-1, 0) - at(0, -1) + at(-1, -1))
+    hessian = np.array([[dxx, dxy], [dxy, dyy]]) + np.finfo(np.float32).eps * np.eye(2)
+    coords = np.array([x, y], dtype=np.float64) - np.linalg.inv(hessian) @ gradient
+    scale = np.asarray(box_size, dtype=np.float64) / (np.array(heatmap_size, dtype=np.float64) - 1)
+    return coords * scale + np.asarray(center) - 0.5 * np.asarray(box_size)
+
+
+# --------------------------------------------------------------------------------------------
 # Test cases: a box, a map size and a heatmap cell; the image point is derived from the cell
 # --------------------------------------------------------------------------------------------
 
@@ -199,7 +290,7 @@ def pvl_decode(
 class Case:
     """One joint of one person box rendered by ``codebase``. ``box`` is COCO [x, y, w, h] for
     HRNet and the project, (cx, cy, MPII scale) for princeton-vl. ``cell`` is the heatmap pixel
-    (a quarter pixel off it for the project's sub-pixel target) the codebase's target lands on."""
+    (a quarter pixel off it for the project's and UDP's sub-pixel targets) the codebase's target lands on."""
 
     codebase: str
     input_size: tuple[int, int]
@@ -220,13 +311,20 @@ class Case:
         return box_to_center_scale(np.array(self.box), self.input_size[0] / self.input_size[1])
 
     @property
+    def udp_box(self) -> tuple[np.ndarray, np.ndarray]:
+        """UDP's box: ``_xywh2cs`` (as HRNet's) -> centre and s * 200, (w, h) in px."""
+        center, scale = hrnet_center_scale(np.array(self.box), self.input_size[0] / self.input_size[1])
+        return center, scale * PIXEL_STD
+
+    @property
     def point(self) -> np.ndarray:
         """The image point whose target, rendered by the codebase itself, sits on ``cell``.
 
         HRNet: the crop point ``cell * stride``, so x / stride is whole and int(x / stride + 0.5)
         does not move it. princeton-vl: the crop point in its pixel-edge frame at the middle of a
         stride cell, ``stride * (cell + 0.5)``, so ``int`` (float error included) and the second
-        ``int`` after / stride both give ``cell``. Project: ``to_input_frame(cell)``."""
+        ``int`` after / stride both give ``cell``. UDP: the crop point ``cell * feat_stride``,
+        feat_stride = (w - 1) / (W - 1). Project: ``to_input_frame(cell)``."""
         cell = np.array(self.cell, dtype=np.float64)
         if self.codebase == "hrnet":
             center, scale = hrnet_center_scale(np.array(self.box), self.input_size[0] / self.input_size[1])
@@ -236,6 +334,11 @@ class Case:
             center, scale = np.array(self.box[:2]), self.box[2]
             inverse = invert_affine(pvl_matrix(center, scale, self.input_size[0]))
             return apply_affine((self.stride * (cell + 0.5))[None], inverse)[0]
+        if self.codebase == "udp":
+            center, box_size = self.udp_box
+            inverse = invert_affine(udp_warp_matrix(0.0, center, box_size, self.input_size))
+            feat_stride = (np.array(self.input_size) - 1.0) / (np.array(self.heatmap_size) - 1.0)
+            return apply_affine((cell * feat_stride)[None], inverse)[0]
         codec = HeatmapCodec(self.input_size, self.heatmap_size, self.sigma, "project")
         center, box_height = self.center_and_box_height
         inverse = invert_affine(crop_affine(center, box_height, self.input_size))
@@ -254,6 +357,12 @@ class Case:
             res, out_res = self.input_size[0], self.heatmap_size[0]
             label = pvl_label(self.point, np.array(self.box[:2]), self.box[2], res, out_res)
             return pvl_target(pvl_mirror(label, out_res) if mirrored else label, out_res)
+        if self.codebase == "udp":
+            center, box_size = self.udp_box
+            joint = apply_affine(self.point[None], udp_warp_matrix(0.0, center, box_size, self.input_size))[0]
+            if mirrored:  # TopDownRandomFlip then the same crop, or input.flip(3): x -> w - 1 - x
+                joint = np.array([self.input_size[0] - 1 - joint[0], joint[1]])
+            return udp_target(joint, self.input_size, self.heatmap_size, self.sigma)
         codec = HeatmapCodec(self.input_size, self.heatmap_size, self.sigma, "project")
         center, box_height = self.center_and_box_height
         joint = apply_affine(self.point[None], crop_affine(center, box_height, self.input_size))[0]
@@ -274,6 +383,14 @@ CASES = [
     Case("princeton-vl", (256, 256), (64, 64), 1.0, (300.0, 250.0, 1.5), (32, 32)),
     Case("princeton-vl", (256, 256), (64, 64), 1.0, (123.4, 456.7, 2.37), (10, 50)),
     Case("princeton-vl", (256, 256), (64, 64), 1.0, (640.0, 90.0, 0.8), (55, 4)),
+    # UDP (ViTPose) at COCO's 256x192 and 384x288 and at 256x256, a quarter pixel off a whole one: its
+    # targets are centred to the sub-pixel (a whole cell is a tie of the neighbours that float error
+    # breaks either way); UDP and the project place the map's centre alike, so the cells sit away
+    # from it (see UDP_WRONG_PAIRS)
+    Case("udp", (192, 256), (48, 64), 2.0, (100.0, 50.0, 80.0, 200.0), (3.25, 59.75)),
+    Case("udp", (192, 256), (48, 64), 2.0, (30.5, 70.25, 150.0, 90.0), (43.75, 6.25)),
+    Case("udp", (288, 384), (72, 96), 3.0, (250.0, 120.0, 101.0, 333.0), (66.25, 89.75)),
+    Case("udp", (256, 256), (64, 64), 2.0, (5.0, 300.0, 222.0, 140.0), (12.75, 47.25)),
     # the project's own codec, on a pixel and a quarter pixel off one
     Case("project", (192, 256), (48, 64), 2.0, (100.0, 50.0, 80.0, 200.0), (24, 32)),
     Case("project", (192, 256), (48, 64), 2.0, (30.5, 70.25, 150.0, 90.0), (7.25, 50.75)),
@@ -298,7 +415,7 @@ def decode_error(case: Case, convention: str, flip: bool) -> float:
         heatmaps = (heatmaps + back) * 0.5
     joints, _ = codec.decode(heatmaps)
     center, box_height = case.center_and_box_height
-    matrix = crop_affine(center, box_height, case.input_size, 0.0, False, conv.crop_center)
+    matrix = crop_affine(center, box_height, case.input_size, 0.0, False, conv.crop_center, conv.size_offset)
     decoded = apply_affine(joints[0], invert_affine(matrix))[0]
     return float(np.linalg.norm(decoded - case.point) * case.input_size[1] / box_height)
 
@@ -349,12 +466,13 @@ def test_target_lands_on_the_chosen_cell(case: Case) -> None:
         "hrnet": width - case.cell[0],  # int((w - 1 - x) / stride + 0.5) with x / stride whole
         "princeton-vl": width - 1 - case.cell[0],  # int(width - (x + 0.5)): its cell's mirror
         "project": width - 1 - case.cell[0],  # the mirrored sub-pixel centre
+        "udp": width - 1 - case.cell[0],  # (w - 1 - x) / feat_stride = W - 1 - x / feat_stride
     }[case.codebase]
     for mirrored, cell_x in ((False, case.cell[0]), (True, mirrored_x)):
         target = case.render(mirrored)
         y, x = np.unravel_index(int(target.argmax()), target.shape)
         assert (x, y) == (round(cell_x), round(case.cell[1])), mirrored
-        if case.codebase != "project":  # whole-pixel Gaussians peak at exactly 1
+        if case.codebase not in ("project", "udp"):  # whole-pixel Gaussians peak at exactly 1
             assert target.max() == 1.0
 
 
@@ -364,9 +482,42 @@ def test_own_convention_decodes_the_point(case: Case, flip: bool) -> None:
     assert decode_error(case, case.codebase, flip) <= TOLERANCE
 
 
-# the heatmap conventions (the others, e.g. SimCC's mmpose, do not decode heatmaps)
 WRONG_PAIRS = [
-    (case, name) for case in CASES for name in CONVENTIONS_OF_TARGET["heatmap"] if name != case.codebase
+    (case, name)
+    for case in CASES
+    for name in CONVENTIONS_OF_TARGET["heatmap"]
+    if name != case.codebase and "udp" not in (name, case.codebase)
+]
+
+
+def placed(case: Case, convention: str) -> np.ndarray:
+    """The image point that ``convention`` decodes a peak exactly on ``case.cell`` to."""
+    conv = CONVENTIONS[convention]
+    codec = HeatmapCodec(case.input_size, case.heatmap_size, case.sigma, convention)
+    center, box_height = case.center_and_box_height
+    matrix = crop_affine(center, box_height, case.input_size, 0.0, False, conv.crop_center, conv.size_offset)
+    return apply_affine(codec.to_input_frame(np.array([case.cell], dtype=np.float64)), invert_affine(matrix))[
+        0
+    ]
+
+
+def separation(case: Case, convention: str) -> float:
+    """How far apart (input px) ``convention`` and the case's own place ``case.cell``."""
+    _, box_height = case.center_and_box_height
+    gap = placed(case, convention) - placed(case, case.codebase)
+    return float(np.linalg.norm(gap) * case.input_size[1] / box_height)
+
+
+# UDP and the project's convention place the heatmap's centre at the same image point (both put the box
+# centre at (w - 1) / 2) and part towards the edges, by up to half a heatmap pixel; UDP and HRNet's meet
+# at the top-left corner (both map u = 0 to the box's edge). So UDP is told from another convention
+# where the two place the cell more than twice the tolerance apart (those must miss);
+# test_udp_agrees_with_the_project_at_the_centre_only tests the geometry itself.
+UDP_WRONG_PAIRS = [
+    (case, name)
+    for case in CASES
+    for name in CONVENTIONS_OF_TARGET["heatmap"]
+    if name != case.codebase and "udp" in (name, case.codebase) and separation(case, name) > 2 * TOLERANCE
 ]
 
 
@@ -382,6 +533,147 @@ def test_a_wrong_convention_misses_the_point(case: Case, convention: str, flip: 
         assert error <= TOLERANCE
     else:
         assert error > TOLERANCE
+
+
+@pytest.mark.parametrize("flip", [False, True], ids=["direct", "flip"])
+@pytest.mark.parametrize(
+    ("case", "convention"), UDP_WRONG_PAIRS, ids=[f"{case_id(c)}-as-{name}" for c, name in UDP_WRONG_PAIRS]
+)
+def test_udp_and_a_wrong_convention_miss_each_others_points(case: Case, convention: str, flip: bool) -> None:
+    assert decode_error(case, convention, flip) > TOLERANCE
+
+
+def test_udp_pairs_test_every_udp_case_against_every_other_convention() -> None:
+    for case in (c for c in CASES if c.codebase == "udp"):
+        assert {name for c, name in UDP_WRONG_PAIRS if c is case} == set(CONVENTIONS) - {"udp"}
+    assert {c.codebase for c, name in UDP_WRONG_PAIRS if name == "udp"} == {
+        "hrnet",
+        "princeton-vl",
+        "project",
+    }
+
+
+def test_udp_agrees_with_the_project_at_the_centre_only() -> None:
+    """Where UDP and the project's convention put heatmap column u of a 48-wide map for a 192-wide
+    crop: at the same x for the centre u = (W - 1) / 2, (u - (W - 1) / 2) w / (W (W - 1)) apart
+    elsewhere (about half a heatmap pixel, 2 input px, at the edges)."""
+    width, map_width = 192, 48
+    u = np.array([[0.0, 0.0], [(map_width - 1) / 2, 0.0], [map_width - 1.0, 0.0]])
+    xs = {}
+    for name in ("project", "udp"):
+        conv = CONVENTIONS[name]
+        codec = HeatmapCodec((width, width), (map_width, map_width), 2.0, name)
+        # a box as large as the crop: image px are crop px up to the zoom
+        matrix = crop_affine(
+            np.zeros(2), width, (width, width), 0.0, False, conv.crop_center, conv.size_offset
+        )
+        xs[name] = apply_affine(codec.to_input_frame(u), invert_affine(matrix))[:, 0]
+    expected = (u[:, 0] - (map_width - 1) / 2) * width / (map_width * (map_width - 1))
+    np.testing.assert_allclose(xs["udp"] - xs["project"], expected, atol=1e-9)
+    assert expected[1] == 0 and abs(expected[0]) == pytest.approx(2.0, abs=0.05)
+
+
+@pytest.mark.parametrize("rotation", [0.0, 30.0, -17.5])
+@pytest.mark.parametrize("case", [c for c in CASES if c.codebase == "udp"], ids=case_id)
+def test_udp_crop_is_get_warp_matrix(case: Case, rotation: float) -> None:
+    """``crop_affine`` with size_offset 1 is UDP's ``get_warp_matrix``: the box's sides on the crop's
+    first and last pixel centres, each axis zoomed by (size - 1) / box size. Their angle turns the
+    other way (a random rotation drawn symmetrically either way, so it changes no training)."""
+    center, box_height = case.center_and_box_height
+    _, box_size = case.udp_box
+    np.testing.assert_allclose(box_size[1], box_height, rtol=1e-12)
+    conv = CONVENTIONS["udp"]
+    ours = crop_affine(
+        center, box_height, case.input_size, rotation, False, conv.crop_center, conv.size_offset
+    )
+    np.testing.assert_allclose(ours, udp_warp_matrix(-rotation, center, box_size, case.input_size), atol=1e-9)
+    if rotation == 0:
+        corners = np.array([center - box_size / 2, center + box_size / 2])
+        np.testing.assert_allclose(
+            apply_affine(corners, ours), [[0, 0], np.array(case.input_size) - 1.0], atol=1e-9
+        )
+
+
+def test_udp_targets_are_the_codecs_in_their_window() -> None:
+    """The codec's UDP target is ViTPose's Gaussian, centred at x (W - 1) / (w - 1), wherever theirs is
+    drawn (they cut it to a 6 sigma + 1 window; the codec draws the whole Gaussian)."""
+    rng = np.random.default_rng(3)
+    codec = HeatmapCodec((192, 256), (48, 64), 2.0, "udp")
+    for joint in rng.uniform([10, 10], [180, 245], size=(20, 2)):
+        theirs = udp_target(joint, (192, 256), (48, 64), 2.0)
+        ours, weight = codec.encode(joint[None], np.ones(1))
+        window = theirs > 0
+        assert weight[0] == 1 and window.sum() >= 49
+        np.testing.assert_allclose(ours[0][window], theirs[window], atol=2e-6)
+
+
+def test_udp_flip_test_is_exact_on_a_mirrored_pose() -> None:
+    """A pose and its mirror (x -> w - 1 - x, left and right swapped) rendered by ViTPose's UDP target
+    code: the mirrored heatmaps mapped back with no shift (UDP's flip_shift, their
+    shift_heatmap=False) are the direct ones, so the flip test decodes the pose unchanged."""
+    rng = np.random.default_rng(5)
+    input_size, heatmap_size = (192, 256), (48, 64)
+    permutation = np.array([0, 2, 1, 4, 3])  # a nose and two left/right pairs
+    joints = rng.uniform([20, 20], [170, 235], size=(5, 2))
+    mirrored = np.stack([input_size[0] - 1 - joints[:, 0], joints[:, 1]], axis=1)[permutation]
+    direct = np.stack([udp_target(j, input_size, heatmap_size, 2.0) for j in joints])[None]
+    flipped = np.stack([udp_target(j, input_size, heatmap_size, 2.0) for j in mirrored])[None]
+    assert CONVENTIONS["udp"].flip_shift == 0
+    back = HeatmapCodec(input_size, heatmap_size, 2.0, "udp").mirror_back(
+        torch.from_numpy(flipped), permutation
+    )
+    np.testing.assert_allclose(back.numpy(), direct, atol=1e-6)
+    back = back.numpy()
+    shifted = mirror_back_columns(torch.from_numpy(flipped), permutation, 1).numpy()
+    assert np.abs(shifted - direct).max() > 0.1  # HRNet's shift would move every joint a column
+    for post_process in ("quarter", "dark"):
+        codec = HeatmapCodec(input_size, heatmap_size, 2.0, "udp", post_process)
+        alone, _ = codec.decode(direct)
+        averaged, _ = codec.decode((direct + back) * 0.5)
+        np.testing.assert_allclose(averaged, alone, atol=1e-5)
+        bound = 0.05 if post_process == "dark" else 0.25 * 191 / 47 * 2**0.5
+        assert np.linalg.norm(alone[0] - joints, axis=1).max() < bound, post_process
+
+
+@pytest.mark.parametrize("flip", [False, True], ids=["direct", "flip"])
+def test_udp_decode_matches_vitposes_decoder_on_sub_pixel_blobs(flip: bool) -> None:
+    """On Gaussians at random sub-pixel places (away from the border), ViTPose's own decoding
+    (post_dark_udp, transform_preds with use_udp; flip_back without a shift) and this project's
+    ("dark" with the udp convention, the inverse of crop_affine; mirror_back with flip_shift 0)
+    give the same image point. Their DARK blurs with cv2's 11x11 kernel and steps from the raw
+    argmax, ours smooths to 3 sigma and steps from the smoothed one: on clean Gaussians both land
+    on the peak, to well under a hundredth of a heatmap pixel."""
+    rng = np.random.default_rng(11)
+    input_size, heatmap_size, sigma = (192, 256), (48, 64), 2.0
+    box = np.array([40.0, 60.0, 90.0, 170.0])
+    case = Case("udp", input_size, heatmap_size, sigma, tuple(box), (0, 0))
+    center, box_height = case.center_and_box_height
+    _, box_size = case.udp_box
+    conv = CONVENTIONS["udp"]
+    codec = HeatmapCodec(input_size, heatmap_size, sigma, "udp", "dark")
+    matrix = crop_affine(center, box_height, input_size, 0.0, False, conv.crop_center, conv.size_offset)
+    ys, xs = np.mgrid[0 : heatmap_size[1], 0 : heatmap_size[0]]
+    worst = 0.0
+    for _ in range(30):
+        peak = rng.uniform(6, np.array(heatmap_size) - 7)
+        # the mirrored output: the peak's mirror (W - 1 - x), a little off as a network's would be
+        mirror = np.array([heatmap_size[0] - 1 - peak[0], peak[1]]) + rng.uniform(-0.3, 0.3, size=2)
+        peaks = (peak, mirror)
+        blobs = [
+            np.exp(-((xs - px) ** 2 + (ys - py) ** 2) / (2 * sigma**2)).astype(np.float32) for px, py in peaks
+        ]
+        if flip:
+            theirs_map = (blobs[0] + blobs[1][..., ::-1]) * 0.5
+            back = codec.mirror_back(torch.from_numpy(blobs[1][None, None]), ONE_JOINT)
+            ours_map = (blobs[0][None, None] + back.numpy()) * 0.5
+            np.testing.assert_array_equal(ours_map[0, 0], theirs_map)
+        else:
+            theirs_map, ours_map = blobs[0], blobs[0][None, None]
+        theirs = udp_decode(theirs_map, center, box_size, heatmap_size)
+        joints, _ = codec.decode(ours_map)
+        ours = apply_affine(joints[0], invert_affine(matrix))[0]
+        worst = max(worst, float(np.abs(ours - theirs).max() * input_size[1] / box_height))
+    assert worst < 0.02  # input px
 
 
 def test_princeton_vl_numbers_are_the_projects() -> None:

@@ -32,14 +32,28 @@ SMALL = {
                        "--aspectRatio", "0.5"],
     # as SimpleBaseline: both sides multiples of 32
     "RTMPose": ["--rtmposeSize", "t", "--inputRes", "64", "--outputRes", "16", "--aspectRatio", "0.5"],
+    # 16x16 patches: a 48x64 (w x h) crop, 12x16 heatmaps
+    "ViTPose": ["--vitWidth", "32", "--vitDepth", "2", "--vitNumHeads", "4", "--deconvFilters", "16",
+                "--inputRes", "64", "--outputRes", "16"],
 }  # fmt: skip
-CASES = [(name, "project") for name in sorted(SMALL)] + [("StackedHourGlass", "hrnet"), ("RTMPose", "mmpose")]
+CASES = [(name, "project") for name in sorted(SMALL)] + [
+    ("StackedHourGlass", "hrnet"), ("RTMPose", "mmpose"), ("ViTPose", "udp"),
+]  # fmt: skip
 # a 24x32 (w x h) crop; sigma 1 also where the conf file has the paper's 2
 SIZES = ["--inputRes", "32", "--outputRes", "8", "--aspectRatio", "0.75", "--hmGauss", "1"]
-# (height, width) of the crop and of the heatmaps
-FRAMES = {"SimpleBaseline": ((64, 32), (16, 8)), "RTMPose": ((64, 32), (16, 8))}
+# (height, width) of the crop and of the heatmaps (RTMPose: of the crop only)
+FRAMES = {
+    "SimpleBaseline": ((64, 32), (16, 8)),
+    "RTMPose": ((64, 32), (16, 8)),
+    "ViTPose": ((64, 48), (16, 12)),
+}
 FRAME = ((32, 24), (8, 6))
-CONF_NAMES = {"HRNet": "HRNet-W32", "RTMPose": "RTMPose-t"}  # a paper's width or size names the file
+# a paper's width or size names the file
+CONF_NAMES = {"HRNet": "HRNet-W32", "RTMPose": "RTMPose-t", "ViTPose": "ViTPose-S"}
+# (anchor, crop_center, flip_shift, size_offset) each convention's notes state
+CONVENTION_NUMBERS = {
+    "project": (0.5, 0.0, 0, 0.0), "hrnet": (0.0, 0.5, 1, 0.0), "udp": (0.0, 0.0, 0, 1.0), "mmpose": (0.0, 0.5, 0, 0.0),
+}  # fmt: skip
 
 
 def make_checkpoint(folder: Path, name: str, convention: str) -> tuple[Path, torch.nn.Module]:
@@ -154,17 +168,25 @@ def test_export_matches_pytorch_and_describes_the_decoding(
     if notes["target_type"] == "heatmap":
         assert notes["output"]["shape"] == ["batch", 16, map_height, map_width]
         assert decoding["convention"] == convention and decoding["heatmap_size"] == [map_width, map_height]
-        assert decoding["stride"] == [4.0, 4.0] and decoding["sigma"] == 1.0
-        assert (decoding["anchor"], decoding["crop_center"], decoding["flip_shift"]) == (
-            (0.5, 0.0, 0) if convention == "project" else (0.0, 0.5, 1)
-        )
+        # UDP measures from the first pixel centre to the last: (size - 1) / (heatmap size - 1)
+        offset = 1 if convention == "udp" else 0
+        assert decoding["stride"] == [
+            (width - offset) / (map_width - offset),
+            (height - offset) / (map_height - offset),
+        ]
+        assert decoding["sigma"] == 1.0
+        assert (
+            decoding["anchor"], decoding["crop_center"], decoding["flip_shift"], decoding["size_offset"]
+        ) == CONVENTION_NUMBERS[convention]  # fmt: skip
+        if convention == "udp":
+            assert "first and last pixel centres" in decoding["crop"]
     elif simcc:  # 2 bins per pixel of the 32x64 (w x h) crop
         assert notes["outputs"] == [
             {"name": "simcc_x", "shape": ["batch", 16, 64], "dtype": "float32"},
             {"name": "simcc_y", "shape": ["batch", 16, 128], "dtype": "float32"},
         ]
         assert (decoding["anchor"], decoding["crop_center"], decoding["flip_shift"]) == (
-            (0.5, 0.0, 0) if convention == "project" else (0.0, 0.5, 0)
+            CONVENTION_NUMBERS[convention][:3]
         )
         assert decoding["split_ratio"] == 2.0 and decoding["bins"] == [64, 128]
     else:

@@ -22,8 +22,10 @@ SMALL = {
     "SimpleBaseline": ["--baseName", "resnet18", "--deconvFilters", "32"],
     "HRNet": ["--hrnetWidth", "8"],
     "RTMPose": ["--rtmposeSize", "t"],  # at the tests' 64x64 input: a 2x2 map for the head
+    "ViTPose": ["--vitWidth", "32", "--vitDepth", "2", "--vitNumHeads", "4", "--deconvFilters", "16"],
 }
-CONF_NAMES = {"HRNet": "HRNet-W32", "RTMPose": "RTMPose-t"}  # a paper's width or size names the file
+# a paper's width or size names the file
+CONF_NAMES = {"HRNet": "HRNet-W32", "RTMPose": "RTMPose-t", "ViTPose": "ViTPose-S"}
 CONF_FILES = {name: REPO_ROOT / "conf" / "models" / f"{CONF_NAMES.get(name, name)}.defconf" for name in SMALL}
 
 

@@ -138,7 +138,7 @@ def test_coordinate_convention_is_checked(capsys):
     assert parse_options([]).coordConvention == "project"
     assert parse_options(["--coordConvention", "hrnet"]).config["coordConvention"] == "hrnet"  # checkpointed
     err = parse_error(capsys, ["--coordConvention", "caffe"])
-    assert "coordConvention: 'caffe' is not one of project, princeton-vl, hrnet, mmpose" in err
+    assert "coordConvention: 'caffe' is not one of project, princeton-vl, hrnet, mmpose, udp" in err
     err = parse_error(capsys, ["--coordConvention", "mmpose"])
     assert "coordConvention: 'mmpose' does not apply to heatmap models (StackedHourGlass)" in err
     deeppose = str(REPO_ROOT / "conf/models/DeepPose.defconf")

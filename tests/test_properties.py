@@ -66,7 +66,7 @@ def test_crop_then_inverse_returns_the_points(
 
 @st.composite
 def poses_on_the_map(draw):
-    convention = draw(st.sampled_from(["project", "hrnet"]))
+    convention = draw(st.sampled_from(["project", "hrnet", "udp"]))
     heatmap = (draw(st.integers(4, 48)), draw(st.integers(4, 48)))
     stride = draw(st.sampled_from([1, 2, 4]))
     sigma = draw(st.floats(0.8, 3.0))

@@ -23,7 +23,7 @@ def numpy_pck(codec, output: torch.Tensor, target: torch.Tensor, weight: torch.T
     return pck_summary(pred, truth, weight.numpy(), normaliser)[0]
 
 
-@pytest.mark.parametrize("convention", ["project", "hrnet"])
+@pytest.mark.parametrize("convention", ["project", "hrnet", "udp"])
 def test_device_pck_equals_the_numpy_metric_for_heatmaps(convention: str) -> None:
     codec = make_codec("heatmap", (48, 64), (12, 16), 1.0, convention)
     generator = torch.Generator().manual_seed(0)

@@ -138,7 +138,7 @@ NON_NEGATIVE = ("nThreads", "dropLR", "gpuid", "maxScale", "maxRotate", "maxTran
 PROBABILITIES = ("rotateProb", "flipProb", "halfBodyProb")
 AT_LEAST_ONE = (
     "nChannels", "nStack", "nModules", "nReductions", "nJoints", "nDeconv", "deconvFilters", "hrnetWidth",
-    "stemChannels",
+    "stemChannels", "vitWidth", "vitDepth", "vitNumHeads",
 )  # fmt: skip
 
 

@@ -53,7 +53,8 @@ DATASET_JOINTS = {"synthetic": 16, "MPII": 16, "COCO": 17}
 DATASETS = (*DATASET_JOINTS, "custom")
 # the registry's names, written out so --help needs no torch import (a test keeps them equal)
 MODEL_NAMES = (
-    "ChainedPredictions, DeepPose, HRNet, PoseAttention, PyraNet, RTMPose, SimpleBaseline, StackedHourGlass"
+    "ChainedPredictions, DeepPose, HRNet, PoseAttention, PyraNet, RTMPose, SimpleBaseline, StackedHourGlass, "
+    "ViTPose"
 )
 
 
@@ -134,6 +135,12 @@ class Options(argparse.Namespace):
     deconvFilters: int | None
     hrnetWidth: int | None
     rtmposeSize: str | None
+    vitSize: str | None
+    vitDecoder: str | None
+    vitWidth: int | None
+    vitDepth: int | None
+    vitNumHeads: int | None
+    dropPath: float | None
     simccSplitRatio: float
     simccSigma: str
     pretrainedPath: str | None
@@ -402,9 +409,9 @@ def build_parser() -> configargparse.ArgParser:
     model.add_argument(
         "--coordConvention",
         default="project",
-        help="coordinate convention the weights were trained in: project; for heatmap models also hrnet "
-        "or princeton-vl, for SimCC models mmpose (set by models.import_weights; training from scratch "
-        "keeps project)",
+        help="coordinate convention the weights were trained in: project; for heatmap models also hrnet, "
+        "princeton-vl or udp, for SimCC models mmpose (set by models.import_weights; training from "
+        "scratch keeps project)",
     )
     model.add_argument("--nChannels", type=int, default=None, help="hourglass feature width")
     model.add_argument(
@@ -440,9 +447,35 @@ def build_parser() -> configargparse.ArgParser:
     )
     model.add_argument("--prmLevels", type=int, default=None, help="PyraNet: hourglass levels using pyramids")
     model.add_argument("--nDeconv", type=int, default=None, help="SimpleBaseline: transposed convolutions")
-    model.add_argument("--deconvFilters", type=int, default=None, help="SimpleBaseline: their filters")
+    model.add_argument(
+        "--deconvFilters",
+        type=int,
+        default=None,
+        help="SimpleBaseline, ViTPose (classic decoder): the transposed convolutions' filters",
+    )
     model.add_argument("--hrnetWidth", type=int, default=None, help="HRNet: width, 32 or 48 (W32, W48)")
     model.add_argument("--rtmposeSize", default=None, help="RTMPose: size t, s, m or l (default m)")
+    model.add_argument("--vitSize", default=None, help="ViTPose: the authors' size, S, B, L or H")
+    model.add_argument(
+        "--vitDecoder",
+        default=None,
+        help="ViTPose: classic (two 4x4 deconvolutions, 1x1 convolution) or simple (ReLU, bilinear x4, "
+        "3x3 convolution)",
+    )
+    model.add_argument("--vitWidth", type=int, default=None, help="ViTPose: token width (default: vitSize's)")
+    model.add_argument(
+        "--vitDepth", type=int, default=None, help="ViTPose: transformer blocks (default: vitSize's)"
+    )
+    model.add_argument(
+        "--vitNumHeads", type=int, default=None, help="ViTPose: attention heads (default: vitSize's)"
+    )
+    model.add_argument(
+        "--dropPath",
+        type=float,
+        default=None,
+        help="ViTPose: stochastic depth rate of the last block, rising linearly from 0 (default: vitSize's, "
+        "the authors' 0.1, 0.3, 0.5, 0.55 for S, B, L, H)",
+    )
     model.add_argument(
         "--simccSplitRatio",
         type=float,
@@ -455,7 +488,11 @@ def build_parser() -> configargparse.ArgParser:
         help="SimCC models: Gaussian label sigma in bins, x,y or one value for both (RTMPose: 4.9,5.66 "
         "at 256x192, 5.66,5.66 at 256x256)",
     )
-    model.add_argument("--pretrainedPath", default=None, help="local ImageNet weights for the backbone")
+    model.add_argument(
+        "--pretrainedPath",
+        default=None,
+        help="local pre-trained weights for the backbone: ImageNet (torchvision backbones) or MAE (ViTPose)",
+    )
 
     training = parser.add_argument_group("training")
     training.add_argument("--nEpochs", type=int, default=8, help="training epochs")

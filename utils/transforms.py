@@ -19,20 +19,27 @@ def crop_affine(
     rotation: float = 0.0,
     flip: bool = False,
     center_offset: float = 0.0,
+    size_offset: float = 0.0,
 ) -> np.ndarray:
     """(2, 3) matrix mapping original-image pixels to a crop of ``output_size`` = (width, height).
 
     The crop shows a box of ``box_height`` pixels (and ``box_height * width / height`` wide)
     centred on ``center``, rotated by ``rotation`` degrees (counter-clockwise as displayed),
     then mirrored left-right when ``flip``. ``center`` lands at the crop's centre, (w - 1) / 2,
-    plus ``center_offset`` (0.5 puts it at w / 2, where HRNet-style code puts it).
+    plus ``center_offset`` (0.5 puts it at w / 2, where HRNet-style code puts it). The box's
+    height spans ``height - size_offset`` crop pixels and its width ``width - size_offset``: with
+    0 the box covers the crop edge to edge (one zoom for both axes); with 1 (UDP) its sides land
+    on the first and last pixel centres, so the two axes zoom slightly differently.
     """
     width, height = output_size
-    zoom = height / float(box_height)
+    zoom = (height - size_offset) / float(box_height)
+    # the box is box_height * width / height wide: with size_offset 0 the same zoom
+    zoom_x = zoom if size_offset == 0 else (width - size_offset) * height / (float(box_height) * width)
     angle = math.radians(rotation)
-    cos, sin = math.cos(angle) * zoom, math.sin(angle) * zoom
-    # y points down in images, so a counter-clockwise turn on screen is (x, y) -> (x cos + y sin, -x sin + y cos)
-    linear = np.array([[cos, sin], [-sin, cos]])
+    cos, sin = math.cos(angle), math.sin(angle)
+    # y points down in images, so a counter-clockwise turn on screen is (x, y) -> (x cos + y sin, -x sin + y cos);
+    # the turn comes first, then each axis' zoom
+    linear = np.array([[cos * zoom_x, sin * zoom_x], [-sin * zoom, cos * zoom]])
     if flip:
         linear[0] *= -1
     out_center = np.array([(width - 1) / 2.0, (height - 1) / 2.0]) + center_offset
