@@ -141,7 +141,7 @@ def test_every_declared_ratio_is_what_the_model_builds():
         for stride in strides or ():
             output_res = 64 // stride
             model = build_model(
-                name, nJoints=2, inputRes=64, outputRes=output_res, nReductions=1, nStack=1,
+                name, nJoints=2, inputRes=64, outputRes=output_res, aspectRatio=1.0, nReductions=1, nStack=1,
                 **SMALL_MODEL_KEYS,
             )  # fmt: skip
             shape = profile_model(model, (64, 64)).output_shapes[-1]
