@@ -1,6 +1,6 @@
-"""A SimCC model (RTMPose) through every mode: trained one epoch on the synthetic data and on the
-COCO fixture, ``-test`` from the checkpoint alone, and a checkpoint imported from the authors'
-layout through ``-test``, ``-predict`` and ``-export``."""
+"""RTMPose (SimCC) and ViTPose (heatmaps, UDP for imported weights) through every mode: trained one
+epoch on the synthetic data and on the COCO fixture, ``-test`` from the checkpoint alone, and
+checkpoints imported from the authors' layouts through ``-test``, ``-predict`` and ``-export``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 import pytest
+import test_vitpose
 import torch
 from test_rtmpose import AuthorsRTMPose, image_batch, randomise, save_published
 
@@ -19,19 +20,24 @@ from models.import_weights import main as import_main
 
 pytestmark = pytest.mark.e2e  # every test runs main.py
 
-# RTMPose-t on 64x32 (h x w) crops: both sides multiples of 32, as CSPNeXt needs
-RTMPOSE_TINY = [
-    "-ModelConfig", str(REPO_ROOT / "conf" / "models" / "RTMPose-t.defconf"),
-    "--inputRes", "64", "--aspectRatio", "0.5", "--simccSigma", "2,2.83",
-    "--data_loader_size", "8", "--nThreads", "0", "--progress", "none",
-    "--optimizer_type", "Adam", "--LR", "1e-3", "--nEpochs", "1",
-]  # fmt: skip
+COMMON = ["--data_loader_size", "8", "--nThreads", "0", "--progress", "none", "--optimizer_type", "Adam",
+          "--LR", "1e-3", "--nEpochs", "1"]  # fmt: skip
+TINY = {
+    # RTMPose-t on 64x32 (h x w) crops: both sides multiples of 32, as CSPNeXt needs
+    "RTMPose": ["-ModelConfig", str(REPO_ROOT / "conf" / "models" / "RTMPose-t.defconf"), "--inputRes", "64",
+                "--aspectRatio", "0.5", "--simccSigma", "2,2.83", *COMMON],
+    # a 2-block ViT of width 32 on 64x48 crops (4x3 patches), heatmaps 16x12
+    "ViTPose": ["-ModelConfig", str(REPO_ROOT / "conf" / "models" / "ViTPose-S.defconf"), "--vitWidth", "32",
+                "--vitDepth", "2", "--vitNumHeads", "4", "--deconvFilters", "16", "--inputRes", "64",
+                "--outputRes", "16", "--aspectRatio", "0.75", "--hmGauss", "1", *COMMON],
+}  # fmt: skip
 SYNTHETIC = ["--imageRes", "80", "--syntheticTrain", "32", "--syntheticVal", "16"]
 
 
-def test_trains_on_synthetic_data_and_tests_from_the_checkpoint_alone(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_trains_on_synthetic_data_and_tests_from_the_checkpoint_alone(name: str, tmp_path: Path) -> None:
     runs = ["--expDir", str(tmp_path)]
-    assert entry.main([*RTMPOSE_TINY, *SYNTHETIC, *runs, "--expID", "train"]) == 0
+    assert entry.main([*TINY[name], *SYNTHETIC, *runs, "--expID", "train"]) == 0
     train, val = read_metrics(tmp_path / "train")
     assert (train["split"], val["split"]) == ("train", "val") and np.isfinite(train["loss"])
     checkpoint = tmp_path / "train" / "last.pth"
@@ -42,12 +48,13 @@ def test_trains_on_synthetic_data_and_tests_from_the_checkpoint_alone(tmp_path: 
     assert tested["loss"] == pytest.approx(val["loss"], rel=1e-6)
 
 
-def test_trains_and_scores_on_the_coco_fixture(shared_data, tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_trains_and_scores_on_the_coco_fixture(name: str, shared_data, tmp_path: Path) -> None:
     coco = shared_data / "coco_mini"
     paths = ["--dataDir", str(coco), "--trainAnnotation", "test_coco.json", "--valAnnotation", "test_coco.json",
              "--imageDir", ".", "--expDir", str(tmp_path)]  # fmt: skip
     coco_conf = ["-DataConfig", str(REPO_ROOT / "conf/datasets/coco.defconf"), "--flipTest", "1"]
-    assert entry.main([*coco_conf, *RTMPOSE_TINY, *paths, "--expID", "train"]) == 0
+    assert entry.main([*coco_conf, *TINY[name], *paths, "--expID", "train"]) == 0
     checkpoint = str(tmp_path / "train" / "last.pth")
     detections = ["--bboxFile", "test_coco_det_AP_H_56.json", "--detScoreThreshold", "0.5"]
     # the checkpoint alone (its sizes, joints, flip test), the data paths and detections as typed
@@ -99,3 +106,35 @@ def test_an_imported_rtmpose_runs_test_predict_and_export(shared_data, tmp_path:
     np.testing.assert_allclose(
         simcc_y, expected_y.numpy(), rtol=1e-4, atol=1e-5 * float(expected_y.abs().max())
     )
+
+
+@pytest.mark.slow  # an import, a -test, a -predict and an export of a tiny ViTPose: about 10 s
+def test_an_imported_vitpose_runs_test_predict_and_export(shared_data, tmp_path: Path) -> None:
+    source, theirs = test_vitpose.tiny_source(tmp_path, simple=False, layout="ViTPose", seed=3)
+    checkpoint = tmp_path / "imported.pth"
+    assert (
+        import_main(["vitpose", str(source), str(checkpoint), "--inputRes", "64", "--vitNumHeads", "4"]) == 0
+    )
+    common = ["--expDir", str(tmp_path / "runs"), "--progress", "none", "--nThreads", "0"]
+
+    coco = shared_data / "coco_mini"
+    data = ["--dataDir", str(coco), "--valAnnotation", "test_coco.json", "--imageDir", "."]
+    assert entry.main(["-test", "--loadModel", str(checkpoint), *common, *data, "--expID", "test"]) == 0
+    (tested,) = read_metrics(tmp_path / "runs" / "test")
+    assert 0 <= tested["AP"] <= 1 and json.loads((tmp_path / "runs" / "test" / "results.json").read_text())
+
+    photo = next(coco.glob("*.jpg"))
+    assert entry.main(["-predict", str(photo), "--loadModel", str(checkpoint), *common, "--expID", "p"]) == 0
+    (person,) = json.loads((tmp_path / "runs" / "p" / "keypoints.json").read_text())
+    assert np.isfinite(person["keypoints"]).all() and len(person["keypoints"]) == 3 * 17
+
+    onnx_path = tmp_path / "vitpose.onnx"
+    assert entry.main(["-export", str(onnx_path), "--loadModel", str(checkpoint)]) == 0
+    notes = json.loads(onnx_path.with_suffix(".json").read_text())
+    assert (notes["decoding"]["convention"], notes["decoding"]["post_process"]) == ("udp", "dark")
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    image = image_batch(2, *test_vitpose.TINY_INPUT, seed=5)
+    (heatmaps,) = session.run(None, {"image": image.numpy()})
+    with torch.no_grad():
+        expected = theirs.float().eval()(image)  # the authors' network itself
+    np.testing.assert_allclose(heatmaps, expected.numpy(), rtol=1e-4, atol=1e-5 * float(expected.abs().max()))
