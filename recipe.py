@@ -227,7 +227,8 @@ class ExpMomentumEMA:
     @torch.no_grad()
     def update(self) -> None:
         """One update, after an optimizer step."""
-        averaged, current = self.module.state_dict(), self.source.state_dict()
+        # by name, each tensor once (a state_dict lists a shared weight under each of its names)
+        averaged, current = _tensors(self.module), _tensors(self.source)
         floating = [key for key, value in averaged.items() if value.dtype.is_floating_point]
         if self.steps == 0:
             for key, value in averaged.items():
@@ -253,3 +254,7 @@ class ExpMomentumEMA:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.module.load_state_dict(state["model"])
         self.steps = int(state["steps"])
+
+
+def _tensors(module: nn.Module) -> dict[str, torch.Tensor]:
+    return dict(module.named_parameters()) | dict(module.named_buffers())
