@@ -168,12 +168,7 @@ def train_one_epoch(
         if stepping:
             if set_lr is not None:
                 set_lr(epoch, (step - 1) // accumulation, -(-total // accumulation))
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            _apply_step(optimizer, scaler)
             if after_step is not None:
                 after_step()
             window_finite = torch.ones((), dtype=torch.bool, device=device)
@@ -196,6 +191,15 @@ def train_one_epoch(
     progress.finish()
     state.complete = True
     return state
+
+
+def _apply_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def _read_step(
