@@ -80,7 +80,7 @@ def build_datasets(
     train = entry.build(request, train=True) if with_train else None
     if train is not None and len(train) == 0:
         raise DataError(f"empty training set: {train.empty_reason()}")
-    if train is not None:
+    if train is not None and augmentation_switch is not None:
         train.augmentation_switch = augmentation_switch
     if image_cache:
         for dataset in (train, val):
