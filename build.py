@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from checkpoints import load_weights
-from datasets import Augmentation, KeypointDataset, build_datasets, make_codec
+from datasets import Augmentation, AugmentationSwitch, KeypointDataset, build_datasets, make_codec
 from datasets.codecs import Codec
 from datasets.loading import BadSampleReport, GuardedDataLoader
 from datasets.registry import get_dataset_entry, joint_spec_for, list_datasets
@@ -32,7 +32,9 @@ from losses import make_loss
 from models import build_model
 from models.complexity import ModelProfile, profile_model
 from models.registry import option_to_parameter
+from recipe import ExpMomentumEMA, LayerDecayError, StepwiseLR, parameter_groups
 from utils.distributed import DistributedContext, setup_distributed
+from utils.option_checks import AUGMENTATION_KEYS
 from utils.options import fail_option
 
 if TYPE_CHECKING:
@@ -111,6 +113,14 @@ def build_data(
     augmentation = Augmentation(
         opts.maxScale, opts.maxRotate, opts.rotateProb, opts.maxTranslate, opts.flipProb, opts.colorJitter
     )
+    switch = None
+    if opts.stage2Epoch:
+        later = {key: getattr(opts, key) for key in AUGMENTATION_KEYS} | opts.stage2_augmentation
+        switch = AugmentationSwitch(
+            opts.stage2Epoch,
+            Augmentation(*(later[key] for key in AUGMENTATION_KEYS[:6])),
+            later["halfBodyProb"],
+        )
     return build_datasets(
         opts.dataset, codec, input_size, augmentation, opts.seed,
         with_train=with_train, data_dir=opts.dataDir,
@@ -119,20 +129,32 @@ def build_data(
         half_body_prob=opts.halfBodyProb, joint_spec=joint_spec_of(opts),
         synthetic_sizes=(opts.syntheticTrain, opts.syntheticVal), synthetic_image_size=opts.imageRes,
         skip_bad_samples=opts.skipBadSamples, max_bad_fraction=opts.maxBadFraction,
-        allow_outside_paths=opts.allowOutsidePaths, image_cache=opts.imageCache,
+        allow_outside_paths=opts.allowOutsidePaths, image_cache=opts.imageCache, augmentation_switch=switch,
     )  # fmt: skip
 
 
 def build_optimizer(
     opts: Options, model: nn.Module, device: torch.device
-) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler, torch.amp.GradScaler | None]:
+) -> tuple[
+    torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | StepwiseLR, torch.amp.GradScaler | None
+]:
     """The optimizer, its LR schedule and, for --amp fp16, the GradScaler (the same one on every
-    device, so the CPU tests run the save and restore a GPU run takes)."""
+    device, so the CPU tests run the save and restore a GPU run takes). ``--noDecayNormBias`` and
+    ``--layerDecay`` split the parameters into groups (recipe.parameter_groups)."""
+    try:
+        groups = parameter_groups(model, opts.LR, opts.noDecayNormBias, opts.layerDecay)
+    except LayerDecayError as error:
+        fail_option(opts, f"layerDecay: {error}; use --layerDecay 0 for {opts.model}")
     optimizer = getattr(torch.optim, opts.optimizer_type)(
-        model.parameters(), lr=opts.LR, **opts.optimizer_kwargs
+        model.parameters() if groups is None else groups, lr=opts.LR, **opts.optimizer_kwargs
     )
     scaler = torch.amp.GradScaler(device.type) if opts.amp == "fp16" else None
     return optimizer, make_scheduler(optimizer, opts), scaler
+
+
+def build_ema(opts: Options, model: nn.Module) -> ExpMomentumEMA | None:
+    """``--ema 1``: the moving average of ``model`` (the unwrapped module) the run validates and saves."""
+    return ExpMomentumEMA(model, opts.emaMomentum, opts.emaGamma) if opts.ema else None
 
 
 def configure_numerics(deterministic: bool) -> None:
@@ -301,7 +323,19 @@ def _quiet_worker(_: int) -> None:
     cv2.setNumThreads(0)  # workers are already one process per core; OpenCV threads would oversubscribe
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, opts: Options) -> torch.optim.lr_scheduler.LRScheduler:
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, opts: Options
+) -> torch.optim.lr_scheduler.LRScheduler | StepwiseLR:
+    """The LR schedule: step and multistep without warm-up are PyTorch's epoch schedulers, as
+    they always were (the same LR, bit for bit); a warm-up or flatcosine sets the LR of every
+    optimizer step (recipe.StepwiseLR)."""
+    if opts.warmupSteps > 0 or opts.lrSchedule == "flatcosine":
+        return StepwiseLR(
+            optimizer, warmup_steps=opts.warmupSteps, warmup_start=opts.warmupStartFactor, gamma=opts.dropMag,
+            drop_every=opts.dropLR if opts.lrSchedule == "step" else 0,
+            milestones=opts.milestones if opts.lrSchedule == "multistep" else (),
+            cosine=(opts.flatEpochs, opts.nEpochs, opts.minLRFactor) if opts.lrSchedule == "flatcosine" else None,
+        )  # fmt: skip
     if opts.lrSchedule == "multistep":
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=opts.milestones, gamma=opts.dropMag)
     step = opts.dropLR if opts.dropLR > 0 else 10**9  # dropLR 0: never drop

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from engine import EpochState
+    from recipe import ExpMomentumEMA, StepwiseLR
     from utils.distributed import DistributedContext
     from utils.options import Options
 
@@ -29,8 +30,15 @@ COMMAND_KEYS = (
     "smoothDCutoff", "trackIoU", "trackOKS", "trackMemory",
 )  # fmt: skip
 # Keys a resumed run may change: they steer training or the machine, not what is trained on.
+# The LR schedule's keys steer (warm-up and flat-then-cosine too: their state is the steps taken,
+# and the LR of each step is a closed form of it). Not here, so a resume refuses them: the
+# augmentation keys, stage2Epoch and stage2Augmentation (what the samples are), noDecayNormBias
+# and layerDecay (the optimizer's parameter groups, whose stored state belongs to them), and ema,
+# emaMomentum and emaGamma (which weights are validated, picked as best.pth and exported: a run
+# must not mix two kinds of metric).
 STEERING_KEYS = (
-    "nEpochs", "dropLR", "dropMag", "lrMilestones", "lrSchedule", "valInterval", "saveInterval",
+    "nEpochs", "dropLR", "dropMag", "lrMilestones", "lrSchedule", "warmupSteps", "warmupStartFactor",
+    "flatEpochs", "minLRFactor", "valInterval", "saveInterval",
     "nThreads", "progress", "gpuid", "dont_pin_memory", "amp", "flipTest", "expDir", "dataDir",
     "imageDir", "allowConfigChange", "saveEveryMinutes", "tensorboard", "visdom",
     "skipBadSamples", "maxBadFraction", "allowOutsidePaths", "imageCache", "channelsLast", "compile",
@@ -76,12 +84,19 @@ def is_resume(opts: Options) -> bool:
     return bool(opts.loadModel) and opts.loadOptim and opts.loadEpoch and not evaluates
 
 
-def resume_changes(opts: Options, stored: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """{key: (stored, now)} for every option that differs from the checkpoint's, command keys aside."""
+def resume_changes(
+    opts: Options, stored: dict[str, Any], defaults: dict[str, Any] | None = None
+) -> dict[str, tuple[Any, Any]]:
+    """{key: (stored, now)} for every option that differs from the checkpoint's, command keys
+    aside. A key the checkpoint predates counts as stored with its value in ``defaults`` (the
+    parser's), the value its run had, so a resume of an older run cannot turn a newer key on
+    unnoticed."""
+    defaults = defaults or {}
+    written = {key: stored[key] if key in stored else defaults[key] for key in {*stored, *defaults}}
     return {
-        key: (stored[key], value)
+        key: (written[key], value)
         for key, value in opts.config.items()
-        if key in stored and key not in COMMAND_KEYS and value != stored[key]
+        if key in written and key not in COMMAND_KEYS and value != written[key]
     }
 
 
@@ -186,17 +201,20 @@ def first_mismatch(error: RuntimeError) -> str:
     return str(error).splitlines()[0]
 
 
-def load_weights(model: nn.Module, opts: Options) -> dict[str, Any]:
-    """Load ``--loadModel`` into ``model``; one line naming what differs if the weights do not fit.
-    Returns the whole checkpoint (optimizer, epoch, ... for a resume)."""
+def load_weights(model: nn.Module, opts: Options, averaged: bool = True) -> dict[str, Any]:
+    """Load ``--loadModel`` into ``model``: the moving average of a ``--ema 1`` run when
+    ``averaged`` (what its validation scored), else the weights the optimizer trains (a resume).
+    One line naming what differs if the weights do not fit. Returns the whole checkpoint
+    (optimizer, epoch, ... for a resume)."""
     from utils.checkpoint import CheckpointError, load_checkpoint
 
     try:
         state = load_checkpoint(opts.loadModel)
     except CheckpointError as error:
         _fail(f"loadModel: {error}")
+    weights = state["ema"]["model"] if averaged and state.get("ema") else state["model"]
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(weights)
     except RuntimeError as error:
         stored = state.get("config") or {}
         differing = [
@@ -231,19 +249,23 @@ class TrainingCheckpoint:
     optimizer, LR schedule and fp16 GradScaler states, the epoch and best metric, every rank's
     random generators (its own GPU's included), the batches done of an interrupted epoch, an epoch
     waiting for its validation, the number of processes and the launch command, and the options.
-    ``save`` is a collective: every rank calls it and rank 0 writes."""
+    With ``--ema 1``, also ``ema``: the moving average's weights and its update count (``model``
+    stays the weights the optimizer trains, which a resume continues; every other use of the
+    checkpoint takes the average, see :func:`load_weights`). ``save`` is a collective: every
+    rank calls it and rank 0 writes."""
 
     def __init__(
         self,
         model: nn.Module,
         optimizer: torch.optim.Optimizer | None,
-        scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | StepwiseLR | None,
         scaler: torch.amp.GradScaler | None,
         opts: Options,
         context: DistributedContext,
+        ema: ExpMomentumEMA | None = None,
     ) -> None:
         self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
-        self.opts, self.context = opts, context
+        self.opts, self.context, self.ema = opts, context, ema
 
     def save(
         self,
@@ -301,18 +323,27 @@ class TrainingCheckpoint:
         }
         if self.scaler is not None:
             state["grad_scaler"] = self.scaler.state_dict()
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()  # rank 0's: validation uses its BatchNorm statistics too
         return state
 
     def restore(self) -> Resumed:
         """Load --loadModel; --loadOptim, --loadEpoch and --dropPreLoaded choose what is kept."""
         opts = self.opts
-        state = load_weights(self.model, opts)
+        # the optimizer's state belongs to the weights it trains; anything else takes the average
+        continuing = bool(opts.loadOptim) and self.optimizer is not None
+        state = load_weights(self.model, opts, averaged=not continuing)
         resumed = Resumed()
+        if state.get("ema") and not continuing:
+            resumed.notes.append(f"using the moving average of the weights in {opts.loadModel} (--ema 1)")
+        self._restore_ema(state if continuing else {})
         if opts.loadOptim and "optimizer" in state and self.optimizer is not None:
             self._restore_optimizer(state, resumed)
         if opts.dropPreLoaded and self.optimizer is not None:
             for group in self.optimizer.param_groups:
                 group["lr"] *= opts.dropMagPreLoaded
+            if hasattr(self.scheduler, "scale_lr"):  # a per-step schedule sets every step's LR
+                self.scheduler.scale_lr(opts.dropMagPreLoaded)
         if not opts.loadEpoch:
             resumed.notes.append(f"loaded weights from {opts.loadModel}; counting epochs from 1")
             return resumed
@@ -341,13 +372,28 @@ class TrainingCheckpoint:
             resumed.logged.append(change)
         return resumed
 
+    def _restore_ema(self, state: dict[str, Any]) -> None:
+        """The average and its update count, continued; without them in ``state`` (a run without
+        --ema, a fine-tune), a new average of the weights just loaded."""
+        if self.ema is None:
+            return
+        if state.get("ema"):
+            self.ema.load_state_dict(state["ema"])
+        else:
+            self.ema.reset()
+
     def _restore_optimizer(self, state: dict[str, Any], resumed: Resumed) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
-        # keep the schedule's progress but this run's dropLR / dropMag / lrMilestones
-        progress = {
-            k: v for k, v in state["scheduler"].items() if k not in ("step_size", "gamma", "milestones")
-        }
-        self.scheduler.load_state_dict({**self.scheduler.state_dict(), **progress})
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except ValueError:
+            stored = len(state["optimizer"]["param_groups"])
+            stop_run(
+                f"loadModel: its optimizer state has {stored} parameter group(s) and this run's optimizer "
+                f"{len(self.optimizer.param_groups)} (noDecayNormBias or layerDecay changed); resume "
+                f"with --loadOptim 0 to start the optimizer afresh",
+                self.context.is_main,
+            )
+        self._restore_schedule(state["scheduler"])
         if self.scaler is None or self.opts.test:
             return
         if state.get("grad_scaler"):
@@ -359,6 +405,19 @@ class TrainingCheckpoint:
             )
             resumed.notes.append(note)
             resumed.logged.append(note)
+
+    def _restore_schedule(self, stored: dict[str, Any]) -> None:
+        """The schedule's progress, with this run's dropLR / dropMag / lrMilestones (and warm-up
+        and cosine keys); across a change between an epoch scheduler and the per-step one."""
+        from recipe import StepwiseLR, continue_epoch_schedule
+
+        if isinstance(self.scheduler, StepwiseLR):
+            self.scheduler.load_state_dict(stored)
+        elif "optimizer_steps" in stored:
+            continue_epoch_schedule(self.scheduler, stored)
+        else:
+            progress = {k: v for k, v in stored.items() if k not in ("step_size", "gamma", "milestones")}
+            self.scheduler.load_state_dict({**self.scheduler.state_dict(), **progress})
 
     def _restore_mid_epoch(self, state: dict[str, Any], middle: dict[str, Any], resumed: Resumed) -> None:
         """The batches done of an interrupted epoch. The running sums and sample positions are per

@@ -112,6 +112,8 @@ def train_one_epoch(
     resume_from: EpochState | None = None,
     requests: StepRequests | None = None,
     channels_last: bool = False,
+    set_lr: Callable[[int, int, int], None] | None = None,
+    after_step: Callable[[], None] | None = None,
 ) -> EpochState:
     """Train one epoch; returns its state, whose ``metrics()`` are the mean loss and running PCK
     over the epoch (averaged over ranks).
@@ -121,6 +123,10 @@ def train_one_epoch(
     (more than one with ``accumulation``), the epoch's running PCK so far and the step's LR.
 
     ``channels_last``: feed the model channels_last inputs (give it channels_last weights too).
+
+    ``set_lr(epoch, index, steps_in_epoch)``, when given, sets the LR just before each optimizer
+    step: its index in the epoch (0-based) of ``steps_in_epoch`` (a per-step schedule).
+    ``after_step()`` is called after each (a moving average of the weights).
 
     ``resume_from``: the state of an epoch interrupted after ``resume_from.step`` batches, whose
     loader already skips those batches. ``requests`` are asked before every optimizer step's
@@ -160,12 +166,11 @@ def train_one_epoch(
             scaled = loss / accumulation
             (scaler.scale(scaled) if scaler is not None else scaled).backward()
         if stepping:
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            if set_lr is not None:
+                set_lr(epoch, (step - 1) // accumulation, -(-total // accumulation))
+            _apply_step(optimizer, scaler)
+            if after_step is not None:
+                after_step()
             window_finite = torch.ones((), dtype=torch.bool, device=device)
         state.loss_sum += value
         state.pck_sum += batch_pck
@@ -186,6 +191,15 @@ def train_one_epoch(
     progress.finish()
     state.complete = True
     return state
+
+
+def _apply_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def _read_step(

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
+from torch import nn
 
 from build import RunParts, build_run
 from checkpoints import TrainingCheckpoint, make_run_dir
@@ -46,13 +47,16 @@ def validate(
     progress_mode: str,
     keep: int = 0,
     should_stop: Callable[[], bool] | None = None,
+    model: nn.Module | None = None,
 ) -> dict[str, np.ndarray] | None:
     """Every rank's predictions for its share of the validation set, with rank 0's weights and
-    BatchNorm statistics (see engine.predict_all); None when ``should_stop`` ended it early."""
-    broadcast_buffers(parts.model, parts.context)
+    BatchNorm statistics (see engine.predict_all); None when ``should_stop`` ended it early.
+    ``model``: another network than the run's (its moving average), on the same device."""
+    model = parts.model if model is None else model
+    broadcast_buffers(model, parts.context)
     flip = parts.val_set.joint_spec.flip_permutation() if flip_test else None
     return predict_all(
-        parts.model, parts.val_loader, parts.codec, parts.context,
+        model, parts.val_loader, parts.codec, parts.context,
         loss_fn=parts.loss_fn, precision=parts.precision, progress_mode=progress_mode, flip_permutation=flip,
         keep=keep, channels_last=parts.channels_last, should_stop=should_stop,
     )  # fmt: skip

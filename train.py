@@ -22,10 +22,11 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from build import RunParts, build_optimizer, build_run, data_notes
+from build import RunParts, build_ema, build_optimizer, build_run, data_notes
 from checkpoints import Resumed, TrainingCheckpoint, make_run_dir
 from engine import EpochState, NonFiniteLossError, StepRequests, train_one_epoch
 from evaluate import format_metrics, validate
+from recipe import ExpMomentumEMA, StepwiseLR
 from utils.distributed import DistributedContext
 from utils.drawing import save_skeletons
 from utils.logging import RunRecorder, notice_start
@@ -42,7 +43,8 @@ def run(opts: Options) -> int:
     """Train (a new run, a resume or a fine-tune) and report; the exit status."""
     parts = build_run(opts, with_train=True)
     optimizer, scheduler, scaler = build_optimizer(opts, parts.model, parts.context.device)
-    checkpoint = TrainingCheckpoint(parts.model, optimizer, scheduler, scaler, opts, parts.context)
+    ema = build_ema(opts, parts.model)
+    checkpoint = TrainingCheckpoint(parts.model, optimizer, scheduler, scaler, opts, parts.context, ema)
     resumed = checkpoint.restore() if opts.loadModel else Resumed()
     for note in resumed.notes:
         parts.say(note)
@@ -59,7 +61,7 @@ def run(opts: Options) -> int:
         recorder.log_line(note)
     parts.say(f"run directory: {run_dir}")
 
-    loop = EpochLoop(parts, opts, optimizer, scheduler, scaler, checkpoint, run_dir, recorder, resumed)
+    loop = EpochLoop(parts, opts, optimizer, scheduler, scaler, checkpoint, run_dir, recorder, resumed, ema)
     status = loop.run(resumed)
     if status == 0 and parts.context.is_main:
         loop.report()
@@ -75,14 +77,17 @@ class EpochLoop:
         parts: RunParts,
         opts: Options,
         optimizer: torch.optim.Optimizer,
-        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | StepwiseLR,
         scaler: torch.amp.GradScaler | None,
         checkpoint: TrainingCheckpoint,
         run_dir: Path,
         recorder: RunRecorder,
         resumed: Resumed,
+        ema: ExpMomentumEMA | None = None,
     ) -> None:
         self.parts, self.opts, self.run_dir, self.recorder = parts, opts, run_dir, recorder
+        # validation, best.pth and the last metrics are the average's when there is one (as MMPose)
+        self.ema = ema
         self.optimizer, self.scheduler, self.scaler, self.checkpoint = (
             optimizer,
             scheduler,
@@ -172,6 +177,8 @@ class EpochLoop:
                 accumulation=opts.mini_batch_count, precision=parts.precision, scaler=self.scaler,
                 progress_mode=opts.progress, on_step=self.charts.step_logger(epoch), resume_from=partial,
                 requests=self.requests, channels_last=parts.channels_last,
+                set_lr=self.scheduler.before_step if isinstance(self.scheduler, StepwiseLR) else None,
+                after_step=self.ema.update if self.ema is not None else None,
             )  # fmt: skip
         except NonFiniteLossError as error:
             self.charts.close()
@@ -194,8 +201,9 @@ class EpochLoop:
         started = time.monotonic()
         keep = PICTURE_CROPS if parts.context.is_main else 0
         results = validate(
-            parts, self.opts.flipTest, self.opts.progress, keep, should_stop=self.stop.requested
-        )
+            parts, self.opts.flipTest, self.opts.progress, keep, should_stop=self.stop.requested,
+            model=self.ema.module if self.ema is not None else None,
+        )  # fmt: skip
         if results is None:
             return False
         kept = ("crop_images", "crop_truth", "crop_preds")

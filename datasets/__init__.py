@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from datasets.base import Augmentation, DataError, KeypointDataset
+from datasets.base import Augmentation, AugmentationSwitch, DataError, KeypointDataset
 from datasets.codecs import Codec, HeatmapCodec, RegressionCodec, SimCCCodec, make_codec
 from datasets.registry import DataRequest, get_dataset_entry, joint_spec_for, list_datasets, register_dataset
 from datasets.skeletons import JointSpec
@@ -48,6 +48,7 @@ def build_datasets(
     max_bad_fraction: float = 0.01,
     allow_outside_paths: bool = False,
     image_cache: str | None = None,
+    augmentation_switch: AugmentationSwitch | None = None,
 ) -> tuple[KeypointDataset | None, KeypointDataset]:
     """(training set with ``augmentation`` or None without ``with_train``, validation set).
 
@@ -57,6 +58,7 @@ def build_datasets(
     ``skip_bad_samples``, ``max_bad_fraction`` and ``allow_outside_paths`` say what to do with bad
     records and images (:class:`datasets.validation.BadDataPolicy`). ``image_cache``: a folder where
     decoded images are kept between epochs (:class:`datasets.base.DecodedCache`).
+    ``augmentation_switch``: the training set's augmentation from a later epoch on.
 
     An empty validation (or training) set is a DataError saying what emptied it (no detections,
     all of another category or below the threshold, no labelled person), before anything runs."""
@@ -78,6 +80,8 @@ def build_datasets(
     train = entry.build(request, train=True) if with_train else None
     if train is not None and len(train) == 0:
         raise DataError(f"empty training set: {train.empty_reason()}")
+    if train is not None and augmentation_switch is not None:
+        train.augmentation_switch = augmentation_switch
     if image_cache:
         for dataset in (train, val):
             if dataset is not None:
@@ -87,6 +91,7 @@ def build_datasets(
 
 __all__ = [
     "Augmentation",
+    "AugmentationSwitch",
     "BadDataPolicy",
     "COCODataset",
     "Codec",

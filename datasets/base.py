@@ -47,6 +47,16 @@ class Augmentation:
     color_jitter: float = 0.0  # per-channel gain 1 +- color_jitter, uniform
 
 
+@dataclass(frozen=True)
+class AugmentationSwitch:
+    """From ``epoch`` on (1-based), training samples use ``augmentation`` and ``half_body_prob``
+    instead of the dataset's own (RTMPose's milder pipeline for its last epochs)."""
+
+    epoch: int
+    augmentation: Augmentation
+    half_body_prob: float = 0.0  # datasets with half-body crops (COCO format) only
+
+
 @functools.cache
 def _normalisation(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(1 / (255 std), mean / std), each (1, 3, 1, 1) on ``device``: made once per device, so a
@@ -289,6 +299,8 @@ class KeypointDataset(Dataset, ABC):
     checks_image_bounds = False
     # a DecodedCache folder for load_decoded (set by build_datasets from --imageCache), or None
     image_cache: Path | None = None
+    # the augmentation of the later epochs (set by build_datasets from --stage2Epoch), or None
+    augmentation_switch: AugmentationSwitch | None = None
 
     def __init__(
         self,
@@ -360,6 +372,17 @@ class KeypointDataset(Dataset, ABC):
     def set_epoch(self, epoch: int) -> None:
         self._epoch[0] = epoch
 
+    @property
+    def switched(self) -> bool:
+        """Whether this epoch is past the augmentation switch (read where the sample is made, so
+        DataLoader workers kept between epochs follow set_epoch)."""
+        switch = self.augmentation_switch
+        return switch is not None and self.epoch >= switch.epoch
+
+    @property
+    def active_augmentation(self) -> Augmentation:
+        return self.augmentation_switch.augmentation if self.switched else self.augmentation
+
     @abstractmethod
     def load_image(self, record: dict[str, Any]) -> np.ndarray:
         """(H, W, 3) uint8 RGB image the record's joints refer to."""
@@ -377,7 +400,7 @@ class KeypointDataset(Dataset, ABC):
         record = self.records[index]
         center = np.asarray(record["center"], dtype=np.float64)
         box_height = float(record["scale"])
-        aug = self.augmentation
+        aug = self.active_augmentation
         if aug == Augmentation():
             return center, box_height, 0.0, False, np.ones(3, dtype=np.float32)
         rng = np.random.default_rng([self.seed, self.epoch, index])

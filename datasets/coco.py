@@ -824,14 +824,15 @@ class COCODataset(KeypointDataset):
         """The base augmentation, applied around a half-body box instead of the person box with
         probability ``half_body_prob`` (when the person has enough labelled joints)."""
         center, box_height, rotation, flip, gain = super().sample_transform(index)
-        if self.half_body_prob <= 0 or not self.joint_spec.has_half_body:
+        half_body_prob = self.augmentation_switch.half_body_prob if self.switched else self.half_body_prob
+        if half_body_prob <= 0 or not self.joint_spec.has_half_body:
             return center, box_height, rotation, flip, gain
         record = self.records[index]
         visible = np.asarray(record["visible"])
         # its own stream, so turning half-body on does not change the other random choices
         rng = np.random.default_rng([self.seed, self.epoch, index, 1])
         # HRNet picks the upper body when a standard normal draw is below 0.5: probability 0.69
-        apply, upper_first = rng.random() < self.half_body_prob, rng.normal() < 0.5
+        apply, upper_first = rng.random() < half_body_prob, rng.normal() < 0.5
         if not apply or (visible > 0).sum() <= self.half_body_min_joints:
             return center, box_height, rotation, flip, gain
         spec = self.joint_spec

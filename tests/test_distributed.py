@@ -47,8 +47,12 @@ def test_two_process_training_writes_once(tmp_path):
 @pytest.mark.slow
 def test_sigterm_under_torchrun_stops_every_rank_at_one_step_and_resumes_exactly(tmp_path):
     """torchrun forwards SIGTERM to both ranks; they agree on the step, rank 0 writes the
-    mid-epoch checkpoint, and the resumed run ends exactly where an uninterrupted one does."""
-    run = [*TINY_RUN, "--data_loader_size", "4", "--nEpochs", "2", "--expDir", str(tmp_path)]
+    mid-epoch checkpoint, and the resumed run ends exactly where an uninterrupted one does. With
+    the training recipe's per-step LR and moving average (the same on every rank, no collective
+    of its own), whose state the checkpoint carries too."""
+    recipe = ["--ema", "1", "--emaGamma", "4", "--warmupSteps", "3", "--lrSchedule", "flatcosine",
+              "--flatEpochs", "1", "--noDecayNormBias", "1"]  # fmt: skip
+    run = [*TINY_RUN, "--data_loader_size", "4", "--nEpochs", "2", "--expDir", str(tmp_path), *recipe]
     assert torchrun(2, *run, "--expID", "straight").returncode == 0
     process = subprocess.Popen(
         [*TORCHRUN, "--nproc_per_node", "2", "main.py", *run, "--expID", "cut", "--progress", "lines"],
@@ -71,8 +75,19 @@ def test_sigterm_under_torchrun_stops_every_rank_at_one_step_and_resumes_exactly
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     straight = torch.load(tmp_path / "straight" / "last.pth", weights_only=True)
     cut = torch.load(tmp_path / "cut" / "last.pth", weights_only=True)
-    for key, value in straight["model"].items():
-        assert torch.equal(value, cut["model"][key]), key
+    for part in ("model", "ema"):
+        weights = straight[part] if part == "model" else straight[part]["model"]
+        for key, value in weights.items():
+            assert torch.equal(value, (cut[part] if part == "model" else cut[part]["model"])[key]), (
+                part,
+                key,
+            )
+    assert straight["ema"]["steps"] == cut["ema"]["steps"] == 12
+    assert straight["scheduler"] == cut["scheduler"]
+    for index, moments in straight["optimizer"]["state"].items():
+        assert all(
+            torch.equal(value, cut["optimizer"]["state"][index][key]) for key, value in moments.items()
+        )
     assert (tmp_path / "cut" / "metrics.jsonl").read_text() == (
         tmp_path / "straight" / "metrics.jsonl"
     ).read_text()

@@ -3,8 +3,8 @@
 :func:`check_and_derive` runs, in this order, checks (``_check_*``: they read the options and raise
 an :class:`~utils.options.OptionError` naming the key and what is allowed) and derivations
 (``_derive_*``: the values the options imply, set once: canonical names, the joint set,
-``target_type``, ``milestones``, ``optimizer_kwargs``). :func:`check_model_sizes` runs after a
-resume's changes are known.
+``target_type``, ``milestones``, ``stage2_augmentation``, ``optimizer_kwargs``). :func:`check_model_sizes`
+runs after a resume's changes are known.
 """
 
 from __future__ import annotations
@@ -20,10 +20,13 @@ if TYPE_CHECKING:
     from utils.options import Options
 
 AMP_MODES = ("none", "bf16", "fp16")
-LR_SCHEDULES = ("step", "multistep")
+LR_SCHEDULES = ("step", "multistep", "flatcosine")
 PROGRESS_MODES = ("auto", "bar", "lines", "none")
 INPUT_NORMS = ("imagenet", "unit", "bgr")
 SMOOTH_MODES = ("none", "oneeuro")  # --smooth: raw keypoints, or video.smoothing.OneEuroFilter
+# what --stage2Augmentation may set: the Augmentation fields in their order, then COCO's half-body
+AUGMENTATION_KEYS = ("maxScale", "maxRotate", "rotateProb", "maxTranslate", "flipProb", "colorJitter",
+                     "halfBodyProb")  # fmt: skip
 
 
 def _error(message: str) -> Exception:
@@ -44,6 +47,8 @@ def check_and_derive(opts: Options) -> None:
     _check_choices(opts)
     _derive_simcc_sigma(opts)
     _derive_schedule(opts)
+    _check_recipe(opts)
+    _derive_stage2(opts)
     _derive_optimizer(opts)
     _check_modes(opts)
     _check_video(opts)
@@ -210,6 +215,72 @@ def _derive_schedule(opts: Options) -> None:
         raise _error(f"lrMilestones: {opts.lrMilestones!r} is not a comma-separated list of epochs") from None
     if opts.lrSchedule == "multistep" and not opts.milestones:
         raise _error("lrMilestones: multistep needs at least one epoch, e.g. --lrMilestones 60,90")
+
+
+def _check_recipe(opts: Options) -> None:
+    """Warm-up, flat-then-cosine, layer decay and EMA values (docs/running.md, Training recipes)."""
+    fractions = ("warmupStartFactor", "minLRFactor", "layerDecay")
+    for key in fractions:
+        if not 0 <= getattr(opts, key) <= 1:
+            raise _error(f"{key}: must be in [0, 1], got {getattr(opts, key)}")
+    for key in ("warmupSteps", "flatEpochs", "stage2Epoch"):
+        if getattr(opts, key) < 0:
+            raise _error(f"{key}: must be >= 0, got {getattr(opts, key)}")
+    if opts.lrSchedule == "flatcosine" and opts.flatEpochs >= opts.nEpochs:
+        raise _error(
+            f"flatEpochs: {opts.flatEpochs} leaves no epoch for the cosine of --lrSchedule flatcosine "
+            f"(nEpochs {opts.nEpochs}); RTMPose uses nEpochs / 2"
+        )
+    if not 0 < opts.emaMomentum <= 1:
+        raise _error(f"emaMomentum: must be in (0, 1], got {opts.emaMomentum}")
+    if not opts.emaGamma > 0:
+        raise _error(f"emaGamma: must be > 0, got {opts.emaGamma}")
+
+
+def _derive_stage2(opts: Options) -> None:
+    """``stage2_augmentation``: the keys ``stage2Augmentation`` sets, as numbers, checked as the
+    keys themselves are; it goes with ``stage2Epoch``, within the run's epochs."""
+    opts.stage2_augmentation = parse_stage2_augmentation(opts.stage2Augmentation)
+    if opts.stage2Epoch > opts.nEpochs:
+        raise _error(
+            f"stage2Epoch: {opts.stage2Epoch} is after the last epoch (nEpochs {opts.nEpochs}); the switch "
+            f"would never happen"
+        )
+    if opts.stage2Epoch and not opts.stage2_augmentation:
+        raise _error(
+            f"stage2Epoch: {opts.stage2Epoch} switches to stage2Augmentation, which is empty; give it, e.g. "
+            f'--stage2Augmentation "maxScale=0.25,maxRotate=30"'
+        )
+    if opts.stage2_augmentation and not opts.stage2Epoch:
+        raise _error(
+            "stage2Augmentation: is never used with stage2Epoch 0 (off); give the epoch it starts at"
+        )
+
+
+def parse_stage2_augmentation(text: str) -> dict[str, float]:
+    """``"maxScale=0.25, maxRotate=30"`` -> ``{"maxScale": 0.25, "maxRotate": 30.0}``; only
+    augmentation keys, each with a number in its key's range."""
+    values: dict[str, float] = {}
+    for item in str(text or "").split(","):
+        if not item.strip():
+            continue
+        key, _, raw = (part.strip() for part in item.partition("="))
+        if key not in AUGMENTATION_KEYS:
+            hint = did_you_mean(key, AUGMENTATION_KEYS)
+            raise _error(
+                f"stage2Augmentation: {key!r} is not an augmentation key ({', '.join(AUGMENTATION_KEYS)})"
+                f"{hint}"
+            )
+        try:
+            value = float(raw)
+        except ValueError:
+            raise _error(f"stage2Augmentation: {key}={raw!r} is not key=number") from None
+        bounded = key in PROBABILITIES
+        if not (0 <= value <= 1 if bounded else 0 <= value < math.inf):
+            allowed = "a probability in [0, 1]" if bounded else ">= 0"
+            raise _error(f"stage2Augmentation: {key} must be {allowed}, got {raw}")
+        values[key] = value
+    return values
 
 
 def _derive_optimizer(opts: Options) -> None:

@@ -153,6 +153,17 @@ class Options(argparse.Namespace):
     dropLR: int
     dropMag: float
     lrMilestones: str
+    warmupSteps: int
+    warmupStartFactor: float
+    flatEpochs: int
+    minLRFactor: float
+    noDecayNormBias: bool
+    layerDecay: float
+    ema: bool
+    emaMomentum: float
+    emaGamma: float
+    stage2Epoch: int
+    stage2Augmentation: str
     mini_batch_count: int
     valInterval: int
     seed: int
@@ -200,6 +211,7 @@ class Options(argparse.Namespace):
     joint_spec: JointSpec  # the run's joint set (a custom spec's content is in jointSpec as JSON)
     milestones: list[int]  # lrMilestones as epochs
     optimizer_kwargs: dict[str, Any]  # optimizer_pars as keyword arguments
+    stage2_augmentation: dict[str, float]  # stage2Augmentation's keys and values
     origins: dict[str, str]  # key -> "(on the command line)" or "(in FILE)", for error messages
     config: dict[str, Any]  # the parser's own keys: what config.defconf and a checkpoint hold
     stored_config: dict[str, Any] | None  # the --loadModel checkpoint's config
@@ -505,6 +517,7 @@ def build_parser() -> configargparse.ArgParser:
     training.add_argument("--dropLR", type=int, default=0, help="step: epochs between LR drops (0: never)")
     training.add_argument("--dropMag", type=float, default=0.1, help="LR multiplier at each drop")
     training.add_argument("--lrMilestones", default="", help="multistep: comma-separated epochs")
+    _add_recipe_arguments(training)
     training.add_argument("--mini_batch_count", type=int, default=1, help="batches per optimizer step")
     training.add_argument("--valInterval", type=int, default=1, help="validate every N epochs")
     training.add_argument("--seed", type=int, default=0, help="seed for weights, data order, augmentation")
@@ -628,6 +641,80 @@ def build_parser() -> configargparse.ArgParser:
     for key in RETIRED_KEYS:
         runtime.add_argument(f"--{key}", default=None, help=argparse.SUPPRESS)
     return parser
+
+
+def _add_recipe_arguments(group: argparse._ArgumentGroup) -> None:
+    """The training recipe's options (docs/running.md, Training recipes)."""
+    group.add_argument(
+        "--warmupSteps",
+        type=int,
+        default=0,
+        help="linear LR warm-up over the first N optimizer steps, with any lrSchedule (0: none; RTMPose "
+        "1000, ViTPose 500)",
+    )
+    group.add_argument(
+        "--warmupStartFactor",
+        type=float,
+        default=0.001,
+        help="the warm-up's first LR as a fraction of LR (ViTPose 0.001, RTMPose 1e-5)",
+    )
+    group.add_argument(
+        "--flatEpochs",
+        type=int,
+        default=0,
+        help="flatcosine: epochs at a constant LR before the cosine starts (RTMPose: nEpochs / 2)",
+    )
+    group.add_argument(
+        "--minLRFactor",
+        type=float,
+        default=0.05,
+        help="flatcosine: the LR at the end of nEpochs as a fraction of LR (RTMPose 0.05)",
+    )
+    group.add_argument(
+        "--noDecayNormBias",
+        type=_flag,
+        default=False,
+        help="no weight decay on normalisation layers, biases and position embeddings / tokens (0/1)",
+    )
+    group.add_argument(
+        "--layerDecay",
+        type=float,
+        default=0.0,
+        help="layer-wise LR decay: layer i of a model's num_lr_layers L learns at LR x D^(L-1-i) "
+        "(0 or 1: off; ViTPose-B 0.75); models with layer_index and num_lr_layers only",
+    )
+    group.add_argument(
+        "--ema",
+        type=_flag,
+        default=False,
+        help="keep an exponential moving average of the weights; validation, best.pth, -test, -predict "
+        "and -export use it (0/1)",
+    )
+    group.add_argument(
+        "--emaMomentum",
+        type=float,
+        default=0.0002,
+        help="EMA: the weight of the current model in late updates (MMEngine's ExpMomentumEMA)",
+    )
+    group.add_argument(
+        "--emaGamma",
+        type=float,
+        default=2000.0,
+        help="EMA: how many updates the larger early weights take to fade (exp(-(1 + n) / gamma))",
+    )
+    group.add_argument(
+        "--stage2Epoch",
+        type=int,
+        default=0,
+        help="from this epoch on, training samples use stage2Augmentation (0: off; RTMPose: nEpochs - 29, "
+        "its last 30 epochs)",
+    )
+    group.add_argument(
+        "--stage2Augmentation",
+        default="",
+        help='the later epochs\' augmentation, "key=value,..." of maxScale, maxRotate, rotateProb, '
+        "maxTranslate, flipProb, colorJitter, halfBodyProb (keys not given keep their value)",
+    )
 
 
 def _unknown_key_message(parser: configargparse.ArgParser, unknown: list[str], typed: list[str]) -> str:
@@ -757,7 +844,9 @@ def parse_options(argv: list[str] | None = None) -> Options:
     opts.stored_config = stored
     opts.resume_changes = {}
     if stored is not None and is_resume(opts):
-        changes = resume_changes(opts, stored)
+        # a key the checkpoint predates had its default in that run
+        defaults = {action.dest: action.default for action in parser._actions if action.dest not in stored}
+        changes = resume_changes(opts, stored, defaults)
         refusal = refused_resume_changes(changes)
         if refusal and not opts.allowConfigChange:
             fail(refusal)
