@@ -274,11 +274,23 @@ def make_loaders(
 
 
 def data_notes(parts: RunParts, opts: Options) -> list[str]:
-    """What the sampler does to the training set that a user should know, one line each."""
+    """What the sampler and the schedule do to training that a user should know, one line each:
+    a run shorter than its conf file's recipe (a one-epoch try of RTMPose's 420-epoch schedule)
+    keeps the part it reaches."""
     loader, train_set, context = parts.train_loader, parts.train_set, parts.context
     if loader is None:
         return []
     notes = []
+    if opts.lrSchedule == "flatcosine" and opts.flatEpochs >= opts.nEpochs:
+        notes.append(
+            f"the run ends before flatEpochs {opts.flatEpochs} (nEpochs {opts.nEpochs}): the LR stays flat, "
+            f"no cosine (RTMPose's recipe: flatEpochs nEpochs / 2)"
+        )
+    if opts.stage2Epoch > opts.nEpochs:
+        notes.append(
+            f"the run ends before stage2Epoch {opts.stage2Epoch} (nEpochs {opts.nEpochs}): its augmentation "
+            f"never switches to stage2Augmentation"
+        )
     if loader.sampler.tail:
         notes.append(
             f"dropping the last training batch of every epoch, {loader.sampler.tail} sample(s) per process "

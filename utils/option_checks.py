@@ -226,11 +226,6 @@ def _check_recipe(opts: Options) -> None:
     for key in ("warmupSteps", "flatEpochs", "stage2Epoch"):
         if getattr(opts, key) < 0:
             raise _error(f"{key}: must be >= 0, got {getattr(opts, key)}")
-    if opts.lrSchedule == "flatcosine" and opts.flatEpochs >= opts.nEpochs:
-        raise _error(
-            f"flatEpochs: {opts.flatEpochs} leaves no epoch for the cosine of --lrSchedule flatcosine "
-            f"(nEpochs {opts.nEpochs}); RTMPose uses nEpochs / 2"
-        )
     if not 0 < opts.emaMomentum <= 1:
         raise _error(f"emaMomentum: must be in (0, 1], got {opts.emaMomentum}")
     if not opts.emaGamma > 0:
@@ -239,13 +234,9 @@ def _check_recipe(opts: Options) -> None:
 
 def _derive_stage2(opts: Options) -> None:
     """``stage2_augmentation``: the keys ``stage2Augmentation`` sets, as numbers, checked as the
-    keys themselves are; it goes with ``stage2Epoch``, within the run's epochs."""
+    keys themselves are; it goes with ``stage2Epoch`` (a run that ends before that epoch never
+    switches: build.data_notes says so)."""
     opts.stage2_augmentation = parse_stage2_augmentation(opts.stage2Augmentation)
-    if opts.stage2Epoch > opts.nEpochs:
-        raise _error(
-            f"stage2Epoch: {opts.stage2Epoch} is after the last epoch (nEpochs {opts.nEpochs}); the switch "
-            f"would never happen"
-        )
     if opts.stage2Epoch and not opts.stage2_augmentation:
         raise _error(
             f"stage2Epoch: {opts.stage2Epoch} switches to stage2Augmentation, which is empty; give it, e.g. "
