@@ -54,6 +54,35 @@ class LastStage(nn.Module):
         return self.codec.split_outputs(self.model(image)[-1])
 
 
+def export_onnx(
+    module: nn.Module, input_size: tuple[int, int], output_names: tuple[str, ...], path: Path
+) -> None:
+    """``module`` (image (N, 3, h, w) -> ``output_names``' tensors) to ONNX at ``path``: the
+    TorchScript exporter at ``OPSET``, the crop size ``input_size`` (w, h) fixed, the batch dynamic.
+    What -export writes, and what benchmarks/evaluation_inference.py exports the authors' networks
+    with, so both graphs come from the same exporter."""
+    width, height = input_size
+    example = torch.zeros(2, 3, height, width)  # batch 2, so no size-1 axis gets special-cased
+    names = list(output_names)
+    with warnings.catch_warnings():
+        # the deprecation notice of the TorchScript exporter, and the tracer's notes that spatial
+        # sizes become constants (they are: the crop size is part of the export)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message="To copy construct from a tensor")  # the same, in PyraNet
+        with torch.no_grad():
+            torch.onnx.export(
+                module.eval(),
+                (example,),
+                str(path),
+                dynamo=False,
+                opset_version=OPSET,
+                input_names=[INPUT_NAME],
+                output_names=names,
+                dynamic_axes={INPUT_NAME: {0: "batch"}, **{name: {0: "batch"} for name in names}},
+            )
+
+
 def decoding_of(trained: TrainedModel) -> dict[str, Any]:
     """How to turn the ONNX output into joints in input-crop pixels (pixel centres at integers):
     the codec's own description of its decoding, and how a person box becomes the crop."""
@@ -131,26 +160,9 @@ def run(opts: Options) -> int:
 
     trained = load_trained(opts, "cpu")
     width, height = trained.input_size
-    wrapper = LastStage(trained.model, trained.codec).eval()
-    example = torch.zeros(2, 3, height, width)  # batch 2, so no size-1 axis gets special-cased
-    output_names = list(trained.codec.output_names)
-    with warnings.catch_warnings():
-        # the deprecation notice of the TorchScript exporter, and the tracer's notes that spatial
-        # sizes become constants (they are: the crop size is part of the export)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", message="To copy construct from a tensor")  # the same, in PyraNet
-        with torch.no_grad():
-            torch.onnx.export(
-                wrapper,
-                (example,),
-                str(onnx_path),
-                dynamo=False,
-                opset_version=OPSET,
-                input_names=[INPUT_NAME],
-                output_names=output_names,
-                dynamic_axes={INPUT_NAME: {0: "batch"}, **{name: {0: "batch"} for name in output_names}},
-            )
+    export_onnx(
+        LastStage(trained.model, trained.codec), (width, height), trained.codec.output_names, onnx_path
+    )
     import onnx
 
     onnx.checker.check_model(str(onnx_path), full_check=True)  # a well-formed graph, shapes inferred

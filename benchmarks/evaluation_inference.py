@@ -5,7 +5,10 @@
    1,000 poses, decoding 64 sets of 16 heatmaps at 64x64; each pair timed alternately and its
    results checked equal;
 2. every registered model at a CPU-sized configuration: latency at batch 1 and throughput at
-   batch 32, with and without the flip test (``engine.flip_averaged``, as validation runs it).
+   batch 32, with and without the flip test (``engine.flip_averaged``, as validation runs it);
+3. the published modern models at the authors' size (RTMPose-t/s/m, ViTPose-S): ONNX Runtime
+   latency of this project's export against the authors' network exported by torch, PyTorch
+   throughput, achieved GFLOP/s and the authors' published figures (``benchmarks/published_models.py``).
 
     python benchmarks/evaluation_inference.py            # full run (several minutes on 2 cores)
     python benchmarks/evaluation_inference.py --quick    # fewer repeats (about two minutes)
@@ -33,6 +36,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.cpu_models import SMALL, conf_file, model_argv  # noqa: E402
 from benchmarks.loop_references import decode_quarter_loop, oks_nms_loop, pckh_table_loop  # noqa: E402
+from benchmarks.published_models import published_table  # noqa: E402
 from build import build_codec, frame_sizes, joint_spec_of  # noqa: E402
 from datasets.codecs import HeatmapCodec  # noqa: E402
 from engine import flip_averaged  # noqa: E402
@@ -250,7 +254,13 @@ def main(argv: list[str] | None = None) -> None:
     # One thread by default: on a machine that other work also loads, torch's threads wait on
     # each other (measured here: batch-1 latency 10x slower with 2 threads than with 1).
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
-    parser.add_argument("--skip", choices=("metrics", "inference"), help="leave one table out")
+    parser.add_argument(
+        "--skip",
+        action="append",
+        default=[],
+        choices=("metrics", "inference", "published"),
+        help="leave a table out",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     threads = plural(args.threads, "torch thread")
@@ -258,10 +268,12 @@ def main(argv: list[str] | None = None) -> None:
         f"Python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__}, "
         f"{os.cpu_count()} CPU cores, {threads}{', --quick' if args.quick else ''}\n"
     )
-    if args.skip != "metrics":
+    if "metrics" not in args.skip:
         print("\n".join(metrics_table(args.quick)) + "\n")
-    if args.skip != "inference":
-        print("\n".join(inference_table(args.quick)))
+    if "inference" not in args.skip:
+        print("\n".join(inference_table(args.quick)) + "\n")
+    if "published" not in args.skip:
+        print("\n".join(published_table(args.quick)))
 
 
 if __name__ == "__main__":
