@@ -84,6 +84,8 @@ def release_column() -> dict[str, str]:
         "paper: 28.1 M)",
         "PoseAttention": f"{count(pose_attention_release_shapes()) / 1e6:.2f} M (bearpaw/pose-attention "
         "`hg-attention.lua`, transcribed)",
+        "IEF": "Caffe weights only (pulkitag/ief downloads `ief-googlenet-dec2015`; the network definition "
+        "is not in the repository): not counted; 4 iterations of GoogLeNet on 3 + 16 channels",
     }
 
 
