@@ -103,7 +103,7 @@ def format_metrics(metrics: dict[str, float], stage_label: str | None = None) ->
     shown = {*coco.STAT_NAMES} if "AP" in metrics else set()
     staged = [key for key in metrics if stage_label and re.fullmatch(rf"\w+_{stage_label}\d+", key)]
     if staged:
-        per_stage = ", ".join(f"{key.rsplit('_', 1)[1]} {metrics[key]:.2f}" for key in staged)
+        per_stage = ", ".join(f"{key.rsplit('_', 1)[1]} {metrics[key]:.4g}" for key in staged)
         lines.append(f"{staged[0].rsplit('_', 1)[0]} per {stage_label}: {per_stage}")
         shown |= set(staged)
     lines += [

@@ -321,3 +321,41 @@ def test_export_runs_every_iteration_and_equals_pytorch(tmp_path: Path) -> None:
         assert np.abs(expected - outputs[0].numpy()).max() > 1e-3
     notes = json.loads(onnx_path.with_suffix(".json").read_text())
     assert notes["model"] == "IEF" and notes["output"]["shape"] == ["batch", K, 2]
+
+
+# --- every stage scored ------------------------------------------------------------------------------
+
+
+class TwoStages(torch.nn.Module):
+    """Two pose 'stages' read off the image: its mean per (channel, row) as (x, y) of 3 joints."""
+
+    def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
+        pose = torch.stack([image.mean(dim=(2, 3)), image[:, :, 0].mean(dim=-1)], dim=-1)  # (N, 3, 2)
+        return [pose, 2 * pose]
+
+
+def test_every_stage_is_flip_averaged_like_the_last() -> None:
+    from engine import _scored_stages, flip_averaged
+
+    codec = make_codec("regression", (8, 8), (2, 2), 1.0)
+    model, image = TwoStages(), torch.randn(2, 3, 8, 8)
+    flip = np.array([2, 1, 0])
+    outputs = model(image)
+    stages = _scored_stages(model, image, outputs, flip, codec, all_stages=True)
+    last_only = _scored_stages(model, image, outputs, flip, codec, all_stages=False)
+    assert len(stages) == 2 and len(last_only) == 1
+    torch.testing.assert_close(stages[-1], last_only[0], rtol=0, atol=0)
+    torch.testing.assert_close(last_only[0], flip_averaged(model, image, outputs[-1], flip, codec))
+    mirrored = model(image.flip(-1))[0][:, flip] * torch.tensor([-1.0, 1.0])  # x negated, joints swapped
+    torch.testing.assert_close(stages[0], (outputs[0] + mirrored) / 2)
+
+
+def test_the_per_iteration_line_under_the_table() -> None:
+    from evaluate import format_metrics
+
+    metrics = {"loss": 0.5, "AP_iter1": 0.01234, "AP_iter2": 0.5}
+    assert format_metrics(metrics, "iter").splitlines() == [
+        "AP per iter: iter1 0.01234, iter2 0.5",
+        "loss: 0.5",
+    ]
+    assert "AP_iter1: 0.01234" in format_metrics(metrics, None)  # undeclared: listed as any key
