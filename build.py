@@ -31,7 +31,7 @@ from engine import Precision
 from losses import make_loss
 from models import build_model
 from models.complexity import ModelProfile, profile_model
-from models.registry import option_to_parameter
+from models.registry import get_entry, option_to_parameter
 from recipe import ExpMomentumEMA, LayerDecayError, StepwiseLR, parameter_groups
 from utils.distributed import DistributedContext, setup_distributed
 from utils.option_checks import AUGMENTATION_KEYS
@@ -57,6 +57,10 @@ class RunParts:
     val_set: KeypointDataset
     train_loader: DataLoader | None
     val_loader: DataLoader
+    # the registry's declarations (models/registry.py): train with model(image, target); score
+    # every stage as "<metric>_<stage_label><stage>"
+    with_target: bool = False
+    stage_label: str | None = None
 
 
 def build_run(opts: Options, with_train: bool) -> RunParts:
@@ -89,13 +93,27 @@ def build_run(opts: Options, with_train: bool) -> RunParts:
         model = model.to(memory_format=torch.channels_last)
 
     train_set, val_set = build_data(opts, codec, input_size, with_train)
+    entry = get_entry(opts.model)
+    if entry.uses_training_poses and train_set is not None:
+        # from the records, before any image is read; without a training set (-test) the
+        # checkpoint's start pose is loaded with the weights
+        model.set_start_pose(training_start_pose(train_set, codec))
     # a training batch of one gives BatchNorm a single value per channel where a feature map is 1x1
     min_batch = 2 if profile.norm_values == 1 and not opts.browse else 1
     train_loader, val_loader = make_loaders(train_set, val_set, opts, context, min_batch)
     return RunParts(
         context, say, model, profile, precision, channels_last, codec, make_loss(codec),
-        train_set, val_set, train_loader, val_loader,
+        train_set, val_set, train_loader, val_loader, entry.trains_with_target, entry.stage_metrics,
     )  # fmt: skip
+
+
+def training_start_pose(train_set: KeypointDataset, codec: Codec) -> np.ndarray:
+    """The median training pose (K, 2) in the codec's normalised crop coordinates (IEF's y_0):
+    every record's labelled joints in its unaugmented crop (``KeypointDataset.crop_joints``)."""
+    from models.ief import median_pose
+
+    joints, visible = train_set.crop_joints()
+    return median_pose(codec.normalise(joints), visible)
 
 
 def build_codec(opts: Options) -> Codec:

@@ -114,6 +114,7 @@ def train_one_epoch(
     channels_last: bool = False,
     set_lr: Callable[[int, int, int], None] | None = None,
     after_step: Callable[[], None] | None = None,
+    with_target: bool = False,
 ) -> EpochState:
     """Train one epoch; returns its state, whose ``metrics()`` are the mean loss and running PCK
     over the epoch (averaged over ranks).
@@ -127,6 +128,9 @@ def train_one_epoch(
     ``set_lr(epoch, index, steps_in_epoch)``, when given, sets the LR just before each optimizer
     step: its index in the epoch (0-based) of ``steps_in_epoch`` (a per-step schedule).
     ``after_step()`` is called after each (a moving average of the weights).
+    ``with_target``: call ``model(image, target)`` (the registry's ``trains_with_target``: a model
+    that needs the ground truth inside its training forward, IEF's fixed path); under
+    DistributedDataParallel the target passes through its forward as any positional argument.
 
     ``resume_from``: the state of an epoch interrupted after ``resume_from.step`` batches, whose
     loader already skips those batches. ``requests`` are asked before every optimizer step's
@@ -155,7 +159,7 @@ def train_one_epoch(
         accumulate_only = not stepping and hasattr(model, "no_sync")
         with model.no_sync() if accumulate_only else nullcontext():
             with precision.autocast(device):
-                outputs = model(image)
+                outputs = model(image, target) if with_target else model(image)
                 loss = loss_fn(outputs, target, weight)
             pck = _batch_pck(codec, outputs[-1], target, weight)
             window_finite = window_finite & torch.isfinite(loss.detach())
@@ -254,6 +258,41 @@ def flip_averaged(
     return average_with_mirrored(last, mirrored, flip_permutation, codec)
 
 
+def _scored_stages(
+    model: nn.Module,
+    image: torch.Tensor,
+    outputs: list[torch.Tensor],
+    flip_permutation: np.ndarray | None,
+    codec: Codec,
+    all_stages: bool,
+) -> list[torch.Tensor]:
+    """The stage outputs validation decodes, float32: the last, or with ``all_stages`` every one,
+    each averaged with the mirrored image's same stage when ``flip_permutation`` is given (one
+    mirrored forward pass either way)."""
+    if not all_stages:
+        last = outputs[-1].float()
+        if flip_permutation is not None:
+            last = flip_averaged(model, image, last, flip_permutation, codec)
+        return [last]
+    if flip_permutation is None:
+        return [output.float() for output in outputs]
+    mirrored = model(image.flip(-1))
+    return [
+        average_with_mirrored(output.float(), other.float(), flip_permutation, codec)
+        for output, other in zip(outputs, mirrored, strict=True)
+    ]
+
+
+def _stage_values(codec: Codec, stages: list[torch.Tensor], inverse: np.ndarray) -> dict[str, np.ndarray]:
+    """Every stage's joints in original-image px, ``stage_preds`` (N, S, K, 2), and scores,
+    ``stage_scores`` (N, S, K); ``inverse`` (N, 2, 3) maps crop px to the image."""
+    decoded = [codec.decode(stage.cpu().numpy()) for stage in stages]
+    return {
+        "stage_preds": np.stack([apply_affine(joints, inverse) for joints, _ in decoded], axis=1),
+        "stage_scores": np.stack([scores for _, scores in decoded], axis=1),
+    }
+
+
 def average_with_mirrored(
     output: torch.Tensor, mirrored: torch.Tensor, flip_permutation: np.ndarray, codec: Codec
 ) -> torch.Tensor:
@@ -279,6 +318,7 @@ def predict_all(
     keep: int = 0,
     channels_last: bool = False,
     should_stop: Callable[[], bool] | None = None,
+    all_stages: bool = False,
 ) -> dict[str, np.ndarray] | None:
     """Run the model over ``loader`` and return, gathered over all ranks and sorted by sample
     index: ``preds`` (N, K, 2) in original-image pixels, ``scores`` (N, K), the ground truth from
@@ -297,7 +337,11 @@ def predict_all(
     others waiting forever; here the only collectives come after the loop, on every rank.
 
     ``should_stop`` is asked before every batch; when it is true on any rank, every rank returns
-    None (a stopped validation has no metrics)."""
+    None (a stopped validation has no metrics).
+
+    ``all_stages`` (a model whose stages are predictions of the same kind, the registry's
+    ``stage_metrics``): also every stage's predictions, ``stage_preds`` (N, S, K, 2) in
+    original-image pixels and ``stage_scores`` (N, S, K), each stage flip-averaged as the last."""
     model.eval()
     device = context.device
     progress = EpochProgress(title, len(loader), progress_mode if context.is_main else "none")
@@ -311,10 +355,8 @@ def predict_all(
         image, target, weight = _to_device(batch, device, precision.dtype, channels_last)
         with precision.autocast(device):
             outputs = model(image)
-            last = outputs[-1].float()
-            if flip_permutation is not None:
-                last = flip_averaged(model, image, last, flip_permutation, codec)
-        joints, scores = codec.decode(last.cpu().numpy())  # (N, K, 2) input px
+            scored = _scored_stages(model, image, outputs, flip_permutation, codec, all_stages)
+        joints, scores = codec.decode(scored[-1].cpu().numpy())  # (N, K, 2) input px
         wanted = keep - sum(len(crops) for crops in kept["crop_images"])
         if wanted > 0:
             kept["crop_images"].append(batch["image"][:wanted].clone().numpy())  # (n, 3, h, w)
@@ -340,6 +382,8 @@ def predict_all(
             # each sample carries its batch's mean loss, so the mean over samples is the dataset loss
             "loss": np.full(len(image), batch_loss),
         }
+        if all_stages:
+            values |= _stage_values(codec, scored, inverse)
         for key, value in values.items():
             parts.setdefault(key, []).append(np.asarray(value))
         if should_stop is None or not should_stop():  # as in training: no progress after a stop

@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from build import RunParts, build_ema, build_optimizer, build_run, data_notes
 from checkpoints import Resumed, TrainingCheckpoint, make_run_dir
 from engine import EpochState, NonFiniteLossError, StepRequests, train_one_epoch
-from evaluate import format_metrics, validate
+from evaluate import format_metrics, score, validate
 from recipe import ExpMomentumEMA, StepwiseLR
 from utils.distributed import DistributedContext
 from utils.drawing import save_skeletons
@@ -170,13 +170,15 @@ class EpochLoop:
         loader.sampler.set_epoch(epoch)
         loader.sampler.skip = partial.step * opts.data_loader_size if partial else 0
         parts.train_set.set_epoch(epoch)
+        if hasattr(parts.model, "set_epoch"):  # a schedule over epochs (IEF's; models/registry.py)
+            parts.model.set_epoch(epoch)
         self.stop.doing = "stopping after this training step"
         try:
             return train_one_epoch(
                 self.train_net, parts.loss_fn, loader, self.optimizer, parts.codec, parts.context, epoch,
                 accumulation=opts.mini_batch_count, precision=parts.precision, scaler=self.scaler,
                 progress_mode=opts.progress, on_step=self.charts.step_logger(epoch), resume_from=partial,
-                requests=self.requests, channels_last=parts.channels_last,
+                requests=self.requests, channels_last=parts.channels_last, with_target=parts.with_target,
                 set_lr=self.scheduler.before_step if isinstance(self.scheduler, StepwiseLR) else None,
                 after_step=self.ema.update if self.ema is not None else None,
             )  # fmt: skip
@@ -208,7 +210,7 @@ class EpochLoop:
             return False
         kept = ("crop_images", "crop_truth", "crop_preds")
         self.pictured = {key: results[key] for key in kept if key in results}
-        self.metrics = parts.val_set.evaluate(results, None)
+        self.metrics = score(parts, results, None)
         self.charts.log_predictions(epoch, parts.val_set, results)
         self.recorder.log_metrics(epoch, "val", self.metrics)
         self.charts.log_epoch(epoch, "val", self.metrics)
@@ -252,7 +254,7 @@ class EpochLoop:
         say(f"run directory: {run_dir}")
         say(f"checkpoint: {self.last} (best {self.main_metric} {self.best:.2f}: {run_dir / 'best.pth'})")
         if self.metrics:
-            say(format_metrics(self.metrics))
+            say(format_metrics(self.metrics, self.parts.stage_label))
         if picture is not None:
             say(f"predicted skeletons: {picture}")
 

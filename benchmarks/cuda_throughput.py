@@ -45,7 +45,7 @@ from benchmarks.cpu_models import CONF_DIR, conf_file  # noqa: E402
 from benchmarks.model_complexity import COCO_SETTINGS, CONF_NAMES  # noqa: E402
 from build import build_codec, configure_numerics, frame_sizes  # noqa: E402
 from losses import make_loss  # noqa: E402
-from models import build_model, list_models  # noqa: E402
+from models import build_model, get_entry, list_models  # noqa: E402
 from models.complexity import profile_model  # noqa: E402
 from utils.options import parse_options  # noqa: E402
 
@@ -154,12 +154,17 @@ def measure_training(
         model.parameters(), lr=opts.LR, **opts.optimizer_kwargs
     )
     scaler = torch.amp.GradScaler(DEVICE.type) if amp == "fp16" else None
-    loss_fn = make_loss(build_codec(opts))
+    codec = build_codec(opts)
+    loss_fn = make_loss(codec)
     targets: list[torch.Tensor] = []  # (target, weight), made at the first step from the output's shape
+    with_target = get_entry(opts.model).trains_with_target
+    if with_target:  # the target enters the forward (engine.train_one_epoch): made from the codec's shape
+        shape = (batch, *codec.output_shape(opts.nJoints))
+        targets.extend([torch.rand(shape, device=DEVICE) - 0.5, torch.ones(shape[:2], device=DEVICE)])
 
     def step() -> torch.Tensor:
         with autocast(amp):
-            outputs = model(image)
+            outputs = model(image, targets[0]) if with_target else model(image)
             if not targets:
                 last = outputs[-1]
                 targets.extend(

@@ -90,6 +90,8 @@ def release_column() -> dict[str, str]:
         "`hg-attention.lua`, transcribed)",
         "RTMPose": "equal to open-mmlab/mmpose's RTMPose-m tensor for tensor (tests/test_rtmpose.py); published: "
         "13.59 M, 1.93 GFLOPs by MMPose's counter (multiply-adds; t/s/l: 3.34/5.47/27.66 M)",
+        "IEF": "Caffe weights only (pulkitag/ief downloads `ief-googlenet-dec2015`; the network definition "
+        "is not in the repository): not counted; 4 iterations of GoogLeNet on 3 + 16 channels",
     }
 
 

@@ -100,12 +100,19 @@ def matmul_seconds(a: torch.Tensor, b: torch.Tensor, repeats: int) -> float:
 
 
 def make_step(
-    model: nn.Module, loss_fn: nn.Module, image: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
+    model: nn.Module,
+    loss_fn: nn.Module,
+    image: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor,
+    with_target: bool = False,
 ) -> Callable[[], torch.Tensor]:
+    """One optimizer step as engine.train_one_epoch takes it (``model(image, target)`` for a model
+    that trains with its targets, IEF)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
 
     def step() -> torch.Tensor:
-        loss = loss_fn(model(image), target, weight)
+        loss = loss_fn(model(image, target) if with_target else model(image), target, weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -121,6 +128,7 @@ def build_variant(
     image: torch.Tensor,
     target: torch.Tensor,
     weight: torch.Tensor,
+    with_target: bool = False,
 ) -> Callable[[], torch.Tensor]:
     model = copy.deepcopy(base)
     if name == "channels_last":
@@ -128,7 +136,7 @@ def build_variant(
         image = image.contiguous(memory_format=torch.channels_last)
     runner: nn.Module = torch.compile(model) if name == "compile" else model
     # the optimizer holds the parameters of ``model``; the compiled wrapper shares them
-    step = make_step(runner, loss_fn, image, target, weight)
+    step = make_step(runner, loss_fn, image, target, weight, with_target)
     return step
 
 
@@ -156,6 +164,7 @@ def bench_model(name: str, args: argparse.Namespace, matmul: Callable[[], None])
         torch.manual_seed(0)
         base = build_model(opts.model, **vars(opts))
         base.train()
+        with_target = get_entry(name).trains_with_target  # as engine.train_one_epoch calls it
         result.parameters = count_parameters(base) / 1e6
         result.gflops = gflops_per_image(base, (INPUT_RES, INPUT_RES))
         target_type = get_entry(name).target_type
@@ -174,7 +183,7 @@ def bench_model(name: str, args: argparse.Namespace, matmul: Callable[[], None])
         variant = Variant(variant_name)
         result.variants[variant_name] = variant
         try:
-            variant.step = build_variant(variant_name, base, loss_fn, image, target, weight)
+            variant.step = build_variant(variant_name, base, loss_fn, image, target, weight, with_target)
             # identical weights (copies of ``base``) and data; reseeded so random layers (PyraNet's
             # fractional pooling) draw the same regions in every variant
             for index in range(2 + args.warmup):
@@ -190,7 +199,9 @@ def bench_model(name: str, args: argparse.Namespace, matmul: Callable[[], None])
     if len(args.variants) > 1:
         try:
             noise = torch.randn(image.shape, generator=torch.Generator().manual_seed(1))
-            nudged = build_variant("eager", base, loss_fn, image * (1 + NUDGE * noise), target, weight)
+            nudged = build_variant(
+                "eager", base, loss_fn, image * (1 + NUDGE * noise), target, weight, with_target
+            )
             for index in range(2):
                 torch.manual_seed(index)
                 result.floor.append(nudged().item())

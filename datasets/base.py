@@ -365,6 +365,31 @@ class KeypointDataset(Dataset, ABC):
         del output_dir
         return generic_metrics(results)
 
+    def crop_joints(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every record's joints in its crop without augmentation, (N, K, 2) input px float64, and
+        ``visible`` (N, K), from the records alone (no image is read): the box centre and height
+        as :meth:`make_sample` crops them, unrotated and unflipped."""
+        crop_center = self.codec.convention.crop_center
+        if hasattr(self.records, "column"):  # a RecordTable: whole columns, no dict per record
+            columns = {key: self.records.column(key) for key in ("joints", "visible", "center", "scale")}
+        else:
+            columns = {
+                key: np.stack([np.asarray(record[key], dtype=np.float64) for record in self.records])
+                for key in ("joints", "visible", "center", "scale")
+            }
+        joints = np.empty(columns["joints"].shape, dtype=np.float64)
+        for index in range(len(joints)):
+            matrix = crop_affine(
+                columns["center"][index],
+                float(columns["scale"][index]),
+                self.input_size,
+                0.0,
+                False,
+                crop_center,
+            )
+            joints[index] = apply_affine(columns["joints"][index], matrix)
+        return joints, np.asarray(columns["visible"], dtype=np.float64)
+
     @property
     def epoch(self) -> int:
         return int(self._epoch[0])

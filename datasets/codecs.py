@@ -466,11 +466,16 @@ class RegressionCodec(OneOutput):
 
     def encode(self, joints: np.ndarray, visible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """joints (K, 2) input px, visible (K,) -> target (K, 2) float32, weight (K,) float32."""
-        normalised = _rescale(joints, 0.5, self._size, inverse=True)
+        normalised = self.normalise(joints)
         inside = (np.abs(normalised) <= 0.5).all(axis=1)
         weight = ((np.asarray(visible) > 0) & inside).astype(np.float32)
         target = np.where(weight[:, None] > 0, normalised, 0.0)
         return target.astype(np.float32), weight
+
+    def normalise(self, joints: Array) -> Array:
+        """joints (..., 2) input px -> normalised crop coordinates (float64; numpy or a tensor):
+        the inverse of :meth:`decode`'s change of frame."""
+        return _rescale(joints, 0.5, self._size, inverse=True)
 
     def decode(self, outputs: Array) -> tuple[Array, Array]:
         """outputs (N, K, 2) normalised -> joints (N, K, 2) input px, scores (N, K) all ones

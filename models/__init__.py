@@ -13,6 +13,7 @@ MODEL_MODULES = (
     "chained_predictions",
     "deeppose",
     "hrnet",
+    "ief",
     "pose_attention",
     "pyranet",
     "rtmpose",

@@ -27,6 +27,7 @@ _BACKBONES: dict[str, tuple[Callable[..., nn.Module], Any, int]] = {
     "resnet101": (torchvision.models.resnet101, torchvision.models.ResNet101_Weights, 2048),
     "resnet152": (torchvision.models.resnet152, torchvision.models.ResNet152_Weights, 2048),
     "inception_v3": (torchvision.models.inception_v3, torchvision.models.Inception_V3_Weights, 2048),
+    "googlenet": (torchvision.models.googlenet, torchvision.models.GoogLeNet_Weights, 1024),
 }
 BACKBONE_NAMES: tuple[str, ...] = tuple(_BACKBONES)
 
@@ -70,6 +71,62 @@ class InceptionTrunk(nn.Module):
         return self.layers(image)
 
 
+class GoogLeNetTrunk(nn.Module):
+    """GoogLeNet (torchvision's, with batch normalisation) without its classifier and auxiliary
+    heads: (N, C, H, W) -> (N, 1024, ceil(H/32), ceil(W/32)) (its pools round up). Like Inception
+    v3, its ImageNet weights were trained on inputs scaled to [-1, 1], so when they are loaded
+    ``transform_input`` converts the ImageNet mean/std normalisation of the first three channels
+    (the image) to that range; channels beyond the third (IEF's joint maps) pass unchanged."""
+
+    def __init__(self, model: nn.Module, transform_input: bool = False) -> None:
+        super().__init__()
+        self.transform_input = transform_input
+        names = [
+            "conv1", "maxpool1", "conv2", "conv3", "maxpool2", "inception3a", "inception3b", "maxpool3",
+            "inception4a", "inception4b", "inception4c", "inception4d", "inception4e", "maxpool4",
+            "inception5a", "inception5b",
+        ]  # fmt: skip
+        self.layers = nn.Sequential(OrderedDict((name, getattr(model, name)) for name in names))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if self.transform_input:
+            mean = image.new_tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+            std = image.new_tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+            rgb = (image[:, :3] * std + mean - 0.5) / 0.5
+            image = torch.cat([rgb, image[:, 3:]], dim=1)
+        return self.layers(image)
+
+
+def widen_first_convolution(trunk: nn.Module, in_channels: int, zero_extra: bool) -> None:
+    """Give ``trunk``'s first convolution ``in_channels`` input channels (more than its 3), in
+    place. The first three keep their filters; the extra ones start at zero when ``zero_extra``
+    (ImageNet weights: the trunk then computes exactly the ImageNet features until the extra
+    inputs' filters are learnt), else at the convolution's own initialisation scaled like the
+    rest (a trunk trained from scratch)."""
+    parent, name, conv = next(
+        (module, child_name, child)
+        for module in trunk.modules()
+        for child_name, child in module.named_children()
+        if isinstance(child, nn.Conv2d)
+    )
+    if in_channels <= conv.in_channels:
+        raise ValueError(f"in_channels must exceed {conv.in_channels}, got {in_channels}")
+    wider = nn.Conv2d(
+        in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+        conv.dilation, conv.groups, conv.bias is not None,
+    )  # fmt: skip
+    with torch.no_grad():
+        extra = wider.weight[:, conv.in_channels :]
+        if zero_extra:
+            extra.zero_()
+        else:  # the image's filters' scale, so the extra inputs neither dominate nor vanish
+            extra.normal_().mul_(conv.weight.std())
+        wider.weight[:, : conv.in_channels] = conv.weight
+        if conv.bias is not None:
+            wider.bias.copy_(conv.bias)
+    setattr(parent, name, wider)
+
+
 def _resnet_trunk(model: nn.Module) -> nn.Sequential:
     # Keeping torchvision's child names keeps state-dict keys identical (minus "fc.").
     names = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
@@ -98,9 +155,9 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 def _load_imagenet(model: nn.Module, state: dict[str, torch.Tensor], name: str, path: Path) -> None:
     # Classifier and auxiliary-head weights are not part of the trunk, so they may be absent or extra.
     def is_head(key: str) -> bool:
-        return key.startswith(("fc.", "AuxLogits."))
+        return key.startswith(("fc.", "AuxLogits.", "aux1.", "aux2."))
 
-    state = {k: v for k, v in state.items() if not k.startswith("AuxLogits.")}
+    state = {k: v for k, v in state.items() if not k.startswith(("AuxLogits.", "aux1.", "aux2."))}
     result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not is_head(k)]
     unexpected = [k for k in result.unexpected_keys if not is_head(k)]
@@ -111,19 +168,23 @@ def _load_imagenet(model: nn.Module, state: dict[str, torch.Tensor], name: str, 
         )
 
 
-def torchvision_backbone(name: str, pretrained_path: str | None = None) -> tuple[nn.Module, int]:
+def torchvision_backbone(
+    name: str, pretrained_path: str | None = None, in_channels: int = 3
+) -> tuple[nn.Module, int]:
     """Classifier-free torchvision trunk and its output channel count.
 
-    ``name`` is one of resnet18/34/50/101/152 or inception_v3. ResNet trunks map (N, 3, H, W) to
-    (N, C, H/32, W/32) (exactly, for H and W divisible by 32). ImageNet weights come from
-    ``pretrained_path`` if given (it must exist), else from torchvision's cache
+    ``name`` is one of resnet18/34/50/101/152, inception_v3 or googlenet. ResNet trunks map
+    (N, 3, H, W) to (N, C, H/32, W/32) (exactly, for H and W divisible by 32). ImageNet weights
+    come from ``pretrained_path`` if given (it must exist), else from torchvision's cache
     (``torch.hub.get_dir()/checkpoints/<file name of the weights URL>``); nothing is downloaded.
+    ``in_channels`` above 3 widens the first convolution (:func:`widen_first_convolution`): the
+    extra channels' filters start at zero over ImageNet weights.
     """
     if name not in _BACKBONES:
         raise ValueError(f"unknown backbone {name!r}: choose one of {', '.join(BACKBONE_NAMES)}")
     builder, _, channels = _BACKBONES[name]
-    if name == "inception_v3":
-        # The auxiliary classifier only serves ImageNet training; without it forward returns one tensor.
+    if name in ("inception_v3", "googlenet"):
+        # The auxiliary classifiers only serve ImageNet training; without them forward returns one tensor.
         model = builder(weights=None, aux_logits=False, init_weights=True)
     else:
         model = builder(weights=None)
@@ -148,7 +209,14 @@ def torchvision_backbone(name: str, pretrained_path: str | None = None) -> tuple
             file=sys.stderr,
         )
 
-    trunk = InceptionTrunk(model, transform_input=loaded) if name == "inception_v3" else _resnet_trunk(model)
+    if name == "inception_v3":
+        trunk = InceptionTrunk(model, transform_input=loaded)
+    elif name == "googlenet":
+        trunk = GoogLeNetTrunk(model, transform_input=loaded)
+    else:
+        trunk = _resnet_trunk(model)
+    if in_channels != 3:
+        widen_first_convolution(trunk, in_channels, zero_extra=loaded)
     return trunk, channels
 
 

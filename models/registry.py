@@ -12,6 +12,14 @@ loop, the flip test and the profiler expect; the codec splits it.
 A heatmap model also states which ``inputRes / outputRes`` strides it can produce and, when it
 halves its heatmap-sized features internally (an hourglass), the option counting the halvings, so
 ``utils.option_checks.check_model_sizes`` refuses a configuration it cannot build before anything is built.
+
+Three declarations let a model whose stages are iterations (IEF) use the one loop unchanged:
+``trains_with_target``: in training, ``engine.train_one_epoch`` calls ``model(image, target)`` (the
+codec's targets; teacher forcing), everywhere else ``model(image)``. ``stage_metrics``: its stage
+outputs are predictions of the same kind, and validation scores each one (the dataset's main
+metric per stage, ``<metric>_<label><stage>``, e.g. ``PCKh_iter1``). ``uses_training_poses``: the
+model has ``set_start_pose``, which ``build.build_run`` gives the median training pose. A model
+that defines ``set_epoch(epoch)`` is told each training epoch before it runs, as the datasets are.
 """
 
 from __future__ import annotations
@@ -40,6 +48,10 @@ class ModelEntry:
     # the option counting how often the model halves its heatmap-sized features (each halving
     # needs at least 2 pixels on both axes); None: it does not
     heatmap_halvings: str | None = None
+    # see the module docstring
+    trains_with_target: bool = False
+    stage_metrics: str | None = None
+    uses_training_poses: bool = False
 
     def parameter_names(self) -> list[str]:
         return list(inspect.signature(self.builder).parameters)
@@ -79,14 +91,20 @@ def register_model(
     target: str = "heatmap",
     output_strides: tuple[int, ...] | None = None,
     heatmap_halvings: str | None = None,
+    trains_with_target: bool = False,
+    stage_metrics: str | None = None,
+    uses_training_poses: bool = False,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator registering ``builder`` under ``name`` (looked up case-insensitively).
 
     ``output_strides``: the ``inputRes / outputRes`` ratios (as strides, 4 for 1/4) the model can
     produce. ``heatmap_halvings``: the config option counting how often it halves its
-    heatmap-sized features (e.g. ``nReductions``)."""
+    heatmap-sized features (e.g. ``nReductions``). ``trains_with_target``, ``stage_metrics`` (a
+    lower-case label) and ``uses_training_poses``: see the module docstring."""
     if target not in TARGET_TYPES:
         raise ValueError(f"target must be one of {TARGET_TYPES}, got {target!r}")
+    if stage_metrics is not None and not re.fullmatch(r"[a-z]+", stage_metrics):
+        raise ValueError(f"stage_metrics must be a lower-case word, got {stage_metrics!r}")
     if output_strides is not None and (not output_strides or min(output_strides) < 1):
         raise ValueError(f"output_strides must be positive integers, got {output_strides!r}")
 
@@ -94,7 +112,13 @@ def register_model(
         if not builder.__module__.startswith("models."):
             _ensure_models_imported()  # a model added from outside may not take a built-in's name
         strides = tuple(sorted(output_strides)) if output_strides is not None else None
-        MODEL_REGISTRY.add(name, ModelEntry(name, builder, target, strides, heatmap_halvings))
+        MODEL_REGISTRY.add(
+            name,
+            ModelEntry(
+                name, builder, target, strides, heatmap_halvings,
+                trains_with_target, stage_metrics, uses_training_poses,
+            ),
+        )  # fmt: skip
         return builder
 
     return decorate

@@ -143,8 +143,11 @@ NON_NEGATIVE = ("nThreads", "dropLR", "gpuid", "maxScale", "maxRotate", "maxTran
 PROBABILITIES = ("rotateProb", "flipProb", "halfBodyProb")
 AT_LEAST_ONE = (
     "nChannels", "nStack", "nModules", "nReductions", "nJoints", "nDeconv", "deconvFilters", "hrnetWidth",
-    "stemChannels", "vitWidth", "vitDepth", "vitNumHeads",
+    "stemChannels", "vitWidth", "vitDepth", "vitNumHeads", "nIterations", "pathSteps",
 )  # fmt: skip
+# model keys left to the builder's default when unset (None)
+POSITIVE_IF_SET = ("stepBound", "renderSigma")
+NON_NEGATIVE_IF_SET = ("stepEpochs",)
 
 
 def _check_numbers(opts: Options, entry: Any) -> None:
@@ -170,6 +173,14 @@ def _check_numbers(opts: Options, entry: Any) -> None:
         value = getattr(opts, key)
         if value is not None and value < 1:
             raise _error(f"{key}: must be >= 1, got {value}")
+    for key in POSITIVE_IF_SET:
+        value = getattr(opts, key)
+        if value is not None and not value > 0:  # NaN fails too
+            raise _error(f"{key}: must be > 0, got {value}")
+    for key in NON_NEGATIVE_IF_SET:
+        value = getattr(opts, key)
+        if value is not None and value < 0:
+            raise _error(f"{key}: must be >= 0, got {value}")
 
 
 def _check_choices(opts: Options) -> None:

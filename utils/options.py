@@ -53,8 +53,8 @@ DATASET_JOINTS = {"synthetic": 16, "MPII": 16, "COCO": 17}
 DATASETS = (*DATASET_JOINTS, "custom")
 # the registry's names, written out so --help needs no torch import (a test keeps them equal)
 MODEL_NAMES = (
-    "ChainedPredictions, DeepPose, HRNet, PoseAttention, PyraNet, RTMPose, SimpleBaseline, StackedHourGlass, "
-    "ViTPose"
+    "ChainedPredictions, DeepPose, HRNet, IEF, PoseAttention, PyraNet, RTMPose, SimpleBaseline, "
+    "StackedHourGlass, ViTPose"
 )
 
 
@@ -141,6 +141,11 @@ class Options(argparse.Namespace):
     vitDepth: int | None
     vitNumHeads: int | None
     dropPath: float | None
+    nIterations: int | None
+    stepBound: float | None
+    renderSigma: float | None
+    pathSteps: int | None
+    stepEpochs: int | None
     simccSplitRatio: float
     simccSigma: str
     pretrainedPath: str | None
@@ -444,7 +449,7 @@ def build_parser() -> configargparse.ArgParser:
     model.add_argument("--modelName", default=None, help="ChainedPredictions: encoder (torchvision ResNet)")
     model.add_argument("--hhKernel", type=int, default=None, help="ChainedPredictions: hidden-hidden kernel")
     model.add_argument("--ohKernel", type=int, default=None, help="ChainedPredictions: output-hidden kernel")
-    model.add_argument("--baseName", default=None, help="DeepPose, SimpleBaseline: torchvision backbone")
+    model.add_argument("--baseName", default=None, help="DeepPose, SimpleBaseline, IEF: torchvision backbone")
     model.add_argument("--nCascade", type=int, default=None, help="DeepPose: refinement stages")
     model.add_argument(
         "--boxSigma", type=float, default=None, help="DeepPose: refinement box / torso diameter"
@@ -487,6 +492,26 @@ def build_parser() -> configargparse.ArgParser:
         default=None,
         help="ViTPose: stochastic depth rate of the last block, rising linearly from 0 (default: vitSize's, "
         "the authors' 0.1, 0.3, 0.5, 0.55 for S, B, L, H)",
+    )
+    model.add_argument("--nIterations", type=int, default=None, help="IEF: corrections at test time (T)")
+    model.add_argument(
+        "--stepBound",
+        type=float,
+        default=None,
+        help="IEF: longest correction L, in pixels of a 224 px crop (scaled to inputRes)",
+    )
+    model.add_argument(
+        "--renderSigma",
+        type=float,
+        default=None,
+        help="IEF: Gaussian width of the joint maps, in pixels of a 224 px crop (scaled to inputRes)",
+    )
+    model.add_argument("--pathSteps", type=int, default=None, help="IEF: steps of the fixed training path")
+    model.add_argument(
+        "--stepEpochs",
+        type=int,
+        default=None,
+        help="IEF: epochs before the next fixed-path step joins training (0: every step from the start)",
     )
     model.add_argument(
         "--simccSplitRatio",
