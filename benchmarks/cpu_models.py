@@ -18,6 +18,7 @@ SMALL: dict[str, list[str]] = {
     "ChainedPredictions": ["--modelName", "resnet18"],
     "SimpleBaseline": ["--baseName", "resnet18", "--deconvFilters", "128"],
     "HRNet": ["--hrnetWidth", "16"],
+    "DLCM": ["--nChannels", "64", "--nReductions", "3"],
 }
 
 

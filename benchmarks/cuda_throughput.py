@@ -154,17 +154,17 @@ def measure_training(
         model.parameters(), lr=opts.LR, **opts.optimizer_kwargs
     )
     scaler = torch.amp.GradScaler(DEVICE.type) if amp == "fp16" else None
-    loss_fn = make_loss(build_codec(opts))
+    codec = build_codec(opts)
+    loss_fn = make_loss(codec)
     targets: list[torch.Tensor] = []  # (target, weight), made at the first step from the output's shape
 
     def step() -> torch.Tensor:
         with autocast(amp):
             outputs = model(image)
             if not targets:
-                last = outputs[-1]
-                targets.extend(
-                    [torch.rand(last.shape, device=DEVICE), torch.ones(last.shape[:2], device=DEVICE)]
-                )
+                # the codec's target shape (a compositional target holds every level's maps)
+                shape = (len(image), *codec.target_shape(opts.nJoints))
+                targets.extend([torch.rand(shape, device=DEVICE), torch.ones(shape[:2], device=DEVICE)])
             loss = loss_fn(outputs, *targets)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models import build_model, get_entry, list_models  # noqa: E402
 from models.complexity import profile_model  # noqa: E402
-from models.registry import ModelEntry  # noqa: E402
+from models.registry import HEATMAP_TARGETS, ModelEntry  # noqa: E402
 from models.release_layouts import (  # noqa: E402
     count,
     pose_attention_release_shapes,
@@ -84,6 +84,9 @@ def release_column() -> dict[str, str]:
         "paper: 28.1 M)",
         "PoseAttention": f"{count(pose_attention_release_shapes()) / 1e6:.2f} M (bearpaw/pose-attention "
         "`hg-attention.lua`, transcribed)",
+        # the release is a zip on the authors' project page, not in a repository this project reads
+        "DLCM": "Torch code on the authors' project page (DLCM-release.zip), not transcribed; its trainings "
+        "add the joints' maps to every level's stage (`-catPartEnds`), which this network does not",
     }
 
 
@@ -119,7 +122,7 @@ def table_row(name: str, releases: dict[str, str]) -> str:
 
 def accepted_outputs(entry: ModelEntry) -> str:
     """The heatmap sizes a model accepts, as its registry entry states them."""
-    if entry.target_type != "heatmap":
+    if entry.target_type not in HEATMAP_TARGETS:
         return "any divisor of inputRes (it regresses coordinates: no heatmap)"
     if entry.output_strides is None:
         return "the heatmap its network builds (checked against outputRes before training)"

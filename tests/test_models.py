@@ -21,6 +21,8 @@ SMALL = {
     "ChainedPredictions": ["--modelName", "resnet18"],
     "SimpleBaseline": ["--baseName", "resnet18", "--deconvFilters", "32"],
     "HRNet": ["--hrnetWidth", "8"],
+    # wider than the 16 joint maps a top-down stage sets beside its features
+    "DLCM": ["--nChannels", "24", "--nReductions", "2"],
 }
 CONF_NAMES = {"HRNet": "HRNet-W32"}  # the paper's width names the file
 CONF_FILES = {name: REPO_ROOT / "conf" / "models" / f"{CONF_NAMES.get(name, name)}.defconf" for name in SMALL}
@@ -40,7 +42,7 @@ def test_model_trains_on_a_fixed_batch(name):
     torch.manual_seed(0)
     model = build_model(opts.model, **vars(opts))
     target_type = get_entry(name).target_type
-    codec = make_codec(target_type, (64, 64), (16, 16), 1.0)
+    codec = make_codec(target_type, (64, 64), (16, 16), 1.0, hierarchy=opts.hierarchy)
     loss_fn = make_loss(codec)
     data = SyntheticPeople("train", 4, codec, (64, 64), image_size=80)
     batch = [data[i] for i in range(4)]
@@ -49,10 +51,11 @@ def test_model_trains_on_a_fixed_batch(name):
     weight = torch.stack([s["target_weight"] for s in batch])
 
     outputs = model(image)
-    expected_stages = {"StackedHourGlass": 2, "PoseAttention": 2, "PyraNet": 2, "DeepPose": 2}.get(name, 1)
-    assert isinstance(outputs, list) and len(outputs) == expected_stages
-    expected_shape = (4, *codec.output_shape(16))
-    assert all(tuple(o.shape) == expected_shape for o in outputs)
+    stages = {"StackedHourGlass": 2, "PoseAttention": 2, "PyraNet": 2, "DeepPose": 2, "DLCM": 5}.get(name, 1)
+    assert isinstance(outputs, list) and len(outputs) == stages
+    # a compositional model's stages predict the levels of its hierarchy, each its own maps
+    expected = codec.stage_shapes(16) if target_type == "compositional" else [codec.output_shape(16)] * stages
+    assert [tuple(o.shape) for o in outputs] == [(4, *shape) for shape in expected]
     assert all(torch.isfinite(o).all() for o in outputs)
 
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)

@@ -33,7 +33,7 @@ from utils.option_checks import AMP_MODES, LR_SCHEDULES, PROGRESS_MODES, check_a
 from utils.registry import close_match
 
 if TYPE_CHECKING:
-    from datasets.skeletons import JointSpec
+    from datasets.skeletons import JointSpec, PartHierarchy
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_CONFIG = REPO_ROOT / "conf" / "datasets" / "synthetic.defconf"
@@ -45,7 +45,9 @@ DATASET_JOINTS = {"synthetic": 16, "MPII": 16, "COCO": 17}
 # come from --jointSpec
 DATASETS = (*DATASET_JOINTS, "custom")
 # the registry's names, written out so --help needs no torch import (a test keeps them equal)
-MODEL_NAMES = "ChainedPredictions, DeepPose, HRNet, PoseAttention, PyraNet, SimpleBaseline, StackedHourGlass"
+MODEL_NAMES = (
+    "ChainedPredictions, DLCM, DeepPose, HRNet, PoseAttention, PyraNet, SimpleBaseline, StackedHourGlass"
+)
 
 
 # what an error about a typed value ends with; one from a config file ends with "(in FILE)"
@@ -171,9 +173,10 @@ class Options(argparse.Namespace):
     worldCoors: str | None
     headSize: str | None
     # derived once (utils/option_checks.py, parse_options)
-    target_type: str  # the model's: "heatmap", "regression" or "simcc"
+    target_type: str  # the model's: "heatmap", "regression", "simcc" or "compositional"
     simcc_sigma: tuple[float, float]  # simccSigma as (x, y) bins
     joint_spec: JointSpec  # the run's joint set (a custom spec's content is in jointSpec as JSON)
+    hierarchy: PartHierarchy | None  # the joint set's levels of parts (DLCM's); None: it has none
     milestones: list[int]  # lrMilestones as epochs
     optimizer_kwargs: dict[str, Any]  # optimizer_pars as keyword arguments
     origins: dict[str, str]  # key -> "(on the command line)" or "(in FILE)", for error messages
