@@ -716,7 +716,7 @@ class CompositionalCodec(HeatmapCodec):
             slice(int(a), int(b)) for a, b in zip(offsets[:-1], offsets[1:], strict=True)
         )
         self.stage_levels = hierarchy.stage_levels
-        self._bones = tuple(hierarchy.bones(level) for level in range(1, hierarchy.num_levels))
+        self._first_bones = hierarchy.bones(1)  # per level-1 part, its (joint, joint) pairs
 
     @property
     def num_maps(self) -> int:
@@ -764,7 +764,7 @@ class CompositionalCodec(HeatmapCodec):
     def _first_level(self, centers: np.ndarray, labelled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Level 1's maps (K1, H, W) and weights (K1,) from the joints in heatmap px."""
         width, height = self.heatmap_size
-        parts = self._bones[0]
+        parts = self._first_bones
         maps, weight = np.zeros((len(parts), height, width)), np.zeros(len(parts))
         for part, bones in enumerate(parts):
             ends = np.array(bones)  # (B, 2) joint indices

@@ -150,6 +150,25 @@ def test_running_pck_reads_the_joints_slice_of_the_target() -> None:
     assert codec.target_shape(16) == (34, 16, 16) and codec.output_shape(16) == (16, 16, 16)
 
 
+def test_the_last_stage_decodes_as_heatmaps_with_either_post_process() -> None:
+    joints = np.random.default_rng(1).uniform(12, 52, size=(16, 2))
+    errors = {}
+    for post_process in ("quarter", "dark"):
+        codec = make_codec(
+            "compositional",
+            (64, 64),
+            (16, 16),
+            2.0,
+            post_process=post_process,
+            hierarchy=MPII_JOINTS.hierarchy,
+        )
+        target, _ = codec.encode(joints, np.ones(16))
+        decoded, _ = codec.decode(target[None, :16])  # the joints' slice, as the last stage gives it
+        errors[post_process] = np.abs(decoded[0] - joints)
+    assert errors["quarter"].max() <= 4 * 0.25 + 1e-9  # a quarter heatmap px at stride 4
+    assert errors["dark"].max() < 0.5 and errors["dark"].mean() < errors["quarter"].mean() / 2
+
+
 # ---------------------------------------------------------------------------------------------
 # The loss and the network
 # ---------------------------------------------------------------------------------------------

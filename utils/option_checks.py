@@ -3,8 +3,8 @@
 :func:`check_and_derive` runs, in this order, checks (``_check_*``: they read the options and raise
 an :class:`~utils.options.OptionError` naming the key and what is allowed) and derivations
 (``_derive_*``: the values the options imply, set once: canonical names, the joint set and its
-``hierarchy``, ``target_type``, ``milestones``, ``optimizer_kwargs``). :func:`check_model_sizes` runs after a
-resume's changes are known.
+``hierarchy``, ``target_type``, ``milestones``, ``optimizer_kwargs``). :func:`check_model_sizes`
+runs after a resume's changes are known.
 """
 
 from __future__ import annotations
