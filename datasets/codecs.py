@@ -692,7 +692,9 @@ class CompositionalCodec(HeatmapCodec):
     them. Which parts are supervised (weight 1):
 
     - a level-1 part when every joint it joins is labelled and its map reaches the heatmap (some
-      pixel centre within 3 sigma of a bone); its map is then drawn, else it is all zero;
+      pixel centre within 3 sigma of a bone); its map is then drawn, else it is all zero. The
+      authors' code also leaves out a bone with a joint off the heatmap; here the part of a limb
+      inside the crop is still ground truth, as a joint's Gaussian reaching the map is;
     - a part of a higher level when any of its children is supervised; its map is the maximum of
       those children's maps (the authors' rule: a leg whose ankle is unlabelled keeps its thigh).
     """

@@ -32,7 +32,9 @@ Departures from the paper and from the authors' release, and why:
   aid of the release that the paper does not mention.
 - Bone maps are a Gaussian of the exact distance to the bone, where the authors' code stamps the
   joints' Gaussian at the pixels a Bresenham line visits (the same maps up to the line's
-  rasterisation; see ``datasets.codecs.bone_maps``).
+  rasterisation; see ``datasets.codecs.bone_maps``). A bone with a joint off the heatmap is
+  still drawn and supervised while it passes within 3 sigma of the map, where their code leaves
+  it out (see ``datasets.codecs.CompositionalCodec``).
 - The authors also shear images in augmentation (probability 0.5), which this project does not.
 - Initialisation is PyTorch's default (the authors' Torch code used Torch's).
 """

@@ -169,6 +169,21 @@ def test_the_last_stage_decodes_as_heatmaps_with_either_post_process() -> None:
     assert errors["dark"].max() < 0.5 and errors["dark"].mean() < errors["quarter"].mean() / 2
 
 
+def test_browse_draws_the_joints_of_a_compositional_target(tmp_path: Path) -> None:
+    from datasets import SyntheticPeople
+    from datasets.codecs import HeatmapCodec
+    from utils.drawing import browse_samples
+
+    pictures = {}
+    for name, codec in (
+        ("heatmap", HeatmapCodec((64, 64), (16, 16), 1.0)),
+        ("compositional", CompositionalCodec((64, 64), (16, 16), 1.0, MPII_JOINTS.hierarchy)),
+    ):
+        data = SyntheticPeople("train", 2, codec, (64, 64), image_size=80)
+        pictures[name] = [path.read_bytes() for path in browse_samples(data, codec, 2, tmp_path / name)]
+    assert pictures["compositional"] == pictures["heatmap"]  # the same joints, drawn the same
+
+
 # ---------------------------------------------------------------------------------------------
 # The loss and the network
 # ---------------------------------------------------------------------------------------------
