@@ -27,9 +27,9 @@ and is read for the wiring only):
 Departures from the paper and from the authors' release, and why:
 
 - The authors' training scripts predict, at every level above the joints, the joints' maps as
-  well (``-catPartEnds true``: K_l + K_0 maps per stage). The paper describes each stage
-  predicting its own level's maps, which is what is built here; those extra maps are a training
-  aid of the release that the paper does not mention.
+  well (``-catPartEnds true``: K_l + K_0 maps per stage). The paper's network has each stage
+  predict its own level's maps, which is what is built here; the extra maps are a choice of the
+  release's training scripts.
 - Bone maps are a Gaussian of the exact distance to the bone, where the authors' code stamps the
   joints' Gaussian at the pixels a Bresenham line visits (the same maps up to the line's
   rasterisation; see ``datasets.codecs.bone_maps``). A bone with a joint off the heatmap is
@@ -37,6 +37,9 @@ Departures from the paper and from the authors' release, and why:
   it out (see ``datasets.codecs.CompositionalCodec``).
 - The authors also shear images in augmentation (probability 0.5), which this project does not.
 - Initialisation is PyTorch's default (the authors' Torch code used Torch's).
+- Training (conf/models/DLCM.defconf) takes their script's settings; their batch of 16 was split
+  over 4 GPUs, so their BatchNorm saw 4 images at a time (``torchrun --nproc_per_node 4`` with
+  ``data_loader_size 4`` does the same here).
 """
 
 from __future__ import annotations
