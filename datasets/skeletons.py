@@ -119,8 +119,7 @@ class PartHierarchy:
         """Per part of level ``level`` >= 1, its bones as (joint, joint) index pairs."""
         if level < 1:
             raise ValueError(f"level {level} has no bones: level 0 is the joints")
-        first = tuple(_chain(children) for children in self.levels[0].children)
-        parts = first
+        parts = tuple(_chain(children) for children in self.levels[0].children)
         for depth in range(1, level):
             parts = tuple(
                 tuple(dict.fromkeys(bone for child in children for bone in parts[child]))
