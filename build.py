@@ -121,7 +121,7 @@ def build_codec(opts: Options) -> Codec:
     input_size, heatmap_size = frame_sizes(opts)
     return make_codec(
         opts.target_type, input_size, heatmap_size, opts.hmGauss, opts.coordConvention, opts.postProcess,
-        split_ratio=opts.simccSplitRatio, simcc_sigma=opts.simcc_sigma,
+        split_ratio=opts.simccSplitRatio, simcc_sigma=opts.simcc_sigma, hierarchy=opts.hierarchy,
     )  # fmt: skip
 
 

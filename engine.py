@@ -75,8 +75,11 @@ def _batch_pck(
     / 10 (input height / 10 in input pixels: the heatmap spans the whole crop). NaN when no joint
     of the batch is supervised. metrics.pck.pck_summary is the same number in numpy; the joints
     come from the codec's own decoding (the quarter rule for heatmaps, see
-    ``HeatmapCodec.decode_tensor``), where the outputs are."""
+    ``HeatmapCodec.decode_tensor``), where the outputs are. The codec cuts the target and weight
+    to the joints the last stage predicts (``joint_target``: a compositional target also holds its
+    composite parts' maps)."""
     with torch.no_grad():
+        target, weight = codec.joint_target(target, weight)
         pred, _ = codec.decode_tensor(output.detach().float())
         truth, _ = codec.decode_tensor(target.float())
         labelled = weight.reshape(weight.shape[0], -1) > 0  # (N, K)

@@ -2,8 +2,10 @@
 
 The ONNX model maps ``image`` (N, 3, H, W) float32, an input crop normalised as the datasets do
 (RGB in 0-1, minus the ImageNet mean, over its std), to the network's last stage: ``heatmaps``
-(N, K, h, w) for a heatmap model, ``coordinates`` (N, K, 2) normalised to the crop for a regressor,
-``simcc_x`` (N, K, Wx) and ``simcc_y`` (N, K, Wy) for a SimCC model (the codec's output names).
+(N, K, h, w) for a heatmap model and for DLCM (its last stage, the joints; the composite parts'
+maps of the earlier stages are not exported), ``coordinates`` (N, K, 2) normalised to the crop for
+a regressor, ``simcc_x`` (N, K, Wx) and ``simcc_y`` (N, K, Wy) for a SimCC model (the codec's
+output names).
 The batch dimension is dynamic; the crop size is fixed to the checkpoint's. Beside it,
 ``<name>.json`` holds what a deployer needs to feed it and decode its output: input size,
 normalisation, joints, flip pairs, skeleton and the codec's decoding rule.

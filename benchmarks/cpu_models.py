@@ -19,6 +19,7 @@ SMALL: dict[str, list[str]] = {
     "SimpleBaseline": ["--baseName", "resnet18", "--deconvFilters", "128"],
     "HRNet": ["--hrnetWidth", "16"],
     "RTMPose": ["--rtmposeSize", "t"],
+    "DLCM": ["--nChannels", "64", "--nReductions", "3"],
 }
 
 

@@ -166,10 +166,9 @@ def measure_training(
         with autocast(amp):
             outputs = model(image, targets[0]) if with_target else model(image)
             if not targets:
-                last = outputs[-1]
-                targets.extend(
-                    [torch.rand(last.shape, device=DEVICE), torch.ones(last.shape[:2], device=DEVICE)]
-                )
+                # the codec's target shape (a compositional target holds every level's maps)
+                shape = (len(image), *codec.target_shape(opts.nJoints))
+                targets.extend([torch.rand(shape, device=DEVICE), torch.ones(shape[:2], device=DEVICE)])
             loss = loss_fn(outputs, *targets)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models import build_model, get_entry, list_models  # noqa: E402
 from models.complexity import profile_model  # noqa: E402
-from models.registry import ModelEntry  # noqa: E402
+from models.registry import HEATMAP_TARGETS, ModelEntry  # noqa: E402
 from models.release_layouts import (  # noqa: E402
     count,
     pose_attention_release_shapes,
@@ -92,6 +92,9 @@ def release_column() -> dict[str, str]:
         "13.59 M, 1.93 GFLOPs by MMPose's counter (multiply-adds; t/s/l: 3.34/5.47/27.66 M)",
         "IEF": "Caffe weights only (pulkitag/ief downloads `ief-googlenet-dec2015`; the network definition "
         "is not in the repository): not counted; 4 iterations of GoogLeNet on 3 + 16 channels",
+        # the release is a zip on the authors' project page, not in a repository this project reads
+        "DLCM": "Torch code on the authors' project page (DLCM-release.zip), not transcribed; its trainings "
+        "add the joints' maps to every level's stage (`-catPartEnds`), which this network does not",
     }
 
 
@@ -129,7 +132,7 @@ def accepted_outputs(entry: ModelEntry) -> str:
     """The heatmap sizes a model accepts, as its registry entry states them."""
     if entry.target_type == "simcc":
         return "any divisor of inputRes (unused: it classifies x and y into SimCC bins, simccSplitRatio per pixel)"
-    if entry.target_type != "heatmap":
+    if entry.target_type not in HEATMAP_TARGETS:
         return "any divisor of inputRes (it regresses coordinates: no heatmap)"
     if entry.output_strides is None:
         return "the heatmap its network builds (checked against outputRes before training)"

@@ -168,7 +168,9 @@ def bench_model(name: str, args: argparse.Namespace, matmul: Callable[[], None])
         result.parameters = count_parameters(base) / 1e6
         result.gflops = gflops_per_image(base, (INPUT_RES, INPUT_RES))
         target_type = get_entry(name).target_type
-        codec = make_codec(target_type, (INPUT_RES, INPUT_RES), (OUTPUT_RES, OUTPUT_RES), 1.0)
+        codec = make_codec(
+            target_type, (INPUT_RES, INPUT_RES), (OUTPUT_RES, OUTPUT_RES), 1.0, hierarchy=opts.hierarchy
+        )
         data = SyntheticPeople("train", args.batch, codec, (INPUT_RES, INPUT_RES), image_size=160)
         samples = [data[i] for i in range(args.batch)]
         image = prepare_images(torch.stack([s["image"] for s in samples]), None, torch.device("cpu"))

@@ -10,11 +10,14 @@ through the same code.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from datasets.skeletons import PartHierarchy
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,11 @@ CONVENTIONS_OF_TARGET = {
     "heatmap": ("project", "princeton-vl", "hrnet", "udp"),
     "regression": ("project",),
     "simcc": ("project", "mmpose"),
+    # DLCM: the project's own (no published weights to import; see CompositionalCodec)
+    "compositional": ("project",),
 }
+# Target types whose last stage is a heatmap per joint, decoded by ``--postProcess``.
+HEATMAP_DECODED = ("heatmap", "compositional")
 
 
 def get_convention(name: str, target_type: str | None = None) -> CoordinateConvention:
@@ -117,6 +124,17 @@ class OneOutput:
     def confidence(self, scores: np.ndarray) -> np.ndarray:
         """Decoded scores as -predict writes them per joint (its own scores, for this codec)."""
         return scores
+
+    def joint_target(self, target: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch's target and weight cut to the joints the last stage predicts (what ``decode``
+        reads: the running training PCK compares them): all of them, for a codec whose target is
+        the joints alone."""
+        return target, weight
+
+    def target_shape(self, num_joints: int) -> tuple[int, ...]:
+        """A sample's target shape (without the batch): the last stage's, for a codec whose target
+        is the joints alone."""
+        return self.output_shape(num_joints)
 
 
 # How a heatmap becomes a sub-pixel position (``--postProcess``): see quarter_peaks and dark_peaks.
@@ -656,7 +674,163 @@ class SimCCCodec(OneOutput):
         }
 
 
-Codec = HeatmapCodec | RegressionCodec | SimCCCodec
+# A bone is supervised where some heatmap pixel centre lies within 3 sigma of it: its map peaks
+# at exp(-3^2 / 2) or more (the joints' rule, a Gaussian window reaching the map, for a segment).
+BONE_REACH = float(np.exp(-4.5))
+
+
+def bone_maps(starts: np.ndarray, ends: np.ndarray, size: tuple[int, int], sigma: float) -> np.ndarray:
+    """starts, ends (B, 2) heatmap px -> (B, H, W) float64 maps, size = (W, H): at each pixel
+    centre (integer coordinates) exp(-d^2 / (2 sigma^2)), d its distance to the segment from start
+    to end (to the point, for a segment of length 0). DLCM's bone-based part representation,
+    exactly: the authors' code stamps the joints' Gaussian at the pixels a Bresenham line visits."""
+    width, height = size
+    starts, ends = np.asarray(starts, dtype=np.float64), np.asarray(ends, dtype=np.float64)
+    along = ends - starts  # (B, 2)
+    length2 = (along**2).sum(axis=1)[:, None, None]  # (B, 1, 1)
+    dx = np.arange(width, dtype=np.float64)[None, None, :] - starts[:, 0, None, None]  # (B, 1, W)
+    dy = np.arange(height, dtype=np.float64)[None, :, None] - starts[:, 1, None, None]  # (B, H, 1)
+    ax, ay = along[:, 0, None, None], along[:, 1, None, None]
+    # where the pixel projects onto the segment, as a fraction of it (0: the start, 1: the end)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t = np.where(length2 > 0, np.clip((dx * ax + dy * ay) / length2, 0.0, 1.0), 0.0)  # (B, H, W)
+    squared = (dx - t * ax) ** 2 + (dy - t * ay) ** 2
+    return np.exp(-squared / (2 * sigma**2))
+
+
+class CompositionalCodec(HeatmapCodec):
+    """DLCM's targets (Tang, Yu & Wu, "Deeply Learned Compositional Models for Human Pose
+    Estimation", ECCV 2018): a score map per part of every level of a hierarchy
+    (:class:`datasets.skeletons.PartHierarchy`), joints first.
+
+    A sample's target is one tensor (K0 + K1 + ..., H, W), the levels' maps concatenated (level 0,
+    the joints, first), with a weight per map, so the dataset, the loader and the loop carry it as
+    a heatmap. The network returns one stage per level, bottom-up then top-down (``stage_levels``:
+    0, 1, ..., L - 1, ..., 1, 0), each with its level's K_l maps; the loss matches stage to level
+    (``level_slices``). The last stage is the joints' heatmaps, so decoding, the flip test, the
+    output shape and the export are the heatmap codec's, applied to it.
+
+    Joints are the heatmap codec's Gaussians. A composite part is drawn along its bones (the
+    paper's bone-based part representation): the maximum over its bones of a Gaussian of the
+    distance to the bone (:func:`bone_maps`), with the joints' sigma, as the authors' code draws
+    them. Which parts are supervised (weight 1):
+
+    - a level-1 part when every joint it joins is labelled and its map reaches the heatmap (some
+      pixel centre within 3 sigma of a bone); its map is then drawn, else it is all zero. The
+      authors' code also leaves out a bone with a joint off the heatmap; here the part of a limb
+      inside the crop is still ground truth, as a joint's Gaussian reaching the map is;
+    - a part of a higher level when any of its children is supervised; its map is the maximum of
+      those children's maps (the authors' rule: a leg whose ankle is unlabelled keeps its thigh).
+    """
+
+    target_type = "compositional"
+
+    def __init__(
+        self,
+        input_size: tuple[int, int],
+        heatmap_size: tuple[int, int],
+        sigma: float,
+        hierarchy: PartHierarchy,
+        convention: str = "project",
+        post_process: str = "quarter",
+    ) -> None:
+        super().__init__(input_size, heatmap_size, sigma, convention, post_process)
+        self.hierarchy = hierarchy
+        sizes = hierarchy.sizes
+        offsets = np.cumsum((0, *sizes))
+        self.level_slices = tuple(
+            slice(int(a), int(b)) for a, b in zip(offsets[:-1], offsets[1:], strict=True)
+        )
+        self.stage_levels = hierarchy.stage_levels
+        self._first_bones = hierarchy.bones(1)  # per level-1 part, its (joint, joint) pairs
+
+    @property
+    def num_maps(self) -> int:
+        """Maps of all levels: 34 for the paper's MPII hierarchy (16 + 12 + 6)."""
+        return self.level_slices[-1].stop
+
+    def target_shape(self, num_joints: int) -> tuple[int, ...]:
+        """A sample's target shape: every level's maps, (K0 + K1 + ..., H, W)."""
+        self._check_joints(num_joints)
+        return (self.num_maps, self.heatmap_size[1], self.heatmap_size[0])
+
+    def stage_shapes(self, num_joints: int) -> list[tuple[int, ...]]:
+        """Each stage output's shape without the batch, in stage order."""
+        self._check_joints(num_joints)
+        height, width = self.heatmap_size[1], self.heatmap_size[0]
+        return [(self.hierarchy.sizes[level], height, width) for level in self.stage_levels]
+
+    def _check_joints(self, num_joints: int) -> None:
+        if num_joints != self.hierarchy.sizes[0]:
+            raise ValueError(f"{num_joints} joints, but the hierarchy has {self.hierarchy.sizes[0]}")
+
+    def encode(self, joints: np.ndarray, visible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """joints (K, 2) input px, visible (K,) -> maps (K0 + K1 + ..., H, W) float32 and their
+        weights (K0 + K1 + ...,) float32: the joints as :class:`HeatmapCodec` encodes them, then
+        each composite level (see the class docstring)."""
+        heatmaps, weight = super().encode(joints, visible)
+        centers = self.to_heatmap_frame(np.asarray(joints, dtype=np.float64))  # (K, 2) heatmap px
+        labelled = (np.asarray(visible) > 0) & np.isfinite(centers).all(axis=1)
+        maps, weights = [heatmaps.astype(np.float64)], [weight]
+        level_maps, level_weight = self._first_level(centers, labelled)
+        maps.append(level_maps)
+        weights.append(level_weight)
+        for level in range(2, self.hierarchy.num_levels):
+            children = self.hierarchy.levels[level - 1].children
+            below, below_weight = maps[-1], weights[-1]
+            level_maps = np.zeros((len(children), *below.shape[1:]))
+            for part, members in enumerate(children):
+                supervised = [child for child in members if below_weight[child] > 0]
+                if supervised:
+                    level_maps[part] = below[supervised].max(axis=0)
+            maps.append(level_maps)
+            weights.append(np.array([float(any(below_weight[c] > 0 for c in m)) for m in children]))
+        return np.concatenate(maps).astype(np.float32), np.concatenate(weights).astype(np.float32)
+
+    def _first_level(self, centers: np.ndarray, labelled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Level 1's maps (K1, H, W) and weights (K1,) from the joints in heatmap px."""
+        width, height = self.heatmap_size
+        parts = self._first_bones
+        maps, weight = np.zeros((len(parts), height, width)), np.zeros(len(parts))
+        for part, bones in enumerate(parts):
+            ends = np.array(bones)  # (B, 2) joint indices
+            if not labelled[ends].all():
+                continue
+            drawn = bone_maps(centers[ends[:, 0]], centers[ends[:, 1]], self.heatmap_size, self.sigma).max(
+                axis=0
+            )
+            if drawn.max() >= BONE_REACH:
+                maps[part], weight[part] = drawn, 1.0
+        return maps, weight
+
+    def split_levels(self, maps: Array) -> list[Array]:
+        """(N, K0 + K1 + ..., H, W) -> one (N, K_l, H, W) per level, joints first."""
+        return [maps[:, part] for part in self.level_slices]
+
+    def joint_target(self, target: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The joints' maps and weights (level 0), what the last stage predicts."""
+        joints = self.level_slices[0]
+        return target[:, joints], weight[:, joints]
+
+    def mirror_back_level(self, maps: torch.Tensor, level: int) -> torch.Tensor:
+        """maps (N, K_l, H, W) of level ``level`` for a mirrored input -> the original input's frame:
+        the width reversed and each part swapped with its left/right twin (the hierarchy's
+        ``flip_permutation``). Level 0 is ``mirror_back`` with the joint set's flip pairs."""
+        return mirror_back_columns(maps, self.hierarchy.flip_permutation(level), self.convention.flip_shift)
+
+    def describe_decoding(self) -> dict[str, Any]:
+        """The heatmap decoding of the last stage (the joints), and the hierarchy it was trained with."""
+        return {
+            **super().describe_decoding(),
+            "hierarchy": self.hierarchy.to_json(),
+            "stages": (
+                "The exported output is the last stage: one heatmap per joint. The composite parts' "
+                "maps (the hierarchy's levels) are intermediate outputs, not exported."
+            ),
+        }
+
+
+Codec = HeatmapCodec | RegressionCodec | SimCCCodec | CompositionalCodec
 
 
 def make_codec(
@@ -669,18 +843,26 @@ def make_codec(
     *,
     split_ratio: float = 2.0,
     simcc_sigma: tuple[float, float] = (4.9, 5.66),
+    hierarchy: PartHierarchy | None = None,
 ) -> Codec:
-    """The codec for a model's declared target type ("heatmap", "regression" or "simcc").
+    """The codec for a model's declared target type ("heatmap", "regression", "simcc" or
+    "compositional").
 
     Heatmap codecs follow ``convention`` (see ``CONVENTIONS``) and decode by ``post_process`` (see
     ``POST_PROCESSES``); regressors keep the project's convention and their own decoding; SimCC
-    codecs take ``split_ratio`` and ``simcc_sigma`` (x, y in bins) and decode by the argmax."""
+    codecs take ``split_ratio`` and ``simcc_sigma`` (x, y in bins) and decode by the argmax;
+    compositional codecs (DLCM) take the joint set's ``hierarchy`` of parts and decode their last
+    stage as heatmaps."""
     if target_type not in CONVENTIONS_OF_TARGET:
         raise ValueError(f"unknown target type {target_type!r}")
-    if post_process != "quarter" and target_type != "heatmap":
+    if post_process != "quarter" and target_type not in HEATMAP_DECODED:
         raise ValueError(f"post-process {post_process!r} applies to heatmap models only")
     if target_type == "heatmap":
         return HeatmapCodec(input_size, heatmap_size, sigma, convention, post_process)
+    if target_type == "compositional":
+        if hierarchy is None:
+            raise ValueError("a compositional codec needs the joint set's hierarchy of parts")
+        return CompositionalCodec(input_size, heatmap_size, sigma, hierarchy, convention, post_process)
     if target_type == "simcc":
         return SimCCCodec(input_size, split_ratio, simcc_sigma, convention)
     get_convention(convention, target_type)  # a regressor's one convention

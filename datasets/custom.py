@@ -30,6 +30,11 @@ Half-body crops (``--halfBodyProb``) need the joints split into an upper and a l
 
 A person needs more labelled joints than 8/17 of the joint count (HRNet's 8 for COCO) to be cut.
 
+A compositional model (DLCM) needs levels of parts: an optional ``"hierarchy"`` key, a list of
+levels, level 1 first, each an object ``{part: [names of the level below]}`` (level 1's parts name
+joints). See :class:`datasets.skeletons.PartHierarchy` for the rules and docs/datasets.md for an
+example; a spec without the key serves every other model.
+
 A run records the spec's content (this module's canonical JSON) as its ``jointSpec`` option, so
 a checkpoint is self-sufficient: ``-test --loadModel ckpt`` works without the file.
 """
@@ -45,7 +50,7 @@ from typing import Any
 from datasets.base import DataError
 from datasets.coco import COCODataset, coco_format_arguments
 from datasets.registry import DataRequest, register_dataset
-from datasets.skeletons import COCO_JOINTS, JointSpec
+from datasets.skeletons import COCO_JOINTS, HierarchyError, JointSpec, PartHierarchy
 from utils.registry import did_you_mean
 
 REQUIRED_KEYS = {
@@ -55,7 +60,10 @@ REQUIRED_KEYS = {
     "skeleton": "pairs of joint names to draw as limbs",
     "sigmas": "one OKS sigma per joint",
 }
-OPTIONAL_KEYS = {"upper_body": "joint names of the upper body, for half-body crops"}
+OPTIONAL_KEYS = {
+    "upper_body": "joint names of the upper body, for half-body crops",
+    "hierarchy": "levels of parts, each {part: [names of the level below]}, for DLCM",
+}
 INLINE_SOURCE = "inline spec"
 CUSTOM_HINT = "see docs/datasets.md, Your own keypoints"
 
@@ -166,7 +174,20 @@ def parse_spec(data: Any, source: str = INLINE_SOURCE) -> JointSpec:
         sigmas=tuple(float(s) for s in sigmas),
         upper_body=_upper_body(data, names, index, bad),
         name=name.strip(),
+        hierarchy=_hierarchy(data, names, flip_pairs, bad),
     )
+
+
+def _hierarchy(
+    data: dict[str, Any], names: list[str], flip_pairs: tuple[tuple[int, int], ...], bad: Any
+) -> PartHierarchy | None:
+    """The optional levels of parts (see :meth:`PartHierarchy.from_names`); None without the key."""
+    if "hierarchy" not in data:
+        return None
+    try:
+        return PartHierarchy.from_names(tuple(names), flip_pairs, data["hierarchy"])
+    except HierarchyError as error:
+        raise bad("hierarchy", str(error)) from None
 
 
 def _upper_body(data: dict[str, Any], names: list[str], index: dict[str, int], bad: Any) -> tuple[int, ...]:
@@ -192,7 +213,8 @@ def _upper_body(data: dict[str, Any], names: list[str], index: dict[str, int], b
 
 def spec_to_json(spec: JointSpec) -> str:
     """The spec's canonical JSON, on one line: what a run records as ``jointSpec`` (joints by
-    name; ``upper_body`` only when the spec has a half-body split). ``load_joint_spec`` of it
+    name; ``upper_body`` only when the spec has a half-body split, ``hierarchy`` only when it has
+    one). ``load_joint_spec`` of it
     gives ``spec`` back."""
     names = spec.names
     content: dict[str, Any] = {
@@ -204,6 +226,8 @@ def spec_to_json(spec: JointSpec) -> str:
     }
     if spec.has_half_body:
         content["upper_body"] = [names[i] for i in spec.upper_body]
+    if spec.hierarchy is not None:
+        content["hierarchy"] = spec.hierarchy.to_json()
     return json.dumps(content, separators=(",", ":"))
 
 

@@ -1,5 +1,5 @@
 """Losses over every stage output, chosen by the codec's target type (the codec carries what a
-loss needs to read its targets: the SimCC vectors' split)."""
+loss needs to read its targets: the SimCC vectors' split, the compositional levels' slices)."""
 
 from __future__ import annotations
 
@@ -63,6 +63,31 @@ class SimCCKLLoss(nn.Module):
         return total / target.shape[1]
 
 
+class CompositionalMSELoss(nn.Module):
+    """DLCM's intermediate supervision: each stage's maps against its level's slice of the target
+    (``stage_levels[s]`` is stage s's level, ``level_slices[l]`` level l's channels), weighted per
+    map by ``target_weight``; per stage the mean squared error over its elements, as
+    :class:`HeatmapMSELoss` (and the authors' MSE criterion per output), summed over stages."""
+
+    def __init__(self, level_slices: tuple[slice, ...], stage_levels: tuple[int, ...]) -> None:
+        super().__init__()
+        self.level_slices, self.stage_levels = level_slices, stage_levels
+
+    def forward(
+        self, outputs: list[torch.Tensor], target: torch.Tensor, weight: torch.Tensor
+    ) -> torch.Tensor:
+        # outputs: S x (N, K_l, H, W); target (N, K0 + K1 + ..., H, W); weight (N, K0 + K1 + ...)
+        if len(outputs) != len(self.stage_levels):
+            raise ValueError(
+                f"{len(outputs)} stage outputs for {len(self.stage_levels)} stages (levels {self.stage_levels})"
+            )
+        total = 0.0
+        for output, level in zip(outputs, self.stage_levels, strict=True):
+            maps = self.level_slices[level]
+            total = total + ((output - target[:, maps]) ** 2 * weight[:, maps, None, None]).mean()
+        return total
+
+
 def make_loss(codec: Codec) -> nn.Module:
     """The loss of ``codec``'s target type."""
     if codec.target_type == "heatmap":
@@ -71,4 +96,6 @@ def make_loss(codec: Codec) -> nn.Module:
         return RegressionL2Loss()
     if codec.target_type == "simcc":
         return SimCCKLLoss(codec.bins[0])
+    if codec.target_type == "compositional":
+        return CompositionalMSELoss(codec.level_slices, codec.stage_levels)
     raise ValueError(f"unknown target type {codec.target_type!r}")

@@ -12,6 +12,7 @@ from typing import Any
 MODEL_MODULES = (
     "chained_predictions",
     "deeppose",
+    "dlcm",
     "hrnet",
     "ief",
     "pose_attention",

@@ -2,15 +2,21 @@
 
 A builder's signature is its defaults: ``build_model`` passes it only the keyword arguments it
 declares, so a new option never reaches a model that did not ask for it. Each model also declares
-its target type ("heatmap", "regression" or "simcc"); codecs, losses and metrics are chosen from that.
+its target type ("heatmap", "regression", "simcc" or "compositional"); codecs, losses and metrics are
+chosen from that.
 
 A "simcc" model (SimCC, Li et al. ECCV 2022: a 1-D classification per axis) returns as each stage
 output one tensor (N, K, Wx + Wy): the x vectors (Wx = round(input width x split ratio) bins) then
 the y vectors (Wy = round(input height x split ratio)), so a stage output stays one tensor as the
 loop, the flip test and the profiler expect; the codec splits it.
 
-A heatmap model also states which ``inputRes / outputRes`` strides it can produce and, when it
-halves its heatmap-sized features internally (an hourglass), the option counting the halvings, so
+A "compositional" model (DLCM, Tang et al. ECCV 2018) predicts a hierarchy of parts, one stage per
+level bottom-up then top-down, each stage output (N, K_l, H, W) with its level's K_l maps; the
+last stage is the joints' heatmaps (see ``datasets.codecs.CompositionalCodec``).
+
+A heatmap model (and a compositional one: ``HEATMAP_TARGETS``) also states which ``inputRes /
+outputRes`` strides it can produce and, when it halves its heatmap-sized features internally (an
+hourglass), the option counting the halvings, so
 ``utils.option_checks.check_model_sizes`` refuses a configuration it cannot build before anything is built.
 
 Three declarations let a model whose stages are iterations (IEF) use the one loop unchanged:
@@ -34,7 +40,9 @@ from torch import nn
 
 from utils.registry import Registry, UnknownNameError
 
-TARGET_TYPES = ("heatmap", "regression", "simcc")
+TARGET_TYPES = ("heatmap", "regression", "simcc", "compositional")
+# target types whose stage outputs are heatmaps at outputRes (their strides and halvings are checked)
+HEATMAP_TARGETS = ("heatmap", "compositional")
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 
 import build
 from conftest import REPO_ROOT, cli_output, error_lines, parse_error
+from datasets.skeletons import PartHierarchy
 from models import build_model, get_entry, list_models
 from models.complexity import profile_model
 from utils.drawing import to_uint8_image
@@ -40,15 +41,18 @@ SMALL_MODEL_KEYS = {
     "nChannels": 8, "nModules": 1, "baseName": "resnet18", "modelName": "resnet18", "hiddenChannels": 8,
     "LRNSize": 3, "baseWidth": 4, "deconvFilters": 16,
 }  # fmt: skip
+# DLCM's top-down stages set a level's maps beside their features: wider than MPII's 16 joint maps
+WIDER = {"DLCM": {"nChannels": 24}}
+# a joint set of two, for a model that needs a hierarchy of parts (DLCM): one part, one bone
+TWO_JOINTS = PartHierarchy.from_names(("a", "b"), (), [{"ab": ["a", "b"]}])
 QUICK_RUN = ["--nEpochs", "1", "--nThreads", "0", "--progress", "none", "--tensorboard", "0",
              "--imageRes", "48", "--optimizer_type", "Adam", "--LR", "1e-3"]  # fmt: skip
 
 
-def small_model_keys() -> list[str]:
+def small_model_keys(name: str = "") -> list[str]:
     known = config_file_keys()
-    return [
-        token for key, value in SMALL_MODEL_KEYS.items() if key in known for token in (f"--{key}", str(value))
-    ]
+    keys = SMALL_MODEL_KEYS | WIDER.get(name, {})
+    return [token for key, value in keys.items() if key in known for token in (f"--{key}", str(value))]
 
 
 def model_config(folder: Path, name: str) -> str:
@@ -138,11 +142,12 @@ def test_every_declared_ratio_is_what_the_model_builds():
     """The registry's statement is checked against the networks themselves."""
     for name in list_models():
         strides = get_entry(name).output_strides
+        parts = {"hierarchy": TWO_JOINTS} if get_entry(name).target_type == "compositional" else {}
         for stride in strides or ():
             output_res = 64 // stride
             model = build_model(
                 name, nJoints=2, inputRes=64, outputRes=output_res, aspectRatio=1.0, nReductions=1, nStack=1,
-                **SMALL_MODEL_KEYS,
+                **SMALL_MODEL_KEYS, **parts,
             )  # fmt: skip
             shape = profile_model(model, (64, 64)).output_shapes[-1]
             assert shape == (1, 2, output_res, output_res), (name, stride)
@@ -169,7 +174,7 @@ def test_heatmap_halvings_are_refused_below_one_pixel_and_build_at_it(name, caps
     from utils.options import parse_options
 
     opts = parse_options([*sizes, f"--{key}", "3", "--expDir", str(tmp_path)])
-    model = build_model(name, **{**vars(opts), **SMALL_MODEL_KEYS})
+    model = build_model(name, **{**vars(opts), **SMALL_MODEL_KEYS, **WIDER.get(name, {})})
     model.train()  # training BatchNorm at the 1x1 bottom with two images: builds and runs
     outputs = model(torch.randn(2, 3, 48, 36))
     assert tuple(outputs[-1].shape) == (2, 16, 12, 9)
@@ -273,7 +278,7 @@ def test_random_sizes_train_or_stop_in_one_line(name, tmp_path, monkeypatch, cap
     @given(sizes=size_options())
     def trains_or_stops_in_one_line(sizes: list[str]) -> None:
         folder = Path(tempfile.mkdtemp(dir=tmp_path))
-        argv = ["-DataConfig", SYNTHETIC, "-ModelConfig", model_config(folder, name), *small_model_keys(),
+        argv = ["-DataConfig", SYNTHETIC, "-ModelConfig", model_config(folder, name), *small_model_keys(name),
                 *sizes, *QUICK_RUN, "--expDir", str(folder / "exp")]  # fmt: skip
         status, out, err = cli_output(argv, monkeypatch, capsys)
         assert "Traceback" not in err, (argv, err)

@@ -368,12 +368,13 @@ for name, argv in json.loads(sys.argv[1]).items():
             model = build_model(opts.model, **vars(opts)).to("cuda").to(memory_format=torch.channels_last)
             model.train()
             optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-            loss_fn = make_loss(make_codec(get_entry(name).target_type, (64, 64), (16, 16), 1.0))
+            codec = make_codec(get_entry(name).target_type, (64, 64), (16, 16), 1.0, hierarchy=opts.hierarchy)
+            loss_fn = make_loss(codec)
             data = torch.Generator().manual_seed(1)
             for _ in range(2):
                 image = torch.randn(4, 3, 64, 64, generator=data).to("cuda")
                 outputs = model(image.contiguous(memory_format=torch.channels_last))
-                target = torch.rand(tuple(outputs[-1].shape), generator=data).to("cuda")
+                target = torch.rand((4, *codec.target_shape(16)), generator=data).to("cuda")
                 loss = loss_fn(outputs, target, torch.ones(4, target.shape[1], device="cuda"))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -440,10 +441,13 @@ def test_model_forward_and_backward_on_cuda_in_channels_last(name: str) -> None:
 
     # training mode, float32 and bf16 autocast: every stage has the codec's shape, every
     # parameter gets a finite gradient
-    codec = make_codec(get_entry(name).target_type, (64, 64), (16, 16), 1.0)
+    codec = make_codec(get_entry(name).target_type, (64, 64), (16, 16), 1.0, hierarchy=opts.hierarchy)
     shape = (4, *codec.output_shape(16))
-    target = torch.rand(shape, device="cuda", generator=torch.Generator("cuda").manual_seed(3))
-    weight = torch.ones(4, 16, device="cuda")
+    # a compositional target holds every level's maps, its stages each their level's
+    target_shape = (4, *codec.target_shape(16))
+    shapes = [(4, *s) for s in codec.stage_shapes(16)] if hasattr(codec, "stage_shapes") else None
+    target = torch.rand(target_shape, device="cuda", generator=torch.Generator("cuda").manual_seed(3))
+    weight = torch.ones(target_shape[:2], device="cuda")
     loss_fn = make_loss(codec)
     on_gpu.train()
     for amp in ("none", "bf16"):
@@ -452,7 +456,7 @@ def test_model_forward_and_backward_on_cuda_in_channels_last(name: str) -> None:
         with autocast:
             outputs = on_gpu(image_gpu)
             loss = loss_fn(outputs, target, weight)
-        assert all(tuple(output.shape) == shape for output in outputs), (amp, [o.shape for o in outputs])
+        assert [tuple(output.shape) for output in outputs] == (shapes or [shape] * len(outputs)), amp
         assert all(torch.isfinite(output).all() for output in outputs), amp
         assert torch.isfinite(loss), amp
         loss.backward()

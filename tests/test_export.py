@@ -28,6 +28,7 @@ SMALL = {
     "ChainedPredictions": ["--modelName", "resnet18"],
     "HRNet": ["--hrnetWidth", "4"],
     "IEF": ["--nIterations", "2"],
+    "DLCM": ["--nChannels", "24", "--nReductions", "2"],
     # a ResNet trunk needs sides that are multiples of 32: a 32x64 (w x h) crop, 8x16 heatmaps
     "SimpleBaseline": ["--baseName", "resnet18", "--deconvFilters", "16", "--inputRes", "64", "--outputRes", "16",
                        "--aspectRatio", "0.5"],
@@ -172,7 +173,7 @@ def test_export_matches_pytorch_and_describes_the_decoding(
     assert notes["joints"]["skeleton"] == [list(p) for p in MPII_JOINTS.skeleton]
     decoding = notes["decoding"]
     assert {"rule", "crop", "flip_test"} <= set(decoding)
-    if notes["target_type"] == "heatmap":
+    if notes["target_type"] in ("heatmap", "compositional"):  # DLCM exports its last stage, the joints
         assert notes["output"]["shape"] == ["batch", 16, map_height, map_width]
         assert decoding["convention"] == convention and decoding["heatmap_size"] == [map_width, map_height]
         # UDP measures from the first pixel centre to the last: (size - 1) / (heatmap size - 1)

@@ -24,6 +24,8 @@ SMALL = {
     "RTMPose": ["--rtmposeSize", "t"],  # at the tests' 64x64 input: a 2x2 map for the head
     "ViTPose": ["--vitWidth", "32", "--vitDepth", "2", "--vitNumHeads", "4", "--deconvFilters", "16"],
     "IEF": ["--nIterations", "2", "--pathSteps", "2"],
+    # wider than the 16 joint maps a top-down stage sets beside its features
+    "DLCM": ["--nChannels", "24", "--nReductions", "2"],
 }
 # a paper's width or size names the file
 CONF_NAMES = {"HRNet": "HRNet-W32", "RTMPose": "RTMPose-t", "ViTPose": "ViTPose-S"}
@@ -44,7 +46,7 @@ def test_model_trains_on_a_fixed_batch(name):
     torch.manual_seed(0)
     model = build_model(opts.model, **vars(opts))
     target_type = get_entry(name).target_type
-    codec = make_codec(target_type, (64, 64), (16, 16), 1.0)
+    codec = make_codec(target_type, (64, 64), (16, 16), 1.0, hierarchy=opts.hierarchy)
     loss_fn = make_loss(codec)
     data = SyntheticPeople("train", 4, codec, (64, 64), image_size=80)
     batch = [data[i] for i in range(4)]
@@ -53,11 +55,19 @@ def test_model_trains_on_a_fixed_batch(name):
     weight = torch.stack([s["target_weight"] for s in batch])
 
     outputs = model(image)
-    multi_stage = {"StackedHourGlass": 2, "PoseAttention": 2, "PyraNet": 2, "DeepPose": 2, "IEF": 2}
-    expected_stages = multi_stage.get(name, 1)
-    assert isinstance(outputs, list) and len(outputs) == expected_stages
-    expected_shape = (4, *codec.output_shape(16))
-    assert all(tuple(o.shape) == expected_shape for o in outputs)
+    multi_stage = {
+        "StackedHourGlass": 2,
+        "PoseAttention": 2,
+        "PyraNet": 2,
+        "DeepPose": 2,
+        "IEF": 2,
+        "DLCM": 5,
+    }
+    stages = multi_stage.get(name, 1)
+    assert isinstance(outputs, list) and len(outputs) == stages
+    # a compositional model's stages predict the levels of its hierarchy, each its own maps
+    expected = codec.stage_shapes(16) if target_type == "compositional" else [codec.output_shape(16)] * stages
+    assert [tuple(o.shape) for o in outputs] == [(4, *shape) for shape in expected]
     assert all(torch.isfinite(o).all() for o in outputs)
 
     # as engine.train_one_epoch calls it: with the targets for a model that trains with them (IEF)

@@ -54,16 +54,20 @@ def test_duplicate_registration_rejected():
 
 
 def test_every_registered_model_declares_a_target_type():
+    from models.registry import TARGET_TYPES
+
     for name in list_models():
-        assert get_entry(name).target_type in ("heatmap", "regression", "simcc")
+        assert get_entry(name).target_type in TARGET_TYPES
+    assert get_entry("DLCM").target_type == "compositional"
 
 
 def test_every_builder_parameter_has_a_config_key():
     from utils.options import build_parser
 
     reachable = {option_to_parameter(action.dest) for action in build_parser()._actions}
-    # a joint order is a property of the dataset's joint set, not something to type on a command line
-    not_configurable = {"chain_order"}
+    # a joint order and a hierarchy of parts are properties of the dataset's joint set (the options
+    # derive ``hierarchy`` from it), not something to type on a command line
+    not_configurable = {"chain_order", "hierarchy"}
     for name in list_models():
         missing = set(get_entry(name).parameter_names()) - reachable - not_configurable
         assert not missing, f"{name}: no config key for {sorted(missing)}"

@@ -111,11 +111,11 @@ def browse_samples(dataset, codec, count: int, directory: str | Path) -> list[Pa
     paths = []
     for index in range(min(count, len(dataset))):
         sample = dataset[index]
-        joints, _ = codec.decode(sample["target"].numpy()[None])
+        # the joints' part of the target (a compositional one also holds its parts' maps)
+        target, weight = codec.joint_target(sample["target"][None], sample["target_weight"][None])
+        joints, _ = codec.decode(target.numpy())
         image = to_uint8_image(sample["image"].numpy())
-        drawn = draw_pose(
-            image, joints[0], sample["target_weight"].numpy(), spec.skeleton, (0, 255, 0), spec.left_joints
-        )
+        drawn = draw_pose(image, joints[0], weight[0].numpy(), spec.skeleton, (0, 255, 0), spec.left_joints)
         paths.append(save_grid([drawn], directory / f"sample_{index:04d}.png", columns=1))
     return paths
 

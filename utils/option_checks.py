@@ -2,9 +2,9 @@
 
 :func:`check_and_derive` runs, in this order, checks (``_check_*``: they read the options and raise
 an :class:`~utils.options.OptionError` naming the key and what is allowed) and derivations
-(``_derive_*``: the values the options imply, set once: canonical names, the joint set,
-``target_type``, ``milestones``, ``stage2_augmentation``, ``optimizer_kwargs``). :func:`check_model_sizes`
-runs after a resume's changes are known.
+(``_derive_*``: the values the options imply, set once: canonical names, the joint set and its
+``hierarchy``, ``target_type``, ``milestones``, ``stage2_augmentation``, ``optimizer_kwargs``).
+:func:`check_model_sizes` runs after a resume's changes are known.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ def check_and_derive(opts: Options) -> None:
     _derive_joint_set(opts, dataset)
     _check_target_type(opts, entry)
     opts.target_type = entry.target_type
+    _check_hierarchy(opts, dataset)
     _check_numbers(opts, entry)
     _check_choices(opts)
     _derive_simcc_sigma(opts)
@@ -93,7 +94,8 @@ def _check_data_dir(opts: Options, dataset: Any) -> None:
 def _derive_joint_set(opts: Options, dataset: Any) -> None:
     """``joint_spec``, the run's joints: the dataset's, or a custom spec, recorded as its JSON in
     ``jointSpec`` (the run records the spec's content, not its path: a checkpoint needs no spec
-    file); ``nJoints`` is the joint set's size, and a different one is an error."""
+    file); ``hierarchy``, its levels of parts (None without); ``nJoints`` is the joint set's size,
+    and a different one is an error."""
     from datasets.custom import SpecError, spec_to_json
     from datasets.registry import joint_spec_for
 
@@ -109,6 +111,7 @@ def _derive_joint_set(opts: Options, dataset: Any) -> None:
         raise _error(str(error)) from None
     if dataset.joint_spec is None:
         opts.jointSpec = spec_to_json(opts.joint_spec)
+    opts.hierarchy = opts.joint_spec.hierarchy
     dataset_joints = opts.joint_spec.num_joints
     if opts.nJoints is None:
         opts.nJoints = dataset_joints
@@ -129,10 +132,25 @@ def _check_target_type(opts: Options, entry: Any) -> None:
     if spelled == "?":
         raise _error(f"TargetType: {opts.TargetType!r} is not one of heatmap, direct")
     if spelled is not None and spelled != entry.target_type:
+        predicts = {"heatmap": "heatmaps", "regression": "coordinates (direct)"}
         raise _error(
             f"TargetType: {opts.TargetType!r} disagrees with model {entry.name}, which predicts "
-            f"{'heatmaps' if entry.target_type == 'heatmap' else 'coordinates (direct)'}"
+            f"{predicts.get(entry.target_type, entry.target_type + ' outputs')}"
         )
+
+
+def _check_hierarchy(opts: Options, dataset: Any) -> None:
+    """A compositional model (DLCM) predicts the joint set's levels of parts: it needs some."""
+    if opts.target_type != "compositional" or opts.hierarchy is not None:
+        return
+    if dataset.joint_spec is None:
+        raise _error(
+            f"jointSpec: spec '{opts.joint_spec.name}' has no 'hierarchy' key, which model {opts.model} "
+            f"needs (its levels of parts; see docs/datasets.md, Your own keypoints)"
+        )
+    raise _error(
+        f"model: {opts.model} needs a hierarchy of parts, which dataset {opts.dataset} does not have"
+    )
 
 
 POSITIVE = (
@@ -184,7 +202,7 @@ def _check_numbers(opts: Options, entry: Any) -> None:
 
 
 def _check_choices(opts: Options) -> None:
-    from datasets.codecs import CONVENTIONS, CONVENTIONS_OF_TARGET, POST_PROCESSES
+    from datasets.codecs import CONVENTIONS, CONVENTIONS_OF_TARGET, HEATMAP_DECODED, POST_PROCESSES
 
     if opts.coordConvention not in CONVENTIONS:
         raise _error(f"coordConvention: {opts.coordConvention!r} is not one of {', '.join(CONVENTIONS)}")
@@ -196,7 +214,7 @@ def _check_choices(opts: Options) -> None:
         )
     if opts.postProcess not in POST_PROCESSES:
         raise _error(f"postProcess: {opts.postProcess!r} is not one of {', '.join(POST_PROCESSES)}")
-    if opts.postProcess != "quarter" and opts.target_type != "heatmap":
+    if opts.postProcess != "quarter" and opts.target_type not in HEATMAP_DECODED:
         raise _error(f"postProcess: {opts.postProcess!r} applies to heatmap models only")
     for key, allowed in (("amp", AMP_MODES), ("lrSchedule", LR_SCHEDULES), ("progress", PROGRESS_MODES)):
         if getattr(opts, key) not in allowed:
@@ -344,20 +362,20 @@ def check_model_sizes(opts: Options) -> None:
     """Refuse sizes the model's registry entry states it cannot build: an ``outputRes / inputRes``
     ratio it does not produce, or more halvings of the heatmap grid (``heatmap_halvings``, e.g. an
     hourglass's nReductions) than the grid has pixels for."""
-    from models.registry import get_entry
+    from models.registry import HEATMAP_TARGETS, get_entry
 
     entry = get_entry(opts.model)
     input_res, output_res, aspect_ratio = opts.inputRes, opts.outputRes, opts.aspectRatio
     strides = entry.output_strides
     reachable = not input_res % output_res and input_res // output_res in (strides or ())
-    if entry.target_type == "heatmap" and strides is not None and not reachable:
+    if entry.target_type in HEATMAP_TARGETS and strides is not None and not reachable:
         fits = [str(input_res // s) for s in strides if input_res % s == 0]
         hint = f" (outputRes {' or '.join(fits)} for inputRes {input_res})" if fits else ""
         raise _error(
             f"outputRes: {output_res} with inputRes {input_res} is a ratio {entry.name} cannot produce; "
             f"it accepts outputRes / inputRes {entry.output_ratios()}{hint}"
         )
-    if entry.target_type != "heatmap" or entry.heatmap_halvings is None:
+    if entry.target_type not in HEATMAP_TARGETS or entry.heatmap_halvings is None:
         return
     key = entry.heatmap_halvings
     halvings = getattr(opts, key, None)

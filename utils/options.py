@@ -40,7 +40,7 @@ from utils.option_checks import (
 from utils.registry import close_match
 
 if TYPE_CHECKING:
-    from datasets.skeletons import JointSpec
+    from datasets.skeletons import JointSpec, PartHierarchy
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_CONFIG = REPO_ROOT / "conf" / "datasets" / "synthetic.defconf"
@@ -53,7 +53,7 @@ DATASET_JOINTS = {"synthetic": 16, "MPII": 16, "COCO": 17}
 DATASETS = (*DATASET_JOINTS, "custom")
 # the registry's names, written out so --help needs no torch import (a test keeps them equal)
 MODEL_NAMES = (
-    "ChainedPredictions, DeepPose, HRNet, IEF, PoseAttention, PyraNet, RTMPose, SimpleBaseline, "
+    "ChainedPredictions, DLCM, DeepPose, HRNet, IEF, PoseAttention, PyraNet, RTMPose, SimpleBaseline, "
     "StackedHourGlass, ViTPose"
 )
 
@@ -211,9 +211,10 @@ class Options(argparse.Namespace):
     worldCoors: str | None
     headSize: str | None
     # derived once (utils/option_checks.py, parse_options)
-    target_type: str  # the model's: "heatmap", "regression" or "simcc"
+    target_type: str  # the model's: "heatmap", "regression", "simcc" or "compositional"
     simcc_sigma: tuple[float, float]  # simccSigma as (x, y) bins
     joint_spec: JointSpec  # the run's joint set (a custom spec's content is in jointSpec as JSON)
+    hierarchy: PartHierarchy | None  # the joint set's levels of parts (DLCM's); None: it has none
     milestones: list[int]  # lrMilestones as epochs
     optimizer_kwargs: dict[str, Any]  # optimizer_pars as keyword arguments
     stage2_augmentation: dict[str, float]  # stage2Augmentation's keys and values
