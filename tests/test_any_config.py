@@ -39,7 +39,8 @@ SYNTHETIC = str(REPO_ROOT / "conf/datasets/synthetic.defconf")
 # the smallest backbones and widths every model has keys for (a builder takes only its own)
 SMALL_MODEL_KEYS = {
     "nChannels": 8, "nModules": 1, "baseName": "resnet18", "modelName": "resnet18", "hiddenChannels": 8,
-    "LRNSize": 3, "baseWidth": 4, "deconvFilters": 16,
+    "LRNSize": 3, "baseWidth": 4, "deconvFilters": 16, "rtmposeSize": "t", "vitWidth": 32, "vitDepth": 2,
+    "vitNumHeads": 4,
 }  # fmt: skip
 # DLCM's top-down stages set a level's maps beside their features: wider than MPII's 16 joint maps
 WIDER = {"DLCM": {"nChannels": 24}}
