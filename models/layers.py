@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -146,3 +146,16 @@ def fractional_max_pool2d(
         _, indices = F.fractional_max_pool2d(x, 2, output_size=output_size, return_indices=True)
     n, c = x.shape[:2]
     return x.reshape(n, c, -1).gather(2, indices.reshape(n, c, -1)).view(n, c, *output_size)
+
+
+def init_heatmap_decoder(modules: Iterable[nn.Module], std: float = 0.001) -> None:
+    """The deconvolution decoders' initialisation, as Simple Baselines' and ViTPose's authors write
+    it: every (transposed) convolution N(0, ``std``) with zero bias, every BatchNorm weight 1, bias 0."""
+    for module in modules:
+        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.normal_(module.weight, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from models.backbones import torchvision_backbone
+from models.layers import init_heatmap_decoder
 from models.pixels import InputNorm
 from models.registry import register_model
 
@@ -66,14 +67,7 @@ class SimpleBaseline(nn.Module):
             *[deconv_bn_relu(a, b) for a, b in zip(widths, widths[1:], strict=False)]
         )
         self.head = nn.Conv2d(deconv_filters, n_joints, 1)
-        for module in [*self.deconvs.modules(), self.head]:
-            if isinstance(module, (nn.ConvTranspose2d, nn.Conv2d)):
-                nn.init.normal_(module.weight, std=HEAD_INIT_STD)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        init_heatmap_decoder([*self.deconvs.modules(), self.head], HEAD_INIT_STD)
 
     def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
         features = self.trunk(self.input_norm(image))  # (N, C, H/32, W/32)

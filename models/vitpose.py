@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.layers import bilinear_resize
+from models.layers import bilinear_resize, init_heatmap_decoder
 from models.pixels import InputNorm
 from models.registry import register_model
 from models.simple_baseline import deconv_bn_relu
@@ -200,15 +200,7 @@ class ViTPose(nn.Module):
             if isinstance(module, nn.Linear):
                 nn.init.trunc_normal_(module.weight, std=INIT_STD)
                 nn.init.zeros_(module.bias)
-        decoder = [*getattr(self, "deconvs", nn.Sequential()).modules(), self.head]
-        for module in decoder:
-            if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
-                nn.init.normal_(module.weight, std=HEAD_INIT_STD)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        init_heatmap_decoder([*getattr(self, "deconvs", nn.Sequential()).modules(), self.head], HEAD_INIT_STD)
 
     def layer_index(self, name: str) -> int:
         """The layer-decay group of parameter ``name`` (as ``named_parameters`` gives it, possibly

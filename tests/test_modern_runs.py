@@ -73,6 +73,20 @@ def test_trains_and_scores_on_the_coco_fixture(name: str, shared_data, tmp_path:
     assert tested["AP"] == pytest.approx(json.loads(result.stdout)["AP"], abs=1e-9)
 
 
+def imported_test_and_predict(checkpoint: Path, coco: Path, runs: Path) -> dict:
+    """-test of an imported checkpoint on the COCO fixture (AP and results written), then -predict on
+    one of its photos; the person -predict found (the whole photo)."""
+    common = ["--expDir", str(runs), "--progress", "none", "--nThreads", "0"]
+    data = ["--dataDir", str(coco), "--valAnnotation", "test_coco.json", "--imageDir", "."]
+    assert entry.main(["-test", "--loadModel", str(checkpoint), *common, *data, "--expID", "test"]) == 0
+    (tested,) = read_metrics(runs / "test")
+    assert 0 <= tested["AP"] <= 1 and json.loads((runs / "test" / "results.json").read_text())
+    photo = next(coco.glob("*.jpg"))
+    assert entry.main(["-predict", str(photo), "--loadModel", str(checkpoint), *common, "--expID", "p"]) == 0
+    (person,) = json.loads((runs / "p" / "keypoints.json").read_text())
+    return person
+
+
 @pytest.mark.slow  # an import, a -test, a -predict and an export of RTMPose-t: about 20 s
 def test_an_imported_rtmpose_runs_test_predict_and_export(shared_data, tmp_path: Path) -> None:
     torch.manual_seed(0)
@@ -80,17 +94,7 @@ def test_an_imported_rtmpose_runs_test_predict_and_export(shared_data, tmp_path:
     source = save_published(theirs, tmp_path / "rtmpose-t.pth")
     checkpoint = tmp_path / "imported.pth"
     assert import_main(["rtmpose", str(source), str(checkpoint)]) == 0
-    common = ["--expDir", str(tmp_path / "runs"), "--progress", "none", "--nThreads", "0"]
-
-    coco = shared_data / "coco_mini"
-    data = ["--dataDir", str(coco), "--valAnnotation", "test_coco.json", "--imageDir", "."]
-    assert entry.main(["-test", "--loadModel", str(checkpoint), *common, *data, "--expID", "test"]) == 0
-    (tested,) = read_metrics(tmp_path / "runs" / "test")
-    assert 0 <= tested["AP"] <= 1 and json.loads((tmp_path / "runs" / "test" / "results.json").read_text())
-
-    photo = next(coco.glob("*.jpg"))
-    assert entry.main(["-predict", str(photo), "--loadModel", str(checkpoint), *common, "--expID", "p"]) == 0
-    (person,) = json.loads((tmp_path / "runs" / "p" / "keypoints.json").read_text())
+    person = imported_test_and_predict(checkpoint, shared_data / "coco_mini", tmp_path / "runs")
     keypoints = np.asarray(person["keypoints"]).reshape(17, 3)
     assert np.isfinite(keypoints).all() and ((keypoints[:, 2] >= 0) & (keypoints[:, 2] <= 1)).all()
 
@@ -121,17 +125,7 @@ def test_an_imported_vitpose_runs_test_predict_and_export(shared_data, tmp_path:
     assert (
         import_main(["vitpose", str(source), str(checkpoint), "--inputRes", "64", "--vitNumHeads", "4"]) == 0
     )
-    common = ["--expDir", str(tmp_path / "runs"), "--progress", "none", "--nThreads", "0"]
-
-    coco = shared_data / "coco_mini"
-    data = ["--dataDir", str(coco), "--valAnnotation", "test_coco.json", "--imageDir", "."]
-    assert entry.main(["-test", "--loadModel", str(checkpoint), *common, *data, "--expID", "test"]) == 0
-    (tested,) = read_metrics(tmp_path / "runs" / "test")
-    assert 0 <= tested["AP"] <= 1 and json.loads((tmp_path / "runs" / "test" / "results.json").read_text())
-
-    photo = next(coco.glob("*.jpg"))
-    assert entry.main(["-predict", str(photo), "--loadModel", str(checkpoint), *common, "--expID", "p"]) == 0
-    (person,) = json.loads((tmp_path / "runs" / "p" / "keypoints.json").read_text())
+    person = imported_test_and_predict(checkpoint, shared_data / "coco_mini", tmp_path / "runs")
     assert np.isfinite(person["keypoints"]).all() and len(person["keypoints"]) == 3 * 17
 
     onnx_path = tmp_path / "vitpose.onnx"
