@@ -403,9 +403,23 @@ def test_output_is_x_then_y_logits_and_the_conf_files_build() -> None:
         )  # fmt: skip
         assert (opts.optimizer_type, opts.LR, opts.nEpochs) == ("AdamW", 4e-3, 420)
         assert opts.optimizer_kwargs == {"weight_decay": 0.05 if size in "ml" else 0}
+        # the authors' recipe: warm-up, flat then cosine from half the epochs, EMA (not for t), the last
+        # 30 epochs milder
+        assert (opts.warmupSteps, opts.lrSchedule, opts.flatEpochs, opts.ema, opts.stage2Epoch) == (
+            1000, "flatcosine", 210, size != "t", 391,
+        )  # fmt: skip
         with torch.device("meta"):
             model = build_model(opts.model, **vars(opts))
         assert model.backbone.out_channels == width
+    mpii = [str(REPO_ROOT / "conf" / "models" / "RTMPose-m-mpii.defconf"), "-DataConfig",
+            str(REPO_ROOT / "conf" / "datasets" / "mpii.defconf"), "--dataDir", str(REPO_ROOT)]  # fmt: skip
+    opts = parse_options(["-ModelConfig", *mpii])
+    assert (opts.rtmposeSize, opts.nJoints, opts.inputRes, opts.aspectRatio, opts.simcc_sigma) == (
+        "m", 16, 256, 1.0, (5.66, 5.66),
+    )  # fmt: skip
+    assert (opts.data_loader_size, opts.nEpochs, opts.flatEpochs, opts.stage2Epoch) == (64, 210, 105, 181)
+    with torch.device("meta"):
+        assert build_model(opts.model, **vars(opts)).bins == (512, 512)
 
 
 # ------------------------------------------------------------------------ conversion, outputs
