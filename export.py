@@ -46,13 +46,16 @@ BOX_PADDING = 1.25  # datasets.coco.BOX_PADDING, written here so the JSON does n
 
 class LastStage(nn.Module):
     """The model's last stage output only (every model returns a list of stage outputs), as the
-    codec's outputs (one tensor; a SimCC model's x and y vectors apart)."""
+    codec's outputs (one tensor; a SimCC model's x and y vectors apart). A model that can give
+    those outputs directly, cheaper than splitting its stage output, has ``exported_outputs``."""
 
     def __init__(self, model: nn.Module, codec: Codec) -> None:
         super().__init__()
         self.model, self.codec = model, codec
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if hasattr(self.model, "exported_outputs"):
+            return self.model.exported_outputs(image)
         return self.codec.split_outputs(self.model(image)[-1])
 
 

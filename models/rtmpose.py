@@ -97,7 +97,8 @@ class ChannelAttention(nn.Module):
         self.fc = nn.Conv2d(channels, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weights = F.hardsigmoid(self.fc(x.mean(dim=(2, 3), keepdim=True)))  # (N, C, 1, 1)
+        # a global average pool rather than a mean: ONNX Runtime keeps it in its blocked layout
+        weights = F.hardsigmoid(self.fc(F.adaptive_avg_pool2d(x, 1)))  # (N, C, 1, 1)
         return x * weights
 
 
@@ -183,8 +184,7 @@ class ScaleNorm(nn.Module):
         self.g = nn.Parameter(torch.ones(1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # the root of the sum of squares, not torch.norm: the same value, and plain ONNX operators
-        norm = x.square().sum(dim=-1, keepdim=True).sqrt() * self.scale
+        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True) * self.scale  # one ReduceL2 in ONNX
         return x / norm.clamp(min=self.eps) * self.g
 
 
@@ -230,9 +230,13 @@ class RTMCCHead(nn.Module):
         self.cls_y = nn.Linear(HIDDEN, bins[1], bias=False)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.cat(self.vectors(features), dim=-1)  # (N, K, Wx + Wy)
+
+    def vectors(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, C, h, w) -> the x logits (N, K, Wx) and the y logits (N, K, Wy), apart."""
         maps = self.conv(features)  # (N, K, h, w)
         tokens = self.gau(self.embed(self.norm(maps.flatten(2))))  # (N, K, h w) -> (N, K, 256)
-        return torch.cat([self.cls_x(tokens), self.cls_y(tokens)], dim=-1)  # (N, K, Wx + Wy)
+        return self.cls_x(tokens), self.cls_y(tokens)
 
 
 class RTMPose(nn.Module):
@@ -293,6 +297,12 @@ class RTMPose(nn.Module):
     def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
         features = self.backbone(self.input_norm(image))  # (N, C, H/32, W/32)
         return [self.head(features)]  # [(N, K, Wx + Wy)]
+
+    def exported_outputs(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What -export's graph gives: the last stage as the codec's outputs (x (N, K, Wx), y (N, K,
+        Wy)), each straight from its classifier. Splitting ``forward``'s concatenation gives the same
+        numbers, but ONNX Runtime runs the Concat and the Split it leaves, 0.5% of RTMPose-t's time."""
+        return self.head.vectors(self.backbone(self.input_norm(image)))
 
 
 @register_model("RTMPose", target="simcc")

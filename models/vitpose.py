@@ -98,8 +98,9 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, tokens, width = x.shape
-        qkv = self.qkv(x).reshape(n, tokens, 3, self.heads, -1).permute(2, 0, 3, 1, 4)  # (3, N, heads, T, d)
-        q, k, v = qkv.unbind(0)
+        # heads of q, k and v side by side, then split: one Split in an exported graph, no Squeeze
+        qkv = self.qkv(x).reshape(n, tokens, 3 * self.heads, -1).transpose(1, 2)  # (N, 3 heads, T, d)
+        q, k, v = qkv.split(self.heads, dim=1)  # 3 x (N, heads, T, d)
         weights = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (N, heads, T, T)
         return self.proj((weights @ v).transpose(1, 2).reshape(n, tokens, width))
 

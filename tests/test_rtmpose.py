@@ -422,6 +422,28 @@ def test_output_is_x_then_y_logits_and_the_conf_files_build() -> None:
         assert build_model(opts.model, **vars(opts)).bins == (512, 512)
 
 
+def test_the_export_takes_each_vector_from_its_classifier(tmp_path: Path) -> None:
+    # the exported graph gives simcc_x and simcc_y as the classifiers' products, not as slices of
+    # forward's concatenation: the same numbers, without the Concat and the Split ONNX Runtime would run
+    import onnx
+
+    from datasets.codecs import SimCCCodec
+    from export import LastStage, export_onnx
+
+    model = build_model("RTMPose", rtmpose_size="t", n_joints=5, input_res=96, aspect_ratio=2 / 3).eval()
+    codec = SimCCCodec((64, 96), split_ratio=2.0, sigma=(4.0, 4.0))
+    image = image_batch(2, 96, 64, seed=3)
+    with torch.no_grad():
+        exported, split = LastStage(model, codec)(image), codec.split_outputs(model(image)[-1])
+    assert [tuple(t.shape) for t in exported] == [(2, 5, 128), (2, 5, 192)]
+    for direct, sliced in zip(exported, split, strict=True):
+        torch.testing.assert_close(direct, sliced, rtol=0, atol=0)
+    export_onnx(LastStage(model, codec), (64, 96), codec.output_names, tmp_path / "rtmpose.onnx")
+    graph = onnx.load(str(tmp_path / "rtmpose.onnx")).graph
+    producers = {output: node.op_type for node in graph.node for output in node.output}
+    assert [producers[output.name] for output in graph.output] == ["MatMul", "MatMul"]
+
+
 # ------------------------------------------------------------------------ conversion, outputs
 
 
