@@ -17,6 +17,7 @@ import torch
 import torchvision
 from torch import nn
 
+from datasets.base import IMAGENET_MEAN, IMAGENET_STD
 from models.layers import bilinear_resize
 
 # name -> (torchvision builder, weights enum, trunk output channels)
@@ -36,6 +37,16 @@ INCEPTION_MIN_SIZE = 75  # below this the stride-2 valid convolutions of Incepti
 # Backbone names whose "no weights" notice was already printed: a model with several stages that
 # share a backbone type (DeepPose's cascade) should say it once, not once per stage.
 _NOTICED: set[str] = set()
+
+
+def to_signed_unit(image: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) with the image ImageNet-normalised in its first three channels -> the same with
+    the image as Google's ImageNet weights (Inception v3, GoogLeNet) were trained on it, (x - 0.5) /
+    0.5 per channel; channels beyond the third (IEF's joint maps) pass unchanged."""
+    mean = image.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = image.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    rgb = (image[:, :3] * std + mean - 0.5) / 0.5
+    return rgb if image.shape[1] == 3 else torch.cat([rgb, image[:, 3:]], dim=1)
 
 
 class InceptionTrunk(nn.Module):
@@ -63,20 +74,14 @@ class InceptionTrunk(nn.Module):
                 f"inception_v3 needs inputs of at least {INCEPTION_MIN_SIZE}x{INCEPTION_MIN_SIZE} px, "
                 f"got {height}x{width}; use a larger inputRes or a ResNet backbone"
             )
-        if self.transform_input:
-            # ImageNet mean/std normalisation -> (x - 0.5) / 0.5, channel by channel.
-            mean = image.new_tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-            std = image.new_tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-            image = (image * std + mean - 0.5) / 0.5
-        return self.layers(image)
+        return self.layers(to_signed_unit(image) if self.transform_input else image)
 
 
 class GoogLeNetTrunk(nn.Module):
     """GoogLeNet (torchvision's, with batch normalisation) without its classifier and auxiliary
     heads: (N, C, H, W) -> (N, 1024, ceil(H/32), ceil(W/32)) (its pools round up). Like Inception
     v3, its ImageNet weights were trained on inputs scaled to [-1, 1], so when they are loaded
-    ``transform_input`` converts the ImageNet mean/std normalisation of the first three channels
-    (the image) to that range; channels beyond the third (IEF's joint maps) pass unchanged."""
+    ``transform_input`` converts the image to that range (:func:`to_signed_unit`)."""
 
     def __init__(self, model: nn.Module, transform_input: bool = False) -> None:
         super().__init__()
@@ -89,12 +94,7 @@ class GoogLeNetTrunk(nn.Module):
         self.layers = nn.Sequential(OrderedDict((name, getattr(model, name)) for name in names))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        if self.transform_input:
-            mean = image.new_tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-            std = image.new_tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-            rgb = (image[:, :3] * std + mean - 0.5) / 0.5
-            image = torch.cat([rgb, image[:, 3:]], dim=1)
-        return self.layers(image)
+        return self.layers(to_signed_unit(image) if self.transform_input else image)
 
 
 def widen_first_convolution(trunk: nn.Module, in_channels: int, zero_extra: bool) -> None:

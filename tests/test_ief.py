@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import onnxruntime
 import pytest
 import torch
+from test_modern_models import fixture_data
 
 import main as entry
 from build import training_start_pose
@@ -31,15 +31,6 @@ GOOGLENET_LAYERS = (
     "inception4b", "inception4c", "inception4d", "inception4e", "maxpool4", "inception5a", "inception5b",
 )  # fmt: skip
 CONF = str(REPO_ROOT / "conf" / "models" / "IEF.defconf")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    # tiny tensors gain nothing from threads on a shared 2-core machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def small_ief(**options) -> torch.nn.Module:
@@ -79,6 +70,26 @@ def test_imagenet_googlenet_widened_computes_the_imagenet_features(tmp_path: Pat
         for name in GOOGLENET_LAYERS:  # torchvision's forward, up to the classifier
             expected = getattr(reference, name)(expected)
         torch.testing.assert_close(trunk(torch.cat([image, maps], dim=1)), expected)
+
+
+def test_inception_with_imagenet_weights_reads_the_joint_maps_too(tmp_path) -> None:
+    # the [-1, 1] input transform of Google's weights applies to the image channels only, so a
+    # widened Inception v3 (zero filters on the maps) computes exactly the 3-channel trunk's features
+    import torchvision
+
+    from models.backbones import torchvision_backbone
+
+    torch.manual_seed(0)
+    path = tmp_path / "inception.pth"
+    torch.save(
+        torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=False).state_dict(), path
+    )
+    widened, _ = torchvision_backbone("inception_v3", str(path), in_channels=3 + K)
+    plain, _ = torchvision_backbone("inception_v3", str(path))
+    assert widened.transform_input and plain.transform_input
+    image, maps = torch.randn(1, 3, 80, 80), torch.rand(1, K, 80, 80)
+    with torch.no_grad():
+        torch.testing.assert_close(widened.eval()(torch.cat([image, maps], dim=1)), plain.eval()(image))
 
 
 def test_from_scratch_the_extra_channels_start_like_the_image_ones() -> None:
@@ -277,9 +288,7 @@ def test_one_epoch_then_test_from_the_checkpoint_alone(tmp_path: Path) -> None:
 
 @pytest.mark.e2e
 def test_one_epoch_on_the_coco_fixture(shared_data: Path, tmp_path: Path) -> None:
-    coco = shared_data / "coco_mini"
-    data = ["-DataConfig", str(REPO_ROOT / "conf/datasets/coco.defconf"), "--dataDir", str(coco),
-            "--trainAnnotation", "test_coco.json", "--valAnnotation", "test_coco.json", "--imageDir", "."]  # fmt: skip
+    data = fixture_data(shared_data, "coco")
     assert entry.main([*RUN, *data, "--nEpochs", "1", "--expDir", str(tmp_path), "--expID", "coco"]) == 0
     val = read_metrics(tmp_path / "coco")[-1]
     # COCO's main metric after every iteration; the last is the usual AP
