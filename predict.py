@@ -39,7 +39,7 @@ from utils.distributed import choose_device
 from utils.drawing import draw_label, draw_pose
 from utils.logging import EpochProgress
 from utils.options import fail
-from utils.transforms import apply_affine, crop_affine, invert_affine, warp_image
+from utils.transforms import apply_affine, invert_affine, warp_image
 from video.smoothing import OneEuroFilter
 from video.tracking import PoseTracker, tracking_sigmas
 
@@ -261,16 +261,7 @@ class PoseRunner:
         """(normalised (3, h, w) float32 crop, (2, 3) crop -> frame matrix) for one person box."""
         width, height = self.trained.input_size
         center, box_height = box_to_center_scale(np.asarray(box), width / height)
-        convention = self.trained.codec.convention
-        matrix = crop_affine(
-            center,
-            box_height,
-            self.trained.input_size,
-            0.0,
-            False,
-            convention.crop_center,
-            convention.size_offset,
-        )
+        matrix = self.trained.codec.convention.crop(center, box_height, self.trained.input_size)
         return normalise(warp_image(pixels, matrix, self.trained.input_size)), invert_affine(matrix)
 
     def _forward(self, batch: np.ndarray) -> torch.Tensor:

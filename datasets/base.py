@@ -23,7 +23,7 @@ from datasets.codecs import Codec
 from datasets.skeletons import JointSpec
 from datasets.validation import SKIP_HINT, BadDataPolicy
 from metrics.pck import pck_summary
-from utils.transforms import apply_affine, compose_affine, crop_affine, invert_affine, warp_image
+from utils.transforms import apply_affine, compose_affine, invert_affine, warp_image
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -369,7 +369,7 @@ class KeypointDataset(Dataset, ABC):
         """Every record's joints in its crop without augmentation, (N, K, 2) input px float64, and
         ``visible`` (N, K), from the records alone (no image is read): the box centre and height
         as :meth:`make_sample` crops them, unrotated and unflipped."""
-        crop_center = self.codec.convention.crop_center
+        convention = self.codec.convention
         if hasattr(self.records, "column"):  # a RecordTable: whole columns, no dict per record
             columns = {key: self.records.column(key) for key in ("joints", "visible", "center", "scale")}
         else:
@@ -379,13 +379,8 @@ class KeypointDataset(Dataset, ABC):
             }
         joints = np.empty(columns["joints"].shape, dtype=np.float64)
         for index in range(len(joints)):
-            matrix = crop_affine(
-                columns["center"][index],
-                float(columns["scale"][index]),
-                self.input_size,
-                0.0,
-                False,
-                crop_center,
+            matrix = convention.crop(
+                columns["center"][index], float(columns["scale"][index]), self.input_size
             )
             joints[index] = apply_affine(columns["joints"][index], matrix)
         return joints, np.asarray(columns["visible"], dtype=np.float64)
@@ -525,16 +520,7 @@ class KeypointDataset(Dataset, ABC):
         """Sample ``index`` as it is, raising DataError if its image is bad."""
         record = self.records[index]
         center, box_height, rotation, flip, gain = self.sample_transform(index)
-        convention = self.codec.convention
-        matrix = crop_affine(
-            center,
-            box_height,
-            self.input_size,
-            rotation,
-            flip,
-            convention.crop_center,
-            convention.size_offset,
-        )
+        matrix = self.codec.convention.crop(center, box_height, self.input_size, rotation, flip)
         # one warp from the decoded pixels straight to the crop (rotation, zoom and flip at once)
         decoded = self.load_decoded(record, zoom=self.input_size[1] / box_height)
         if self.checks_image_bounds:

@@ -16,6 +16,8 @@ import cv2
 import numpy as np
 import torch
 
+from utils.transforms import crop_affine
+
 if TYPE_CHECKING:
     from datasets.skeletons import PartHierarchy
 
@@ -39,6 +41,18 @@ class CoordinateConvention:
     anchor: float
     flip_shift: int
     size_offset: float = 0.0
+
+    def crop(
+        self,
+        center: np.ndarray,
+        box_height: float,
+        input_size: tuple[int, int],
+        rotation: float = 0.0,
+        flip: bool = False,
+    ) -> np.ndarray:
+        """The (2, 3) image -> crop matrix (utils.transforms.crop_affine) placed as this convention
+        places the box: what training, -predict and the start pose of IEF all crop with."""
+        return crop_affine(center, box_height, input_size, rotation, flip, self.crop_center, self.size_offset)
 
 
 CONVENTIONS = {
@@ -85,9 +99,7 @@ def get_convention(name: str, target_type: str | None = None) -> CoordinateConve
     """Convention ``name``; with ``target_type``, one that applies to that target type."""
     if name not in CONVENTIONS:
         raise ValueError(f"unknown coordinate convention {name!r}: choose one of {', '.join(CONVENTIONS)}")
-    allowed = (
-        CONVENTIONS_OF_TARGET.get(target_type, tuple(CONVENTIONS)) if target_type else tuple(CONVENTIONS)
-    )
+    allowed = CONVENTIONS_OF_TARGET.get(target_type, tuple(CONVENTIONS))
     if name not in allowed:
         raise ValueError(
             f"coordinate convention {name!r} does not apply to {target_type} models: choose one of "
@@ -778,13 +790,13 @@ class CompositionalCodec(HeatmapCodec):
         for level in range(2, self.hierarchy.num_levels):
             children = self.hierarchy.levels[level - 1].children
             below, below_weight = maps[-1], weights[-1]
-            level_maps = np.zeros((len(children), *below.shape[1:]))
+            level_maps, level_weight = np.zeros((len(children), *below.shape[1:])), np.zeros(len(children))
             for part, members in enumerate(children):
                 supervised = [child for child in members if below_weight[child] > 0]
                 if supervised:
-                    level_maps[part] = below[supervised].max(axis=0)
+                    level_maps[part], level_weight[part] = below[supervised].max(axis=0), 1.0
             maps.append(level_maps)
-            weights.append(np.array([float(any(below_weight[c] > 0 for c in m)) for m in children]))
+            weights.append(level_weight)
         return np.concatenate(maps).astype(np.float32), np.concatenate(weights).astype(np.float32)
 
     def _first_level(self, centers: np.ndarray, labelled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
