@@ -14,9 +14,9 @@ A "compositional" model (DLCM, Tang et al. ECCV 2018) predicts a hierarchy of pa
 level bottom-up then top-down, each stage output (N, K_l, H, W) with its level's K_l maps; the
 last stage is the joints' heatmaps (see ``datasets.codecs.CompositionalCodec``).
 
-A heatmap model (and a compositional one: ``HEATMAP_TARGETS``) also states which ``inputRes /
-outputRes`` strides it can produce and, when it halves its heatmap-sized features internally (an
-hourglass), the option counting the halvings, so
+A heatmap model (and a compositional one: ``datasets.codecs.HEATMAP_DECODED``) also states which
+``inputRes / outputRes`` strides it can produce and, when it halves its heatmap-sized features
+internally (an hourglass), the option counting the halvings, so
 ``utils.option_checks.check_model_sizes`` refuses a configuration it cannot build before anything is built.
 
 Three declarations let a model whose stages are iterations (IEF) use the one loop unchanged:
@@ -38,11 +38,10 @@ from typing import Any
 
 from torch import nn
 
+from datasets.codecs import CONVENTIONS_OF_TARGET
 from utils.registry import Registry, UnknownNameError
 
-TARGET_TYPES = ("heatmap", "regression", "simcc", "compositional")
-# target types whose stage outputs are heatmaps at outputRes (their strides and halvings are checked)
-HEATMAP_TARGETS = ("heatmap", "compositional")
+TARGET_TYPES = tuple(CONVENTIONS_OF_TARGET)  # each has a codec (datasets/codecs.py)
 
 
 @dataclass(frozen=True)

@@ -153,28 +153,36 @@ def _check_hierarchy(opts: Options, dataset: Any) -> None:
     )
 
 
+# Range checks by key; a model key left unset (None) keeps its builder's default and is not checked.
 POSITIVE = (
     "LR", "inputRes", "outputRes", "aspectRatio", "hmGauss", "data_loader_size", "mini_batch_count",
     "nEpochs", "valInterval", "saveInterval", "dropMag", "imageRes", "syntheticTrain", "syntheticVal",
+    "stepBound", "renderSigma", "emaGamma",
 )  # fmt: skip
-NON_NEGATIVE = ("nThreads", "dropLR", "gpuid", "maxScale", "maxRotate", "maxTranslate", "colorJitter")
+NON_NEGATIVE = (
+    "nThreads", "dropLR", "gpuid", "maxScale", "maxRotate", "maxTranslate", "colorJitter", "stepEpochs",
+    "warmupSteps", "flatEpochs", "stage2Epoch",
+)  # fmt: skip
+FRACTIONS = ("warmupStartFactor", "minLRFactor", "layerDecay", "trackIoU", "trackOKS")
 PROBABILITIES = ("rotateProb", "flipProb", "halfBodyProb")
 AT_LEAST_ONE = (
     "nChannels", "nStack", "nModules", "nReductions", "nJoints", "nDeconv", "deconvFilters", "hrnetWidth",
     "stemChannels", "vitWidth", "vitDepth", "vitNumHeads", "nIterations", "pathSteps",
 )  # fmt: skip
-# model keys left to the builder's default when unset (None)
-POSITIVE_IF_SET = ("stepBound", "renderSigma")
-NON_NEGATIVE_IF_SET = ("stepEpochs",)
 
 
 def _check_numbers(opts: Options, entry: Any) -> None:
     for key in POSITIVE:
-        if not getattr(opts, key) > 0:
-            raise _error(f"{key}: must be > 0, got {getattr(opts, key)}")
+        value = getattr(opts, key)
+        if value is not None and not value > 0:  # NaN fails too
+            raise _error(f"{key}: must be > 0, got {value}")
     for key in NON_NEGATIVE:
-        if getattr(opts, key) < 0:
-            raise _error(f"{key}: must be >= 0, got {getattr(opts, key)}")
+        value = getattr(opts, key)
+        if value is not None and value < 0:
+            raise _error(f"{key}: must be >= 0, got {value}")
+    for key in FRACTIONS:
+        if not 0 <= getattr(opts, key) <= 1:
+            raise _error(f"{key}: must be in [0, 1], got {getattr(opts, key)}")
     for key in PROBABILITIES:
         if not 0 <= getattr(opts, key) <= 1:
             raise _error(f"{key}: must be a probability in [0, 1], got {getattr(opts, key)}")
@@ -191,14 +199,6 @@ def _check_numbers(opts: Options, entry: Any) -> None:
         value = getattr(opts, key)
         if value is not None and value < 1:
             raise _error(f"{key}: must be >= 1, got {value}")
-    for key in POSITIVE_IF_SET:
-        value = getattr(opts, key)
-        if value is not None and not value > 0:  # NaN fails too
-            raise _error(f"{key}: must be > 0, got {value}")
-    for key in NON_NEGATIVE_IF_SET:
-        value = getattr(opts, key)
-        if value is not None and value < 0:
-            raise _error(f"{key}: must be >= 0, got {value}")
 
 
 def _check_choices(opts: Options) -> None:
@@ -247,18 +247,10 @@ def _derive_schedule(opts: Options) -> None:
 
 
 def _check_recipe(opts: Options) -> None:
-    """Warm-up, flat-then-cosine, layer decay and EMA values (docs/running.md, Training recipes)."""
-    fractions = ("warmupStartFactor", "minLRFactor", "layerDecay")
-    for key in fractions:
-        if not 0 <= getattr(opts, key) <= 1:
-            raise _error(f"{key}: must be in [0, 1], got {getattr(opts, key)}")
-    for key in ("warmupSteps", "flatEpochs", "stage2Epoch"):
-        if getattr(opts, key) < 0:
-            raise _error(f"{key}: must be >= 0, got {getattr(opts, key)}")
+    """The EMA momentum (docs/running.md, Training recipes; the recipe's other ranges are
+    checked with the rest in _check_numbers)."""
     if not 0 < opts.emaMomentum <= 1:
         raise _error(f"emaMomentum: must be in (0, 1], got {opts.emaMomentum}")
-    if not opts.emaGamma > 0:
-        raise _error(f"emaGamma: must be > 0, got {opts.emaGamma}")
 
 
 def _derive_stage2(opts: Options) -> None:
@@ -351,9 +343,6 @@ def _check_video(opts: Options) -> None:
             raise _error(f"{key}: must be > 0 Hz, got {getattr(opts, key)}")
     if not opts.smoothBeta >= 0:
         raise _error(f"smoothBeta: must be >= 0, got {opts.smoothBeta}")
-    for key in ("trackIoU", "trackOKS"):
-        if not 0 <= getattr(opts, key) <= 1:
-            raise _error(f"{key}: must be in [0, 1], got {getattr(opts, key)}")
     if opts.trackMemory < 0:
         raise _error(f"trackMemory: must be >= 0 frames, got {opts.trackMemory}")
 
@@ -362,20 +351,21 @@ def check_model_sizes(opts: Options) -> None:
     """Refuse sizes the model's registry entry states it cannot build: an ``outputRes / inputRes``
     ratio it does not produce, or more halvings of the heatmap grid (``heatmap_halvings``, e.g. an
     hourglass's nReductions) than the grid has pixels for."""
-    from models.registry import HEATMAP_TARGETS, get_entry
+    from datasets.codecs import HEATMAP_DECODED
+    from models.registry import get_entry
 
     entry = get_entry(opts.model)
     input_res, output_res, aspect_ratio = opts.inputRes, opts.outputRes, opts.aspectRatio
     strides = entry.output_strides
     reachable = not input_res % output_res and input_res // output_res in (strides or ())
-    if entry.target_type in HEATMAP_TARGETS and strides is not None and not reachable:
+    if entry.target_type in HEATMAP_DECODED and strides is not None and not reachable:
         fits = [str(input_res // s) for s in strides if input_res % s == 0]
         hint = f" (outputRes {' or '.join(fits)} for inputRes {input_res})" if fits else ""
         raise _error(
             f"outputRes: {output_res} with inputRes {input_res} is a ratio {entry.name} cannot produce; "
             f"it accepts outputRes / inputRes {entry.output_ratios()}{hint}"
         )
-    if entry.target_type not in HEATMAP_TARGETS or entry.heatmap_halvings is None:
+    if entry.target_type not in HEATMAP_DECODED or entry.heatmap_halvings is None:
         return
     key = entry.heatmap_halvings
     halvings = getattr(opts, key, None)
