@@ -128,17 +128,12 @@ def build_codec(opts: Options) -> Codec:
 def build_data(
     opts: Options, codec: Codec, input_size: tuple[int, int], with_train: bool
 ) -> tuple[KeypointDataset | None, KeypointDataset]:
-    augmentation = Augmentation(
-        opts.maxScale, opts.maxRotate, opts.rotateProb, opts.maxTranslate, opts.flipProb, opts.colorJitter
-    )
+    values = {key: getattr(opts, key) for key in AUGMENTATION_KEYS}
+    augmentation = augmentation_of(values)
     switch = None
     if opts.stage2Epoch:
-        later = {key: getattr(opts, key) for key in AUGMENTATION_KEYS} | opts.stage2_augmentation
-        switch = AugmentationSwitch(
-            opts.stage2Epoch,
-            Augmentation(*(later[key] for key in AUGMENTATION_KEYS[:6])),
-            later["halfBodyProb"],
-        )
+        later = values | opts.stage2_augmentation
+        switch = AugmentationSwitch(opts.stage2Epoch, augmentation_of(later), later["halfBodyProb"])
     return build_datasets(
         opts.dataset, codec, input_size, augmentation, opts.seed,
         with_train=with_train, data_dir=opts.dataDir,
@@ -148,6 +143,14 @@ def build_data(
         synthetic_sizes=(opts.syntheticTrain, opts.syntheticVal), synthetic_image_size=opts.imageRes,
         skip_bad_samples=opts.skipBadSamples, max_bad_fraction=opts.maxBadFraction,
         allow_outside_paths=opts.allowOutsidePaths, image_cache=opts.imageCache, augmentation_switch=switch,
+    )  # fmt: skip
+
+
+def augmentation_of(values: dict[str, float]) -> Augmentation:
+    """The Augmentation of option values keyed as ``AUGMENTATION_KEYS`` (halfBodyProb is the dataset's)."""
+    return Augmentation(
+        values["maxScale"], values["maxRotate"], values["rotateProb"], values["maxTranslate"],
+        values["flipProb"], values["colorJitter"],
     )  # fmt: skip
 
 
