@@ -227,10 +227,15 @@ def _check_level(
             )
     seen: dict[frozenset[int], str] = {}
     for name, part in zip(names, children, strict=True):
-        key = frozenset(part) if depth > 1 else frozenset(frozenset(bone) for bone in _chain(part))
+        key = frozenset(part) if depth > 1 else _bone_set(_chain(part))
         if key in seen:
             raise HierarchyError(f"level {depth}: parts '{seen[key]}' and '{name}' are the same part")
         seen[key] = name
+
+
+def _bone_set(bones) -> frozenset[frozenset[int]]:
+    """A level-1 part as its set of undirected bones: the same key whichever way it is listed."""
+    return frozenset(frozenset(bone) for bone in bones)
 
 
 def _mirror_permutations(
@@ -246,7 +251,7 @@ def _mirror_permutations(
     for depth, level in enumerate(hierarchy.levels, start=1):
         below = permutations[-1]
         if depth == 1:
-            keys = [frozenset(frozenset(bone) for bone in bones) for bones in hierarchy.bones(1)]
+            keys = [_bone_set(bones) for bones in hierarchy.bones(1)]
             mirrored = [frozenset(frozenset(below[j] for j in bone) for bone in key) for key in keys]
         else:
             keys = [frozenset(children) for children in level.children]

@@ -472,8 +472,6 @@ def import_simple_baseline(source: dict[str, torch.Tensor], size: InputSize) -> 
 
 # ------------------------------------------------------------------------------ rtmpose
 
-RTMPOSE_STRIDE = 32  # the head reads the backbone's stride-32 map, flattened
-
 
 def _conv_module(theirs: str, ours: str) -> dict[str, str]:
     """mmcv's ConvModule (conv, bn, activate) onto ``models.rtmpose.ConvBNAct`` (conv, bn, act)."""
@@ -558,12 +556,14 @@ def rtmpose_input_of(source: dict[str, torch.Tensor]) -> tuple[int, int, float]:
     keys = ("head.mlp.1.weight", "head.cls_x.weight", "head.cls_y.weight")
     if not all(key in source and source[key].dim() == 2 for key in keys):
         raise ConversionError("the source's head lacks a 2-D head.mlp.1, head.cls_x or head.cls_y weight")
+    from models.rtmpose import STRIDE  # the head reads the backbone's stride-32 map, flattened
+
     flat = source["head.mlp.1.weight"].shape[1]
     bins_x, bins_y = source["head.cls_x.weight"].shape[0], source["head.cls_y.weight"].shape[0]
     for rows in range(1, flat + 1):
         cols = flat // rows
         if rows * cols == flat and bins_y * cols == bins_x * rows:
-            height, width = rows * RTMPOSE_STRIDE, cols * RTMPOSE_STRIDE
+            height, width = rows * STRIDE, cols * STRIDE
             ratio = bins_x / width
             if round(width * ratio) == bins_x and round(height * ratio) == bins_y:
                 return height, width, ratio
@@ -612,9 +612,6 @@ def import_rtmpose(source: dict[str, torch.Tensor], size: InputSize) -> tuple[di
 
 # ViTPose's own configs use 256x192 crops for COCO and for MPII (ViTPose_*_mpii_256x192.py)
 VITPOSE_DATA = {17: ("coco", 256, 0.75), 16: ("mpii", 256, 0.75)}
-VITPOSE_PATCH = 16
-# the authors' sizes by token width: (size, depth, attention heads); heads cannot be read from shapes
-VITPOSE_WIDTHS = {384: ("S", 12, 12), 768: ("B", 12, 12), 1024: ("L", 24, 16), 1280: ("H", 32, 16)}
 
 
 @dataclass(frozen=True)
@@ -712,6 +709,8 @@ def import_vitpose(
 ) -> tuple[dict[str, Any], str]:
     import torch
 
+    from models.vitpose import PATCH, VIT_SIZES
+
     layout = vitpose_layout(source)
     if layout.pos_embed not in source or source[layout.pos_embed].dim() != 3:
         raise ConversionError(f"the source has no {layout.pos_embed!r} of shape (1, positions, width)")
@@ -719,15 +718,17 @@ def import_vitpose(
     depth = 1 + max(
         int(m.group(1)) for k in source if (m := re.match(rf"{re.escape(layout.blocks)}\.(\d+)\.", k))
     )
-    known = width in VITPOSE_WIDTHS
+    # the authors' sizes by token width; heads cannot be read from shapes
+    sizes_by_width = {size.width: (name, size.depth, size.heads) for name, size in VIT_SIZES.items()}
+    known = width in sizes_by_width
     if heads is None and not known:
-        widths = ", ".join(f"{w} ({name})" for w, (name, _, _) in VITPOSE_WIDTHS.items())
+        widths = ", ".join(f"{w} ({name})" for w, (name, _, _) in sizes_by_width.items())
         raise ConversionError(
             f"source key {layout.pos_embed!r} is {width} wide, none of the authors' sizes ({widths}); give "
             f"its attention heads with --vitNumHeads"
         )
     # an unknown width takes B's settings (drop path, recipe) with its own width, depth and heads
-    vit_size, size_depth, size_heads = VITPOSE_WIDTHS[width] if known else ("B", None, None)
+    vit_size, size_depth, size_heads = sizes_by_width[width] if known else ("B", None, None)
     heads = heads or size_heads
     if width % heads:
         raise ConversionError(
@@ -743,7 +744,7 @@ def import_vitpose(
             "-ModelConfig", str(REPO_ROOT / "conf" / "models" / f"ViTPose-{vit_size}.defconf"),
             "--vitSize", vit_size, "--vitDecoder", decoder, "--deconvFilters", str(filters),
             *overrides,
-            *authors_data_options(joints, size, VITPOSE_PATCH, VITPOSE_DATA, "udp"),
+            *authors_data_options(joints, size, PATCH, VITPOSE_DATA, "udp"),
             # their test config's decoding: use_udp with Gaussian heatmaps runs DARK (post_dark_udp)
             "--postProcess", "dark", "--inputNorm", "imagenet",
         ]

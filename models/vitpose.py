@@ -34,25 +34,27 @@ INIT_STD = 0.02  # their trunc_normal_ of the linear layers and the position emb
 HEAD_INIT_STD = 0.001  # their head's normal_init of the deconvolutions and the last convolution
 UPSAMPLE = 4  # the simple decoder's bilinear factor (ViTPose's upsample=4): 1/16 -> 1/4
 DECODERS = ("classic", "simple")
+# what MAE pre-training does not give: the decoder and the last norm (the authors' loader leaves it)
+NOT_PRETRAINED = ("deconvs.", "head.", "last_norm.")
 
 
 @dataclass(frozen=True)
 class ViTSize:
     """One of the authors' sizes (``ViTPose_*_coco_256x192.py``): the backbone's width, depth and
-    attention heads, the drop-path rate and the layer-wise LR decay of their recipe."""
+    attention heads and the drop-path rate of their recipe (its layer-wise LR decay is each conf
+    file's ``layerDecay``)."""
 
     width: int
     depth: int
     heads: int
     drop_path: float
-    layer_decay: float
 
 
 VIT_SIZES = {
-    "S": ViTSize(width=384, depth=12, heads=12, drop_path=0.1, layer_decay=0.8),
-    "B": ViTSize(width=768, depth=12, heads=12, drop_path=0.3, layer_decay=0.75),
-    "L": ViTSize(width=1024, depth=24, heads=16, drop_path=0.5, layer_decay=0.8),
-    "H": ViTSize(width=1280, depth=32, heads=16, drop_path=0.55, layer_decay=0.85),
+    "S": ViTSize(width=384, depth=12, heads=12, drop_path=0.1),
+    "B": ViTSize(width=768, depth=12, heads=12, drop_path=0.3),
+    "L": ViTSize(width=1024, depth=24, heads=16, drop_path=0.5),
+    "H": ViTSize(width=1280, depth=32, heads=16, drop_path=0.55),
 }
 
 # What wraps a parameter's name on its way to an optimizer: DistributedDataParallel, torch.compile
@@ -310,7 +312,7 @@ def load_mae_weights(model: ViTPose, path: str | Path) -> list[str]:
         if MAE_UNUSED.match(key):
             skipped.append(key)
             continue
-        if key not in ours or key.startswith(("deconvs.", "head.", "last_norm.")):
+        if key not in ours or key.startswith(NOT_PRETRAINED):
             raise ValueError(f"{path}: key {key!r} has no counterpart in ViTPose's backbone")
         if key == "pos_embed":
             side = round((value.shape[1] - 1) ** 0.5) if value.dim() == 3 else 0
@@ -336,7 +338,7 @@ def load_mae_weights(model: ViTPose, path: str | Path) -> list[str]:
                 f"{path}: key {key!r} has shape {tuple(value.shape)} but ViTPose needs {tuple(ours[key].shape)}"
             )
         loaded[key] = value
-    backbone = [key for key in ours if not key.startswith(("deconvs.", "head.", "last_norm."))]
+    backbone = [key for key in ours if not key.startswith(NOT_PRETRAINED)]
     missing = [key for key in backbone if key not in loaded]
     if missing:
         depth = len({m.group(1) for key in source if (m := re.match(r"blocks\.(\d+)\.", key))})
