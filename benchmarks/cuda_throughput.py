@@ -156,20 +156,16 @@ def measure_training(
     scaler = torch.amp.GradScaler(DEVICE.type) if amp == "fp16" else None
     codec = build_codec(opts)
     loss_fn = make_loss(codec)
-    targets: list[torch.Tensor] = []  # (target, weight), made at the first step from the output's shape
+    shape = (batch, *codec.target_shape(opts.nJoints))  # a compositional target holds every level's maps
     with_target = get_entry(opts.model).trains_with_target
-    if with_target:  # the target enters the forward (engine.train_one_epoch): made from the codec's shape
-        shape = (batch, *codec.output_shape(opts.nJoints))
-        targets.extend([torch.rand(shape, device=DEVICE) - 0.5, torch.ones(shape[:2], device=DEVICE)])
+    # a target that enters the forward (engine.train_one_epoch: IEF's) is a pose in the crop's [-0.5, 0.5]
+    target = torch.rand(shape, device=DEVICE) - (0.5 if with_target else 0.0)
+    weight = torch.ones(shape[:2], device=DEVICE)
 
     def step() -> torch.Tensor:
         with autocast(amp):
-            outputs = model(image, targets[0]) if with_target else model(image)
-            if not targets:
-                # the codec's target shape (a compositional target holds every level's maps)
-                shape = (len(image), *codec.target_shape(opts.nJoints))
-                targets.extend([torch.rand(shape, device=DEVICE), torch.ones(shape[:2], device=DEVICE)])
-            loss = loss_fn(outputs, *targets)
+            outputs = model(image, target) if with_target else model(image)
+            loss = loss_fn(outputs, target, weight)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()

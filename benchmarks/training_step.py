@@ -164,12 +164,12 @@ def bench_model(name: str, args: argparse.Namespace, matmul: Callable[[], None])
         torch.manual_seed(0)
         base = build_model(opts.model, **vars(opts))
         base.train()
-        with_target = get_entry(name).trains_with_target  # as engine.train_one_epoch calls it
+        entry = get_entry(name)
+        with_target = entry.trains_with_target  # as engine.train_one_epoch calls it
         result.parameters = count_parameters(base) / 1e6
         result.gflops = gflops_per_image(base, (INPUT_RES, INPUT_RES))
-        target_type = get_entry(name).target_type
         codec = make_codec(
-            target_type, (INPUT_RES, INPUT_RES), (OUTPUT_RES, OUTPUT_RES), 1.0, hierarchy=opts.hierarchy
+            entry.target_type, (INPUT_RES, INPUT_RES), (OUTPUT_RES, OUTPUT_RES), 1.0, hierarchy=opts.hierarchy
         )
         data = SyntheticPeople("train", args.batch, codec, (INPUT_RES, INPUT_RES), image_size=160)
         samples = [data[i] for i in range(args.batch)]

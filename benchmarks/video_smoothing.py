@@ -40,6 +40,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import main as entry  # noqa: E402
+from utils.options import build_parser  # noqa: E402
 from video.smoothing import OneEuroFilter  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +49,10 @@ IMAGE, BOX = "000000000785.jpg", (281.0, 45.0, 219.0, 347.0)  # its one person's
 WINDOW = (150.0, 0.0, 400, 425)  # x, y, width, height of the clip's first frame in the image
 FRAMES, PAN, NOISE = 60, 1.5, 4.0  # frames per clip, px per frame, grey levels
 WARM_UP = 10  # frames before the lag is measured
-MIN_CUTOFF, BETA, D_CUTOFF = 1.0, 0.05, 1.0  # the --smooth* defaults
+# the --smooth* defaults, read from the option parser so the table states what -predict does
+MIN_CUTOFF, BETA, D_CUTOFF = (
+    build_parser().get_default(key) for key in ("smoothMinCutoff", "smoothBeta", "smoothDCutoff")
+)
 
 
 def jitter(track: np.ndarray, truth_step: np.ndarray) -> float:
