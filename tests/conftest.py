@@ -67,6 +67,13 @@ def run(tmp_path: Path, *extra: str) -> Path:
     return tmp_path
 
 
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One epoch of the tiny run, trained once for the session: the modules that only read a
+    checkpoint (-predict, -export) share it."""
+    return run(tmp_path_factory.mktemp("trained"), "--nEpochs", "1", "--expID", "m") / "m" / "last.pth"
+
+
 def cli_output(argv: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
     """main.py's ``cli`` in-process: (exit status, stdout, stderr); any other exception (a
     traceback) propagates and fails the test."""

@@ -637,6 +637,14 @@ def test_udp_flip_test_is_exact_on_a_mirrored_pose() -> None:
         assert np.linalg.norm(alone[0] - joints, axis=1).max() < bound, post_process
 
 
+def gaussian_blobs(peaks, heatmap_size: tuple[int, int], sigma: float) -> list[np.ndarray]:
+    """One (H, W) float32 Gaussian of ``sigma`` per (x, y) in ``peaks``, centred there (heatmap px)."""
+    ys, xs = np.mgrid[0 : heatmap_size[1], 0 : heatmap_size[0]]
+    return [
+        np.exp(-((xs - px) ** 2 + (ys - py) ** 2) / (2 * sigma**2)).astype(np.float32) for px, py in peaks
+    ]
+
+
 @pytest.mark.parametrize("flip", [False, True], ids=["direct", "flip"])
 def test_udp_decode_matches_vitposes_decoder_on_sub_pixel_blobs(flip: bool) -> None:
     """On Gaussians at random sub-pixel places (away from the border), ViTPose's own decoding
@@ -654,16 +662,13 @@ def test_udp_decode_matches_vitposes_decoder_on_sub_pixel_blobs(flip: bool) -> N
     conv = CONVENTIONS["udp"]
     codec = HeatmapCodec(input_size, heatmap_size, sigma, "udp", "dark")
     matrix = crop_affine(center, box_height, input_size, 0.0, False, conv.crop_center, conv.size_offset)
-    ys, xs = np.mgrid[0 : heatmap_size[1], 0 : heatmap_size[0]]
     worst = 0.0
     for _ in range(30):
         peak = rng.uniform(6, np.array(heatmap_size) - 7)
         # the mirrored output: the peak's mirror (W - 1 - x), a little off as a network's would be
         mirror = np.array([heatmap_size[0] - 1 - peak[0], peak[1]]) + rng.uniform(-0.3, 0.3, size=2)
         peaks = (peak, mirror)
-        blobs = [
-            np.exp(-((xs - px) ** 2 + (ys - py) ** 2) / (2 * sigma**2)).astype(np.float32) for px, py in peaks
-        ]
+        blobs = gaussian_blobs(peaks, heatmap_size, sigma)
         if flip:
             theirs_map = (blobs[0] + blobs[1][..., ::-1]) * 0.5
             back = codec.mirror_back(torch.from_numpy(blobs[1][None, None]), ONE_JOINT)
@@ -705,12 +710,9 @@ def test_decode_matches_the_codebases_own_decoder_on_sub_pixel_blobs(codebase: s
     conv = CONVENTIONS[codebase]
     codec = HeatmapCodec(input_size, heatmap_size, sigma, codebase)
     matrix = crop_affine(center, box_height, input_size, 0.0, False, conv.crop_center)
-    ys, xs = np.mgrid[0 : heatmap_size[1], 0 : heatmap_size[0]]
     for _ in range(50):
         peaks = rng.uniform(3, np.array(heatmap_size) - 4, size=(2, 2))  # direct, mirrored
-        blobs = [
-            np.exp(-((xs - px) ** 2 + (ys - py) ** 2) / (2 * sigma**2)).astype(np.float32) for px, py in peaks
-        ]
+        blobs = gaussian_blobs(peaks, heatmap_size, sigma)
         if flip:
             if codebase == "hrnet":
                 theirs_map = (blobs[0] + hrnet_flip_back(blobs[1])) * 0.5

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_modern_models import fixture_data
 
 import main as entry
 from conftest import REPO_ROOT, TINY_RUN, parse_error, read_metrics
@@ -306,40 +307,33 @@ BAD_HIERARCHIES = {
 }  # fmt: skip
 
 
+def custom_data(spec: Path, folder: Path) -> list[str]:
+    """The options of a custom dataset of joint spec ``spec``, its data and runs in ``folder``."""
+    return [
+        "--dataset",
+        "custom",
+        "--jointSpec",
+        str(spec),
+        "--dataDir",
+        str(folder),
+        "--expDir",
+        str(folder),
+    ]
+
+
 @pytest.mark.parametrize("case", list(BAD_HIERARCHIES))
 def test_a_bad_hierarchy_is_one_line_naming_the_spec_and_key(case, tmp_path, capsys) -> None:
     levels, expected = BAD_HIERARCHIES[case]
     spec = tmp_path / "star.json"
     spec.write_text(json.dumps(star_spec(hierarchy=levels)))
-    err = parse_error(
-        capsys,
-        [
-            "--dataset",
-            "custom",
-            "--jointSpec",
-            str(spec),
-            "--dataDir",
-            str(tmp_path),
-            "--expDir",
-            str(tmp_path),
-        ],
-    )
+    err = parse_error(capsys, custom_data(spec, tmp_path))
     assert err.startswith(f"main.py: error: jointSpec: {spec}: key 'hierarchy': {expected}"), err
 
 
 def test_dlcm_needs_a_hierarchy(tmp_path, capsys) -> None:
     spec = tmp_path / "flat.json"
     spec.write_text(json.dumps({k: v for k, v in star_spec().items() if k != "hierarchy"}))
-    data = [
-        "--dataset",
-        "custom",
-        "--jointSpec",
-        str(spec),
-        "--dataDir",
-        str(tmp_path),
-        "--expDir",
-        str(tmp_path),
-    ]
+    data = custom_data(spec, tmp_path)
     err = parse_error(capsys, [*data, "-ModelConfig", DLCM_CONF])
     assert err == (
         "main.py: error: jointSpec: spec 'star' has no 'hierarchy' key, which model DLCM needs (its levels "
@@ -370,9 +364,7 @@ def test_one_epoch_on_synthetic_data_then_test_from_the_checkpoint_alone(tmp_pat
 
 @pytest.mark.e2e
 def test_one_epoch_on_the_coco_fixture(shared_data: Path, tmp_path: Path) -> None:
-    coco = shared_data / "coco_mini"
-    data = ["-DataConfig", str(REPO_ROOT / "conf/datasets/coco.defconf"), "--dataDir", str(coco),
-            "--trainAnnotation", "test_coco.json", "--valAnnotation", "test_coco.json", "--imageDir", "."]  # fmt: skip
+    data = fixture_data(shared_data, "coco")
     assert (
         entry.main([*TINY_DLCM, *data, "--nEpochs", "1", "--expDir", str(tmp_path), "--expID", "coco"]) == 0
     )

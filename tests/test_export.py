@@ -10,10 +10,10 @@ import numpy as np
 import onnxruntime
 import pytest
 import torch
+from test_models import CONF_FILES
 
 import main as entry
 from build import load_trained
-from conftest import REPO_ROOT
 from datasets.skeletons import MPII_JOINTS
 from models import build_model, list_models
 from utils.checkpoint import save_checkpoint
@@ -50,8 +50,6 @@ FRAMES = {
     "ViTPose": ((64, 48), (16, 12)),
 }
 FRAME = ((32, 24), (8, 6))
-# a paper's width or size names the file
-CONF_NAMES = {"HRNet": "HRNet-W32", "RTMPose": "RTMPose-t", "ViTPose": "ViTPose-S"}
 # (anchor, crop_center, flip_shift, size_offset) each convention's notes state
 CONVENTION_NUMBERS = {
     "project": (0.5, 0.0, 0, 0.0), "hrnet": (0.0, 0.5, 1, 0.0), "udp": (0.0, 0.0, 0, 1.0), "mmpose": (0.0, 0.5, 0, 0.0),
@@ -61,7 +59,7 @@ CONVENTION_NUMBERS = {
 def make_checkpoint(folder: Path, name: str, convention: str) -> tuple[Path, torch.nn.Module]:
     """An untrained model's checkpoint (random batch-norm statistics, so an export in training
     mode would show), and the model itself in eval mode."""
-    conf = REPO_ROOT / "conf" / "models" / f"{CONF_NAMES.get(name, name)}.defconf"
+    conf = CONF_FILES[name]
     opts = parse_options(
         [
             "-ModelConfig",

@@ -12,17 +12,9 @@ import pytest
 from test_exif_orientation import STORED_H, STORED_W, write_tagged_jpeg
 
 import main as entry
-from conftest import TINY_RUN
 from utils.options import parse_options
 
-pytestmark = pytest.mark.e2e  # every test uses the module's trained checkpoint (main.main)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("trained")
-    assert entry.main([*TINY_RUN, "--nEpochs", "1", "--expDir", str(root), "--expID", "m"]) == 0
-    return root / "m" / "last.pth"
+pytestmark = pytest.mark.e2e  # every test uses the session's trained checkpoint (conftest, main.main)
 
 
 def predict(tmp_path: Path, checkpoint: Path, target: Path, *extra: str) -> tuple[Path, list[dict]]:

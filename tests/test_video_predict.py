@@ -14,19 +14,12 @@ import torch
 
 import main as entry
 import predict
-from conftest import SHARED_DATA, TINY_RUN, require_fixture
+from conftest import SHARED_DATA, require_fixture
 
-pytestmark = pytest.mark.e2e  # every test uses the module's trained checkpoint (main.main)
+pytestmark = pytest.mark.e2e  # every test uses the session's trained checkpoint (conftest, main.main)
 
 FPS = 12.0
 WIDTH, HEIGHT = 128, 86  # a COCO fixture image, made small
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("trained")
-    assert entry.main([*TINY_RUN, "--nEpochs", "1", "--expDir", str(root), "--expID", "m"]) == 0
-    return root / "m" / "last.pth"
 
 
 @pytest.fixture

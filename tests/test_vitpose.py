@@ -20,9 +20,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from test_import_modern import load_imported
+from test_rtmpose import relative_error
 from torch import nn
 
-from build import build_profiled, frame_sizes, load_trained
+from build import build_profiled, frame_sizes
 from conftest import REPO_ROOT
 from models import build_model
 from models.complexity import count_parameters
@@ -240,14 +242,6 @@ def tiny_source(tmp_path: Path, simple: bool, layout: str, seed: int = 0) -> tup
     return save_mmcv(
         state, tmp_path / f"vitpose-{layout[:6].strip()}-{'simple' if simple else 'classic'}.pth"
     ), theirs
-
-
-def load_imported(path: Path):
-    return load_trained(parse_options(["-export", str(path.with_suffix(".onnx")), "--loadModel", str(path)]))
-
-
-def relative_error(ours: torch.Tensor, theirs: torch.Tensor) -> float:
-    return float((ours - theirs).abs().max() / theirs.abs().max())
 
 
 # ------------------------------------------------------------------------ conversion, outputs
