@@ -114,8 +114,9 @@ def python_module(module: str, *args: str) -> subprocess.CompletedProcess[str]:
 def child_env() -> dict[str, str]:
     """The environment of a main.py or torchrun child, made when it starts (so it carries this
     test's POSE_CACHE_DIR): one torch thread, and the CPU with gloo whatever GPUs the machine has
-    (the CPU's exact numbers are what these tests check; tests/test_cuda.py has the GPU's)."""
-    return {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    (the CPU's exact numbers are what these tests check; tests/test_cuda.py has the GPU's). A
+    child killed by a native abort prints every thread's Python stack, so a failure names where."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONFAULTHANDLER": "1"}
 
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
