@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.backbones import resize_to, torchvision_backbone
+from models.layers import ConvTranspose2d
 from models.registry import register_model
 
 # Chain orders: from the head down the torso, then each limb from its root outwards, so every joint
@@ -55,7 +56,7 @@ class MultiScaleUp(nn.Module):
         super().__init__()
         self.branches = nn.ModuleList(
             [
-                nn.ConvTranspose2d(channels, channels, k, stride=2, padding=k // 2 - 1, bias=False)
+                ConvTranspose2d(channels, channels, k, stride=2, padding=k // 2 - 1, bias=False)
                 for k in (2, 4, 6)
             ]
         )

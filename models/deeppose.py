@@ -85,6 +85,11 @@ class RefinementStage(nn.Module):
         # built without a loop over the batch, so an ONNX export keeps the batch size dynamic
         index = torch.arange(batch, dtype=boxes.dtype, device=boxes.device).view(batch, 1, 1)
         rois = torch.cat([index.expand(-1, boxes.shape[1], 1), boxes], dim=-1).reshape(-1, 5)
+        # roi_align indexes pixels from the boxes: a NaN or infinite pose (a diverging step, an
+        # fp16 overflow) crashed the process there; such a crop is meaningless but harmless, and
+        # the pose itself stays non-finite for the loss to stop the run
+        reach = 4.0 * max(height, width)
+        rois = torch.nan_to_num(rois, nan=0.0).clamp(-reach, reach)
         crops = roi_align(
             image,
             rois,

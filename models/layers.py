@@ -1,4 +1,5 @@
-"""Blocks shared by the hourglass-family models (Stacked Hourglass, PoseAttention, PyraNet)."""
+"""Blocks shared by the models: the hourglass family's units (Stacked Hourglass, PoseAttention,
+PyraNet), the transposed convolution of the heatmap decoders, their initialisation."""
 
 from __future__ import annotations
 
@@ -8,6 +9,26 @@ from collections.abc import Callable, Iterable
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+class ConvTranspose2d(nn.ConvTranspose2d):
+    """``nn.ConvTranspose2d`` (same parameters, same state_dict names) that runs in float32 on the
+    CPU under autocast.
+
+    CPU autocast sends transposed convolutions to oneDNN in bfloat16 / float16 on processors with
+    AVX-512 or AMX; on an AVX2-only CPU PyTorch computes them itself (no oneDNN primitive runs,
+    ONEDNN_VERBOSE shows), and they are finite. CI saw a freshly initialised SimpleBaseline's bf16
+    heatmaps turn non-finite on such a machine while its float32 ones were finite. oneDNN fixed
+    its brgemm deconvolution in 2026 for inputs whose side is not a multiple of the stride (a tail
+    buffer left unzeroed, an out-of-bounds write), which is what a 64x32 crop gives
+    SimpleBaseline's first deconvolution (2x1), and a 384x288 one (12x9). Float32 keeps these
+    layers off that path; they are a small share of a CPU step. CUDA autocast is left as it is."""
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            with torch.autocast("cpu", enabled=False):
+                return super().forward(x.float(), output_size)
+        return super().forward(x, output_size)
 
 
 def bn_relu_conv(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> nn.Sequential:

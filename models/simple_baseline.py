@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from models.backbones import torchvision_backbone
-from models.layers import init_heatmap_decoder
+from models.layers import ConvTranspose2d, init_heatmap_decoder
 from models.pixels import InputNorm
 from models.registry import register_model
 
@@ -19,7 +19,7 @@ def deconv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
     """(N, C_in, h, w) -> (N, C_out, 2h, 2w): transposed 4x4 convolution (stride 2, no bias, as
     BatchNorm follows), BatchNorm, ReLU."""
     return nn.Sequential(
-        nn.ConvTranspose2d(in_channels, out_channels, DECONV_KERNEL, stride=2, padding=1, bias=False),
+        ConvTranspose2d(in_channels, out_channels, DECONV_KERNEL, stride=2, padding=1, bias=False),
         nn.BatchNorm2d(out_channels),
         nn.ReLU(inplace=True),
     )
