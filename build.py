@@ -66,7 +66,7 @@ class RunParts:
 def build_run(opts: Options, with_train: bool) -> RunParts:
     """Device, seed, network, codec, loss, datasets and loaders, in that order."""
     configure_numerics(opts.deterministic)  # before CUDA starts: cuBLAS reads its workspace setting once
-    context = setup_distributed(opts.gpuid)
+    context = setup_distributed(opts.gpuid, opts.distTimeout)
     # the same seed on every rank gives identical initial weights; augmentation and data order
     # have their own (seed, epoch, index) generators, so ranks still see different samples
     seed_everything(opts.seed)
@@ -351,8 +351,11 @@ class ResumableSampler(DistributedSampler):
 
 
 def _quiet_worker(_: int) -> None:
-    # Ctrl-C reaches the whole process group; the main process decides how to stop
+    # Ctrl-C, and the SIGTERM of `timeout`, a scheduler or scancel, reach every process of the job:
+    # the main process decides how to stop (it checkpoints at the step, then shuts the workers
+    # down). A worker whose main process is gone exits by itself (PyTorch's watchdog).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     cv2.setNumThreads(0)  # workers are already one process per core; OpenCV threads would oversubscribe
 
 

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 # Keys a checkpoint's stored config does not pass on: they say what this command does with it.
 COMMAND_KEYS = (
-    "expID", "loadModel", "loadOptim", "loadEpoch", "dropPreLoaded", "dropMagPreLoaded", "test", "browse",
+    "expID", "loadModel", "resume", "loadOptim", "loadEpoch", "dropPreLoaded", "dropMagPreLoaded", "test", "browse",
     "predict", "export", "onnx", "detector", "detectorWeights", "smooth", "smoothMinCutoff", "smoothBeta",
     "smoothDCutoff", "trackIoU", "trackOKS", "trackMemory",
 )  # fmt: skip
@@ -42,8 +42,13 @@ STEERING_KEYS = (
     "nThreads", "progress", "gpuid", "dont_pin_memory", "amp", "flipTest", "expDir", "dataDir",
     "imageDir", "allowConfigChange", "saveEveryMinutes", "tensorboard", "visdom",
     "skipBadSamples", "maxBadFraction", "allowOutsidePaths", "imageCache", "channelsLast", "compile",
-    "postProcess", "deterministic", "syncBN",
+    "postProcess", "deterministic", "syncBN", "distTimeout",
 )  # fmt: skip
+# the files of a run that a training run writes before its first checkpoint: a directory holding
+# nothing else was stopped before one (kill -9 in its first write) and --resume auto starts it again
+RUN_START_FILES = ("config.defconf", "tb", "log.txt", "metrics.jsonl", "bad_samples.txt")
+# the records a checkpoint notes the length of, so a resume rewinds them to it (no epoch twice)
+RECORD_FILES = ("log.txt", "metrics.jsonl")
 
 
 def on_command_line() -> str:
@@ -130,13 +135,18 @@ def plan_run_dir(opts: Options) -> Path:
     root = Path(opts.expDir).resolve()
     if opts.expID:
         path = root / opts.expID
-        if path.exists():
+        if path.exists() and not getattr(opts, "restarts_stranded_run", False):
             free = next(
                 f"{opts.expID}-{n}" for n in range(2, 10**6) if not (root / f"{opts.expID}-{n}").exists()
             )
+            how = (
+                f"--resume auto or --loadModel {path / 'last.pth'} continues it"
+                if (path / "last.pth").is_file()
+                else "it holds no checkpoint; --resume auto starts it again there if it was stopped before its first one"
+            )
             raise OptionError(
                 f"expID: run directory {path} already exists and only a resume of its own checkpoint may "
-                f"write there; choose a new name, e.g. --expID {free}"
+                f"write there ({how}); choose a new name, e.g. --expID {free}"
             )
         return path
     kinds = (("test", "-test"), ("browse", "-browse"), ("predict", "-predict"), ("loadModel", "-finetune"))
@@ -149,18 +159,43 @@ def plan_run_dir(opts: Options) -> Path:
     )
 
 
+def stranded_run_problem(run_dir: Path) -> str | None:
+    """Why ``run_dir`` (which has no last.pth) is not a run stopped before its first checkpoint,
+    or None when it is: it holds only what such a run writes first (RUN_START_FILES) and the
+    temporary file of a cut-off checkpoint write."""
+    foreign = sorted(
+        entry.name
+        for entry in run_dir.iterdir()
+        if entry.name not in RUN_START_FILES
+        and not (entry.name.startswith(".") and entry.name.endswith(".tmp"))
+    )
+    if not foreign:
+        return None
+    return (
+        f"run directory {run_dir} has no last.pth but holds what a run writes only later or never "
+        f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''})"
+    )
+
+
 def make_run_dir(opts: Options, is_main: bool) -> Path:
     """Create the run directory ``plan_run_dir`` chose. A resume continues in its own run and
     leaves its config.defconf as it was (log.txt notes what changed); every other command gets a
     new directory whose config.defconf names the checkpoint it started from (``loadModel``)."""
+    import shutil
+
     from utils.options import config_file_keys
 
     run_dir = opts.run_dir
-    if is_main and is_resume(opts) and run_dir.is_dir():
+    restarts = getattr(opts, "restarts_stranded_run", False)
+    if is_main and (is_resume(opts) or restarts) and run_dir.is_dir():
         for stale in run_dir.glob(".*.pth.*.tmp"):  # a checkpoint write cut off by kill -9
             stale.unlink(missing_ok=True)
+    if is_main and restarts and run_dir.is_dir():
+        for name in RUN_START_FILES:  # the stopped attempt's: this run starts from nothing again
+            entry = run_dir / name
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink(missing_ok=True)
     if is_main and not (is_resume(opts) and run_dir.is_dir()):
-        run_dir.mkdir(parents=True, exist_ok=False)
+        run_dir.mkdir(parents=True, exist_ok=restarts)
         settable = config_file_keys()
         with open(run_dir / "config.defconf", "w") as stream:
             for key, value in opts.config.items():
@@ -242,6 +277,8 @@ class Resumed:
     pending: dict[str, Any] | None = None  # the run stopped while validating this epoch
     notes: list[str] = field(default_factory=list)  # for the terminal
     logged: list[str] = field(default_factory=list)  # the notes that also go to log.txt
+    # {record file: its length when the checkpoint was written}; None: the checkpoint predates it
+    records: dict[str, int] | None = None
 
 
 class TrainingCheckpoint:
@@ -288,7 +325,7 @@ class TrainingCheckpoint:
             own["sums"] = (partial.loss_sum, partial.pck_sum)
         ranks = gather_objects(own, context)
         if context.is_main:
-            state = self._state(epoch, best, ranks)
+            state = self._state(epoch, best, ranks, path.parent)
             if pending_validation is not None:
                 state["pending_validation"] = pending_validation
             if partial is not None:
@@ -298,16 +335,23 @@ class TrainingCheckpoint:
                     "loss_sum": [float(entry["sums"][0]) for entry in ranks],  # one per rank, in rank order
                     "pck_sum": [float(entry["sums"][1]) for entry in ranks],
                 }
+            existed = path.is_file()
             try:
                 save_checkpoint(state, path)
-            except OSError as error:
-                reason = error.strerror or str(error)
+            except Exception as error:  # torch.save turns the OSError of a full disk into a RuntimeError
+                kept = (
+                    "the previous checkpoint there is intact"
+                    if existed
+                    else "no earlier checkpoint of that name existed"
+                )
                 raise CheckpointWriteError(
-                    f"cannot write checkpoint {path}: {reason}; the previous checkpoint there is intact"
+                    f"cannot write checkpoint {path}: {write_failure(error)}; {kept}"
                 ) from None
         barrier(context)
 
-    def _state(self, epoch: int, best: float, ranks: list[dict[str, Any]]) -> dict[str, Any]:
+    def _state(self, epoch: int, best: float, ranks: list[dict[str, Any]], run_dir: Path) -> dict[str, Any]:
+        import torch
+
         state = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -319,6 +363,13 @@ class TrainingCheckpoint:
             "data_order": {"seed": self.opts.seed, "next_epoch": epoch + 1},
             "world_size": self.context.world_size,
             "launch": self.context.launch_command,
+            # CPU arithmetic repeats bit for bit only with the same number of threads
+            "cpu_threads": torch.get_num_threads(),
+            # the records' lengths now: a resume rewinds them to this point (no epoch logged twice)
+            "records": {
+                name: (run_dir / name).stat().st_size if (run_dir / name).is_file() else 0
+                for name in RECORD_FILES
+            },
             "config": self.opts.config,
         }
         if self.scaler is not None:
@@ -357,6 +408,12 @@ class TrainingCheckpoint:
                 resumed.notes.append(note)
                 resumed.logged.append(note)
         resumed.best = float(state.get("best", -math.inf))
+        if not opts.test:
+            resumed.records = state.get("records")
+            threads = thread_count_change(state, self.context)
+            if threads:
+                resumed.notes.append(threads)
+                resumed.logged.append(threads)
         middle = state.get("mid_epoch")
         if middle and not opts.test:
             self._restore_mid_epoch(state, middle, resumed)
@@ -444,6 +501,35 @@ class TrainingCheckpoint:
         resumed.notes.append(
             f"resumed {opts.loadModel} in epoch {resumed.partial.epoch} after batch {resumed.partial.step}"
         )
+
+
+def write_failure(error: BaseException) -> str:
+    """What went wrong in a write, from the innermost OSError behind ``error`` (torch.save wraps a
+    full disk's in a RuntimeError of its own), else the first line of its message."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.strerror:
+            return seen.strerror
+        seen = seen.__cause__ or seen.__context__
+    text = str(error).strip()
+    if "enforce fail" in text or "unexpected pos" in text:  # torch.save's wording for a short write
+        return "the file could not be written in full (disk full or quota reached?)"
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def thread_count_change(state: dict[str, Any], context: DistributedContext) -> str | None:
+    """One line when a CPU resume runs on another number of threads than its checkpoint's run:
+    the same numbers to the last bit need the same count."""
+    import torch
+
+    written = state.get("cpu_threads")
+    if written is None or context.device.type != "cpu" or int(written) == torch.get_num_threads():
+        return None
+    return (
+        f"the checkpoint was written with {written} CPU thread(s) and this run has {torch.get_num_threads()}: "
+        f"on the CPU a resume repeats the uninterrupted run bit for bit only with the same count "
+        f"(OMP_NUM_THREADS={written})"
+    )
 
 
 def world_size_change(state: dict[str, Any], opts: Options, world_size: int) -> str | None:

@@ -13,6 +13,7 @@ errors answer before torch is imported.
 
 from __future__ import annotations
 
+import errno
 import sys
 
 from utils.options import parse_options
@@ -50,14 +51,21 @@ def one_line(error: Exception) -> str:
     return text
 
 
+# a write that failed for want of room or permission: one line naming the file, not a traceback
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+
+
 def cli() -> int:
+    clean = False  # every rank ended the same way: they may meet once more to leave the group
     try:
-        return main()
+        status = main()
+        clean = True
+        return status
     except Exception as error:
         from datasets.base import DataError
         from engine import NonFiniteLossError
         from utils.checkpoint import CheckpointError, CheckpointWriteError
-        from utils.distributed import DeviceSetupError
+        from utils.distributed import DeviceSetupError, PeerLostError
 
         if isinstance(error, (DataError, CheckpointError, DeviceSetupError)):
             print(f"main.py: error: {one_line(error)}", file=sys.stderr)
@@ -67,13 +75,23 @@ def cli() -> int:
         if failure:
             print(f"main.py: error: {failure}", file=sys.stderr)
             return 2
+        if isinstance(error, PeerLostError):
+            if str(error):  # rank 0 speaks for the run
+                print(f"main.py: error: {error}", file=sys.stderr)
+            return 1
         if isinstance(error, (NonFiniteLossError, CheckpointWriteError)):
             print(f"main.py: error: {error}", file=sys.stderr)
+            return 1
+        if isinstance(error, OSError) and error.errno in WRITE_ERRNOS:
+            print(
+                f"main.py: error: cannot write {error.filename or 'a file'}: {error.strerror}",
+                file=sys.stderr,
+            )
             return 1
         raise
     finally:
         if "utils.distributed" in sys.modules:
-            sys.modules["utils.distributed"].cleanup_distributed()
+            sys.modules["utils.distributed"].cleanup_distributed(clean)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from checkpoints import Resumed, TrainingCheckpoint, make_run_dir
 from engine import EpochState, NonFiniteLossError, StepRequests, train_one_epoch
 from evaluate import format_metrics, score, validate
 from recipe import ExpMomentumEMA, StepwiseLR
-from utils.distributed import DistributedContext
+from utils.distributed import DistributedContext, PeerLostError, is_peer_failure, lost_ranks
 from utils.drawing import save_skeletons
 from utils.logging import RunRecorder, notice_start
 from utils.training_charts import TrainingCharts
@@ -51,6 +51,10 @@ def run(opts: Options) -> int:
 
     run_dir = make_run_dir(opts, parts.context.is_main)
     recorder = RunRecorder(run_dir, enabled=parts.context.is_main)
+    recorder.rewind(resumed.records)  # what an earlier attempt logged after this checkpoint is done again
+    if getattr(opts, "restart_note", None):
+        recorder.log_line(opts.restart_note)
+        parts.say(f"note: {opts.restart_note}")
     if opts.resume_changes:
         changed = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in opts.resume_changes.items())
         recorder.log_line(f"resumed from {opts.loadModel} with {changed}")
@@ -62,7 +66,12 @@ def run(opts: Options) -> int:
     parts.say(f"run directory: {run_dir}")
 
     loop = EpochLoop(parts, opts, optimizer, scheduler, scaler, checkpoint, run_dir, recorder, resumed, ema)
-    status = loop.run(resumed)
+    try:
+        status = loop.run(resumed)
+    except Exception as error:
+        if not is_peer_failure(error):
+            raise
+        raise PeerLostError(peer_lost_message(parts.context, loop.last)) from None
     if status == 0 and parts.context.is_main:
         loop.report()
     return status
@@ -132,6 +141,7 @@ class EpochLoop:
             epoch = int(pending["epoch"])
             if not self.validate_epoch(epoch, pending["train"], float(pending["seconds"])):
                 return self.exit(f"the validation of epoch {epoch}")
+            self.save_interval_model(epoch)
         partial = resumed.partial
         for epoch in range(resumed.start_epoch, self.opts.nEpochs + 1):
             started = time.monotonic()
@@ -150,19 +160,23 @@ class EpochLoop:
             # written before validation, so a stop (or torchrun's kill 30 s after it) while
             # validating keeps the epoch; the resumed run validates it first
             waiting = {"epoch": epoch, "train": train_metrics, "seconds": seconds} if validating else None
-            self.checkpoint.save(self.last, epoch, self.best, pending_validation=waiting)
-            if not validating:
+            if not validating:  # logged before the checkpoint, which notes the records' length
                 self.log_epoch_line(epoch, train_metrics, seconds, None)
-            elif not self.validate_epoch(epoch, train_metrics, seconds):
+            self.checkpoint.save(self.last, epoch, self.best, pending_validation=waiting)
+            if validating and not self.validate_epoch(epoch, train_metrics, seconds):
                 return self.exit(f"the validation of epoch {epoch}")
             self.saved_at = time.monotonic()
-            if epoch % self.opts.saveInterval == 0:
-                self.checkpoint.save(self.run_dir / f"model_{epoch}.pth", epoch, self.best)
+            self.save_interval_model(epoch)
             if self.stop.signal is not None and epoch < self.opts.nEpochs:
                 return self.exit(f"the end of epoch {epoch}")
         self.charts.close()
         self.stop.uninstall()
         return 0
+
+    def save_interval_model(self, epoch: int) -> None:
+        """model_<epoch>.pth every --saveInterval epochs, once the epoch is validated."""
+        if epoch % self.opts.saveInterval == 0:
+            self.checkpoint.save(self.run_dir / f"model_{epoch}.pth", epoch, self.best)
 
     def train_epoch(self, epoch: int, partial: EpochState | None) -> EpochState:
         parts, opts = self.parts, self.opts
@@ -218,8 +232,9 @@ class EpochLoop:
         if self.metrics[self.main_metric] > self.best:
             self.best = self.metrics[self.main_metric]
             self.checkpoint.save(self.run_dir / "best.pth", epoch, self.best)
-        self.checkpoint.save(self.last, epoch, self.best)  # validated: the new best travels with it
+        # the epoch's line first: the checkpoint notes the records' length, which a resume rewinds to
         self.log_epoch_line(epoch, train_metrics, seconds + time.monotonic() - started, self.metrics)
+        self.checkpoint.save(self.last, epoch, self.best)  # validated: the new best travels with it
         return True
 
     def log_epoch_line(
@@ -257,6 +272,33 @@ class EpochLoop:
             say(format_metrics(self.metrics, self.parts.stage_label))
         if picture is not None:
             say(f"predicted skeletons: {picture}")
+
+
+def peer_lost_message(context: DistributedContext, last: Path) -> str:
+    """Rank 0's one line when another rank died mid-run: which one, the checkpoint that is intact,
+    the command that resumes; empty on the other ranks (rank 0 speaks for the run)."""
+    if not context.is_main:
+        return ""
+    lost = lost_ranks(context)
+    who = (
+        f"rank {', '.join(map(str, lost))} of {context.world_size}"
+        if lost
+        else f"another of the {context.world_size} processes"
+    )
+    if last.is_file():
+        from utils.checkpoint import load_checkpoint
+
+        state = load_checkpoint(last, mmap=True)
+        middle = state.get("mid_epoch")
+        when = (
+            f"in epoch {middle['epoch']} after batch {middle['step']}"
+            if middle
+            else f"after epoch {state['epoch']}"
+        )
+        kept = f"the newest checkpoint is intact: {last} ({when}); resume with: {context.launch_command} --loadModel {last}"
+    else:
+        kept = "no checkpoint was written yet; run the same command again (with --resume auto it starts over there)"
+    return f"{who} stopped (died or was killed) while this one waited for it; {kept}"
 
 
 class StopRequest:

@@ -21,6 +21,8 @@
 
 from __future__ import annotations
 
+import atexit
+import multiprocessing
 import os
 import sys
 import weakref
@@ -38,6 +40,22 @@ LOADER_TIMEOUT_S = (
 REPORT_NAME = "bad_samples.txt"
 
 _TRACKED: list[weakref.ReferenceType] = []  # datasets whose workers note what they load
+_LOADERS: weakref.WeakSet = weakref.WeakSet()  # loaders whose workers stop when the program does
+
+
+@atexit.register  # registered after multiprocessing's own exit handler, so it runs before it
+def _stop_workers_at_exit() -> None:
+    """Workers ignore SIGTERM (a signal to the whole process group is the main process's to
+    handle), so multiprocessing's exit handler, which terminates daemonic children and joins them,
+    would wait for them forever: each loader's workers are told to stop, and any left are killed."""
+    for loader in list(_LOADERS):
+        shutdown = getattr(getattr(loader, "_iterator", None), "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
+            child.join(5)
 
 
 def loader_failure(error: BaseException, from_loader: bool = False) -> str | None:
@@ -96,7 +114,7 @@ class _GuardedIterator:
         again, anywhere, for as long as the error (and with it this iterator) is kept."""
         for worker in getattr(self.iterator, "_workers", []):
             if worker.is_alive():  # stuck (the timeout) or a sibling of a dead one: we are stopping
-                worker.terminate()
+                worker.kill()  # workers ignore SIGTERM (build._quiet_worker)
         shutdown = getattr(self.iterator, "_shutdown_workers", None)
         if shutdown is not None:
             shutdown()
@@ -116,6 +134,7 @@ class GuardedDataLoader(DataLoader):
             kwargs.setdefault("timeout", LOADER_TIMEOUT_S)
         super().__init__(dataset, *args, **kwargs)
         self.report = report
+        _LOADERS.add(self)
         if isinstance(dataset, KeypointDataset):
             # created here, before any worker starts, so every worker writes into the same memory
             slots = torch.zeros((max(self.num_workers, 1), 2), dtype=torch.int64)

@@ -83,6 +83,18 @@ class RunRecorder:
     def __init__(self, run_dir: Path, enabled: bool = True) -> None:
         self.run_dir, self.enabled = Path(run_dir), enabled
 
+    def rewind(self, lengths: dict[str, int] | None) -> None:
+        """Cut each record file back to its length in ``lengths`` (what a checkpoint noted when it
+        was written): the records of work done after it, which the resumed run does again, are
+        then written once, whatever attempts failed or were stopped in between."""
+        if not self.enabled or not lengths:
+            return
+        for name, length in lengths.items():
+            path = self.run_dir / name
+            if path.is_file() and path.stat().st_size > length:
+                with open(path, "r+b") as stream:
+                    stream.truncate(length)
+
     def log_line(self, line: str) -> None:
         if self.enabled:
             with open(self.run_dir / "log.txt", "a") as stream:

@@ -221,6 +221,8 @@ class Options(argparse.Namespace):
     origins: dict[str, str]  # key -> "(on the command line)" or "(in FILE)", for error messages
     config: dict[str, Any]  # the parser's own keys: what config.defconf and a checkpoint hold
     stored_config: dict[str, Any] | None  # the --loadModel checkpoint's config
+    restarts_stranded_run: bool  # --resume auto in a run directory stopped before its first checkpoint
+    restart_note: str | None  # what --resume auto found, for the run's log
     resume_changes: dict[str, tuple[Any, Any]]  # key -> (stored, now) on a resume
     run_dir: Path  # where this command writes (checkpoints.plan_run_dir)
 
@@ -579,6 +581,12 @@ def build_parser() -> configargparse.ArgParser:
     checkpoint.add_argument("--expDir", default="exp", help="root of run directories")
     checkpoint.add_argument("--expID", default="", help="run name; default: model and time")
     checkpoint.add_argument("--loadModel", default="", help="checkpoint to resume from or evaluate")
+    checkpoint.add_argument(
+        "--resume",
+        default="",
+        help="auto: continue the run --expID names from its last.pth if it has one, else start it there "
+        "(what a cluster job script runs, so that a restart or requeue continues; docs/gpus.md)",
+    )
     checkpoint.add_argument("--loadOptim", type=_flag, default=True, help="restore optimizer and schedule")
     checkpoint.add_argument("--loadEpoch", type=_flag, default=True, help="continue from the saved epoch")
     checkpoint.add_argument("--dropPreLoaded", type=_flag, default=False, help="scale the loaded LR once")
@@ -661,6 +669,12 @@ def build_parser() -> configargparse.ArgParser:
     runtime.add_argument("--visdom", type=_flag, default=None, help=argparse.SUPPRESS)
     runtime.add_argument("-DEBUG", action="store_true", help="batch 1, no shuffle, no workers")
     runtime.add_argument("--gpuid", type=int, default=0, help="CUDA device index (ignored without CUDA)")
+    runtime.add_argument(
+        "--distTimeout",
+        type=float,
+        default=600.0,
+        help="seconds the processes of a distributed run wait to join, and for each other in a collective",
+    )
     runtime.add_argument("--progress", default="auto", help=f"one of {', '.join(PROGRESS_MODES)}")
     # Keys of the original project that no longer do anything; accepted so its config files keep
     # working, with a notice (parse_options) instead of an error.
@@ -824,6 +838,55 @@ def config_from_files(argv: list[str]) -> dict[str, Any]:
     return config_of(parser, opts)
 
 
+def _auto_resume(argv: list[str]) -> tuple[list[str], bool, str | None]:
+    """``--resume auto``: (the command line with ``--loadModel`` of the run's last.pth where it has
+    one, whether the run directory is one stopped before its first checkpoint and starts again,
+    the note saying which). The run is the directory --expID names, from the command line or a
+    config file; anything that cannot be continued or started there is refused in one line."""
+    parser = build_parser()
+    early, _ = parser.parse_known_args(_with_default_configs(argv))
+    if not early.resume:
+        return argv, False, None
+    if early.resume != "auto":
+        fail(f"resume: expects auto (or nothing), got {early.resume!r} {ON_COMMAND_LINE}")
+    if _option_value(argv, "--loadModel"):
+        fail(
+            f"resume: --resume auto finds the run's own checkpoint; give it or --loadModel, not both {ON_COMMAND_LINE}"
+        )
+    for flag in ("-test", "-predict", "-export", "--browse"):
+        if any(a == flag or a.startswith(f"{flag}=") for a in argv):
+            fail(
+                f"resume: --resume auto continues a training run; it cannot be combined with {flag} {ON_COMMAND_LINE}"
+            )
+    if not early.expID:
+        fail(
+            f"resume: --resume auto needs --expID, the run's fixed name, so that a restarted or requeued job "
+            f"finds the same run directory {ON_COMMAND_LINE}"
+        )
+    run_dir = (Path(early.expDir) / early.expID).resolve()
+    last = run_dir / "last.pth"
+    if last.is_file():
+        return [*argv, "--loadModel", str(last)], False, None
+    if not run_dir.exists():
+        return argv, False, None
+    if not run_dir.is_dir():
+        fail(f"resume: {run_dir} is not a directory {ON_COMMAND_LINE}")
+    from checkpoints import stranded_run_problem
+
+    problem = stranded_run_problem(run_dir)
+    if problem:
+        fail(
+            f"resume: {problem}: not a run --resume auto can start again; choose another --expID {ON_COMMAND_LINE}"
+        )
+    return (
+        argv,
+        True,
+        (
+            f"run directory {run_dir} held no checkpoint (stopped before its first one): starting the run again there"
+        ),
+    )
+
+
 def parse_options(argv: list[str] | None = None) -> Options:
     """Parse config files and command line; print one line and exit 2 on any bad input.
 
@@ -842,6 +905,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
                 fail(f"{flag}: config file not found: {path} {ON_COMMAND_LINE}")
     parser = build_parser()
     asks_help = "-h" in argv or "--help" in argv
+    argv, stranded, restart_note = (argv, False, None) if asks_help else _auto_resume(argv)
     source = None if asks_help else _option_value(argv, "--loadModel")
     stored: dict[str, Any] | None = None
     if source:
@@ -868,6 +932,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         fail(with_origin(opts, str(error)))
     opts.config = config_of(parser, opts)
     opts.stored_config = stored
+    opts.restarts_stranded_run, opts.restart_note = stranded, restart_note
     opts.resume_changes = {}
     if stored is not None and is_resume(opts):
         # a key the checkpoint predates had its default in that run
