@@ -229,6 +229,12 @@ def test_a_stop_while_validating_keeps_the_epoch_and_the_resume_validates_it(tmp
     assert state["epoch"] == 1 and state["pending_validation"]["epoch"] == 1 and "mid_epoch" not in state
     assert [r["split"] for r in read_metrics(tmp_path / "cut")] == ["train"]
     assert entry.main(["--loadModel", str(last), "--progress", "none"]) == 0
+    # --saveInterval 1: the validated epoch's model_1.pth too (the resume used to skip it)
+    assert load_checkpoint(tmp_path / "cut" / "model_1.pth")["epoch"] == 1
+    same = load_checkpoint(tmp_path / "straight" / "model_1.pth")["model"]
+    assert all(
+        torch.equal(v, same[k]) for k, v in load_checkpoint(tmp_path / "cut" / "model_1.pth")["model"].items()
+    )
     assert read_metrics(tmp_path / "cut") == read_metrics(tmp_path / "straight")
     straight_log = (tmp_path / "straight" / "log.txt").read_text().splitlines()
     cut_log = (tmp_path / "cut" / "log.txt").read_text().splitlines()

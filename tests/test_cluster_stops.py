@@ -276,3 +276,106 @@ def test_a_half_configured_launch_stops_within_dist_timeout_in_one_line(tmp_path
         "torchrun (torchrun --nproc_per_node N main.py ...) or srun, which set all of RANK, WORLD_SIZE, "
         "MASTER_ADDR and MASTER_PORT, or set them all by hand"
     ]
+
+
+# --- a disk that fills up ---------------------------------------------------------------------------
+
+
+def test_failed_writes_are_one_line_and_every_record_is_written_once_after_the_resumes(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """torch.save turns a full disk's OSError into a RuntimeError of its own ('enforce fail'),
+    which used to escape as a two-exception traceback; each failed attempt also appended its
+    epoch's records again. Two attempts fail at epoch 1's best.pth (the epoch is validated, its
+    records written), then the disk has room again."""
+    real_save = torch.save
+    failures = {"left": 2}
+
+    def full_disk(obj, stream, *args, **kwargs):
+        written = Path(os.readlink(f"/proc/self/fd/{stream.fileno()}")).name  # the temporary file
+        if failures["left"] and written.startswith(".best.pth."):
+            failures["left"] -= 1
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 128 vs 64")
+        return real_save(obj, stream, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    run = [*RUN, "--nThreads", "0", "--expDir", str(tmp_path), "--expID", "full", "--resume", "auto"]
+    straight_run = [*RUN, "--nThreads", "0", "--expDir", str(tmp_path), "--expID", "straight"]
+    for _ in range(2):
+        monkeypatch.setattr(sys, "argv", ["main.py", *run])
+        assert entry.cli() == 1
+        err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("note:")]
+        assert len(err) == 1, err
+        assert err[0] == (
+            f"main.py: error: cannot write checkpoint {tmp_path / 'full' / 'best.pth'}: the file could not be "
+            f"written in full (disk full or quota reached?); no earlier checkpoint of that name existed"
+        )
+        assert not list((tmp_path / "full").glob(".*.tmp"))
+    monkeypatch.setattr(sys, "argv", ["main.py", *run])
+    assert entry.cli() == 0
+    monkeypatch.setattr(torch, "save", real_save)
+    assert entry.main(straight_run) == 0
+    assert read_metrics(tmp_path / "full") == read_metrics(tmp_path / "straight")
+    assert epoch_lines(tmp_path / "full") == epoch_lines(tmp_path / "straight")
+    same_weights(tmp_path / "full" / "last.pth", tmp_path / "straight" / "last.pth")
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path):
+    """A 400 KiB tmpfs (root only): a real full disk for a run's writes."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mount)], capture_output=True
+    )
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {made.stderr.decode().strip()[:200]}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_real_full_disk_is_one_line_and_the_resume_writes_each_record_once(
+    small_tmpfs: Path, tmp_path: Path
+) -> None:
+    command = [sys.executable, "main.py", *RUN, "--nThreads", "0", "--expDir", str(small_tmpfs), "--expID", "r",
+               "--resume", "auto"]  # fmt: skip
+    failed = subprocess.run(
+        command, cwd=REPO_ROOT, capture_output=True, text=True, env=child_env(), timeout=300
+    )
+    assert failed.returncode == 1, failed.stderr[-3000:]
+    errors = [line for line in failed.stderr.splitlines() if not line.startswith("note:")]
+    assert len(errors) == 1 and "Traceback" not in failed.stderr, failed.stderr[-3000:]
+    assert errors[0].startswith("main.py: error: cannot write ") and str(small_tmpfs / "r") in errors[0]
+    assert "No space left on device" in errors[0] or "disk full" in errors[0]
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_tmpfs)], check=True)
+    resumed = subprocess.run(
+        command, cwd=REPO_ROOT, capture_output=True, text=True, env=child_env(), timeout=300
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    records = [(r["epoch"], r["split"]) for r in read_metrics(small_tmpfs / "r")]
+    assert records == [(1, "train"), (1, "val"), (2, "train"), (2, "val")]
+    assert [line.split(" train")[0] for line in epoch_lines(small_tmpfs / "r")] == ["epoch 1/2", "epoch 2/2"]
+
+
+def test_a_cpu_resume_on_another_thread_count_says_bit_exactness_needs_the_same(
+    tmp_path: Path, capsys
+) -> None:
+    from utils.checkpoint import save_checkpoint
+
+    run = [*RUN, "--nThreads", "0", "--nEpochs", "1", "--expDir", str(tmp_path), "--expID", "t"]
+    assert entry.main(run) == 0
+    last = tmp_path / "t" / "last.pth"
+    state = load_checkpoint(last)
+    assert state["cpu_threads"] == torch.get_num_threads() == 1  # the suite runs on one thread
+    state["cpu_threads"] = 3
+    save_checkpoint(state, last)
+    capsys.readouterr()
+    assert entry.main(["--loadModel", str(last), "--nEpochs", "2", "--progress", "none"]) == 0
+    note = (
+        "the checkpoint was written with 3 CPU thread(s) and this run has 1: on the CPU a resume repeats the "
+        "uninterrupted run bit for bit only with the same count (OMP_NUM_THREADS=3)"
+    )
+    assert capsys.readouterr().out.count(note) == 1
+    assert note in (tmp_path / "t" / "log.txt").read_text()

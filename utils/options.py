@@ -182,6 +182,7 @@ class Options(argparse.Namespace):
     expDir: str
     expID: str
     loadModel: str
+    resume: str
     loadOptim: bool
     loadEpoch: bool
     dropPreLoaded: bool
@@ -207,6 +208,7 @@ class Options(argparse.Namespace):
     visdom: bool | None
     DEBUG: bool
     gpuid: int
+    distTimeout: float
     progress: str
     worldCoors: str | None
     headSize: str | None
@@ -838,13 +840,25 @@ def config_from_files(argv: list[str]) -> dict[str, Any]:
     return config_of(parser, opts)
 
 
+class _EarlyParseError(Exception):
+    pass
+
+
 def _auto_resume(argv: list[str]) -> tuple[list[str], bool, str | None]:
     """``--resume auto``: (the command line with ``--loadModel`` of the run's last.pth where it has
     one, whether the run directory is one stopped before its first checkpoint and starts again,
     the note saying which). The run is the directory --expID names, from the command line or a
     config file; anything that cannot be continued or started there is refused in one line."""
     parser = build_parser()
-    early, _ = parser.parse_known_args(_with_default_configs(argv))
+
+    def leave_it(message: str) -> NoReturn:  # a bad value: the full parse names it, with its origin
+        raise _EarlyParseError(message)
+
+    parser.error = leave_it
+    try:
+        early, _ = parser.parse_known_args(_with_default_configs(argv))
+    except _EarlyParseError:
+        return argv, False, None
     if not early.resume:
         return argv, False, None
     if early.resume != "auto":
