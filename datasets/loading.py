@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
+from torch.utils.data._utils import signal_handling
 
 from datasets.base import DataError, KeypointDataset
 
@@ -112,6 +113,10 @@ class _GuardedIterator:
     def close(self) -> None:
         """Stop the workers now: a dead one would otherwise make PyTorch's SIGCHLD handler raise
         again, anywhere, for as long as the error (and with it this iterator) is kept."""
+        if getattr(self.iterator, "_worker_pids_set", False):
+            # unwatched first, so the kills below do not make that handler raise here
+            signal_handling._remove_worker_pids(id(self.iterator))
+            self.iterator._worker_pids_set = False
         for worker in getattr(self.iterator, "_workers", []):
             if worker.is_alive():  # stuck (the timeout) or a sibling of a dead one: we are stopping
                 worker.kill()  # workers ignore SIGTERM (build._quiet_worker)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -128,6 +129,23 @@ def torchrun(processes: int, *args: str, script: str = "main.py", timeout: int =
         [*TORCHRUN, "--nproc_per_node", str(processes), script, *args],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, env=child_env(),
     )  # fmt: skip
+
+
+def same_weights(a: Path, b: Path) -> None:
+    """The two checkpoints are of one epoch and hold bit-equal weights."""
+    from utils.checkpoint import load_checkpoint
+
+    first, second = load_checkpoint(a), load_checkpoint(b)
+    assert first["epoch"] == second["epoch"]
+    for key, value in first["model"].items():
+        assert torch.equal(value, second["model"][key]), key
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 free now (for MASTER_PORT, SLURM's daemons)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ import pytest
 import torch
 
 import main as entry
-from conftest import REPO_ROOT, TINY_RUN, TORCHRUN, child_env, read_metrics, torchrun
+from conftest import REPO_ROOT, TINY_RUN, TORCHRUN, child_env, free_port, read_metrics, same_weights, torchrun
 from utils.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.e2e  # every test runs main.py, in-process or as processes it stops
@@ -27,23 +26,10 @@ pytestmark = pytest.mark.e2e  # every test runs main.py, in-process or as proces
 RUN = [*TINY_RUN, "--data_loader_size", "4", "--nEpochs", "2", "--maxTranslate", "0.05"]
 
 
-def same_weights(a: Path, b: Path) -> None:
-    first, second = load_checkpoint(a), load_checkpoint(b)
-    assert first["epoch"] == second["epoch"]
-    for key, value in first["model"].items():
-        assert torch.equal(value, second["model"][key]), key
-
-
 def epoch_lines(run_dir: Path) -> list[str]:
     """log.txt's epoch lines without their seconds (which differ between runs)."""
     lines = (run_dir / "log.txt").read_text().splitlines()
     return [re.sub(r" \| \d+s$", "", line) for line in lines if line.startswith("epoch ")]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def start(command: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:

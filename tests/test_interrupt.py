@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import main as entry
-from conftest import REPO_ROOT, TINY_RUN, read_metrics
+from conftest import REPO_ROOT, TINY_RUN, read_metrics, same_weights
 from utils.checkpoint import CheckpointWriteError, load_checkpoint
 
 pytestmark = pytest.mark.e2e  # every test runs main.py (in-process or a subprocess it signals)
@@ -22,13 +22,6 @@ pytestmark = pytest.mark.e2e  # every test runs main.py (in-process or a subproc
 # 3 epochs of 12 batches of 4; --progress lines prints a line every tenth of an epoch
 RUN = [*TINY_RUN, "--data_loader_size", "4", "--nEpochs", "3", "--dropLR", "2", "--dropMag", "0.5",
        "--maxTranslate", "0.05", "--progress", "lines"]  # fmt: skip
-
-
-def same_weights(a: Path, b: Path) -> None:
-    first, second = load_checkpoint(a), load_checkpoint(b)
-    assert first["epoch"] == second["epoch"]
-    for key, value in first["model"].items():
-        assert torch.equal(value, second["model"][key]), key
 
 
 def start(root: Path, name: str, *extra: str) -> subprocess.Popen:

@@ -163,6 +163,10 @@ def setup_distributed(gpuid: int, timeout_s: float = 600.0) -> DistributedContex
         launcher = "srun"
     if "RANK" not in os.environ and "WORLD_SIZE" not in os.environ:  # one plain process
         return DistributedContext(0, 1, 0, choose_device(gpuid))
+    # this rank's own GPU first: a missing device is this machine's fault, whatever the launch
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+    device = choose_device(gpuid, local_rank, local_world_size)
     missing = [key for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if key not in os.environ]
     if missing:
         raise DeviceSetupError(
@@ -171,9 +175,6 @@ def setup_distributed(gpuid: int, timeout_s: float = 600.0) -> DistributedContex
             f"all of RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT, or set them all by hand"
         )
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
-    device = choose_device(gpuid, local_rank, local_world_size)
     if not dist.is_initialized():
         _join(device, rank, world_size, timeout_s)
     return DistributedContext(rank, world_size, local_rank, device, local_world_size, launcher or "torchrun")
