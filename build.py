@@ -186,7 +186,9 @@ def configure_numerics(deterministic: bool) -> None:
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's deterministic mode
         torch.backends.cuda.matmul.fp32_precision = "ieee"
-    torch.use_deterministic_algorithms(deterministic)
+    if deterministic != torch.are_deterministic_algorithms_enabled():
+        # only when it changes: the call imports torch._inductor, 2 s of every process's start
+        torch.use_deterministic_algorithms(deterministic)
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.conv.fp32_precision = "ieee" if deterministic else "tf32"  # PyTorch's default: tf32
     torch.backends.cudnn.benchmark = False  # build_run turns it on for non-deterministic CUDA training

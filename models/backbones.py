@@ -14,23 +14,33 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torchvision
 from torch import nn
 
 from datasets.base import IMAGENET_MEAN, IMAGENET_STD
 from models.layers import bilinear_resize
 
-# name -> (torchvision builder, weights enum, trunk output channels)
-_BACKBONES: dict[str, tuple[Callable[..., nn.Module], Any, int]] = {
-    "resnet18": (torchvision.models.resnet18, torchvision.models.ResNet18_Weights, 512),
-    "resnet34": (torchvision.models.resnet34, torchvision.models.ResNet34_Weights, 512),
-    "resnet50": (torchvision.models.resnet50, torchvision.models.ResNet50_Weights, 2048),
-    "resnet101": (torchvision.models.resnet101, torchvision.models.ResNet101_Weights, 2048),
-    "resnet152": (torchvision.models.resnet152, torchvision.models.ResNet152_Weights, 2048),
-    "inception_v3": (torchvision.models.inception_v3, torchvision.models.Inception_V3_Weights, 2048),
-    "googlenet": (torchvision.models.googlenet, torchvision.models.GoogLeNet_Weights, 1024),
+# name -> (torchvision.models builder, its weights enum, trunk output channels); looked up only
+# when a backbone is built: importing torchvision costs every process about 3 s (torch._dynamo),
+# which a run of a model without a torchvision trunk need not pay
+_BACKBONES: dict[str, tuple[str, str, int]] = {
+    "resnet18": ("resnet18", "ResNet18_Weights", 512),
+    "resnet34": ("resnet34", "ResNet34_Weights", 512),
+    "resnet50": ("resnet50", "ResNet50_Weights", 2048),
+    "resnet101": ("resnet101", "ResNet101_Weights", 2048),
+    "resnet152": ("resnet152", "ResNet152_Weights", 2048),
+    "inception_v3": ("inception_v3", "Inception_V3_Weights", 2048),
+    "googlenet": ("googlenet", "GoogLeNet_Weights", 1024),
 }
 BACKBONE_NAMES: tuple[str, ...] = tuple(_BACKBONES)
+
+
+def _torchvision_entry(name: str) -> tuple[Callable[..., nn.Module], Any, int]:
+    """(builder, weights enum, channels) of backbone ``name``."""
+    import torchvision
+
+    builder, weights, channels = _BACKBONES[name]
+    return getattr(torchvision.models, builder), getattr(torchvision.models, weights), channels
+
 
 INCEPTION_MIN_SIZE = 75  # below this the stride-2 valid convolutions of Inception v3 leave nothing
 
@@ -135,7 +145,7 @@ def _resnet_trunk(model: nn.Module) -> nn.Sequential:
 
 def cached_weight_paths(name: str) -> list[Path]:
     """Where torchvision's downloader would have stored ``name``'s ImageNet weights, V1 first."""
-    _, weights_enum, _ = _BACKBONES[name]
+    _, weights_enum, _ = _torchvision_entry(name)
     checkpoints = Path(torch.hub.get_dir()) / "checkpoints"
     ordered = sorted(weights_enum, key=lambda w: w.name != "IMAGENET1K_V1")
     return [checkpoints / Path(w.url).name for w in ordered]
@@ -182,7 +192,7 @@ def torchvision_backbone(
     """
     if name not in _BACKBONES:
         raise ValueError(f"unknown backbone {name!r}: choose one of {', '.join(BACKBONE_NAMES)}")
-    builder, _, channels = _BACKBONES[name]
+    builder, _, channels = _torchvision_entry(name)
     if name in ("inception_v3", "googlenet"):
         # The auxiliary classifiers only serve ImageNet training; without them forward returns one tensor.
         model = builder(weights=None, aux_logits=False, init_weights=True)

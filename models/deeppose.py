@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchvision.ops import roi_align
 
 from models.backbones import torchvision_backbone
 from models.registry import register_model
@@ -90,6 +89,8 @@ class RefinementStage(nn.Module):
         # the pose itself stays non-finite for the loss to stop the run
         reach = 4.0 * max(height, width)
         rois = torch.nan_to_num(rois, nan=0.0).clamp(-reach, reach)
+        from torchvision.ops import roi_align  # here: importing torchvision costs a process 3 s
+
         crops = roi_align(
             image,
             rois,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from models.pixels import InputNorm
 from models.registry import register_model
@@ -39,6 +38,8 @@ class HighResolutionModule(nn.Module):
 
     def __init__(self, widths: list[int], n_blocks: int, n_outputs: int) -> None:
         super().__init__()
+        from torchvision.models.resnet import BasicBlock  # here: importing torchvision costs 3 s
+
         self.branches = nn.ModuleList(
             [nn.Sequential(*[BasicBlock(width, width) for _ in range(n_blocks)]) for width in widths]
         )
@@ -97,6 +98,8 @@ class HRNet(nn.Module):
 
     def __init__(self, n_joints: int, width: int, input_norm: str) -> None:
         super().__init__()
+        from torchvision.models.resnet import Bottleneck
+
         if width < 1:
             raise ValueError(f"hrnet width must be >= 1, got {width}")
         self.input_norm = InputNorm(input_norm)

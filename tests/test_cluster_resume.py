@@ -250,8 +250,11 @@ def test_sigterm_to_torchrun_during_a_long_validation_keeps_the_epoch(tmp_path: 
     used to lose the whole epoch. Now the epoch's checkpoint exists before validation starts,
     and validation stops at once."""
     command = [
-        *TORCHRUN, "--nproc_per_node", "2", "main.py", *TINY_RUN, "--syntheticTrain", "16",
-        "--syntheticVal", "200000", "--data_loader_size", "32", "--nEpochs", "1", "--progress", "lines",
+        # a larger input and width make each validation step slow, so few samples outlast torchrun's
+        # 30 s (drawing 200,000 tiny ones took longer than the rest of the test)
+        *TORCHRUN, "--nproc_per_node", "2", "main.py", *TINY_RUN, "--inputRes", "128", "--outputRes", "32",
+        "--imageRes", "160", "--nChannels", "64", "--syntheticTrain", "16", "--syntheticVal", "8000",
+        "--data_loader_size", "32", "--nEpochs", "1", "--progress", "lines",
         "--expDir", str(tmp_path), "--expID", "long",
     ]  # fmt: skip
     process, line, output = stop_at(command, "val ")
