@@ -9,6 +9,8 @@ fast; the atomic file I/O is :mod:`utils.checkpoint`.
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,6 +123,27 @@ def _show(value: Any) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
 
+def check_writable(path: Path, key: str) -> None:
+    """OptionError (naming ``key``) unless a run could create and write ``path``: its nearest
+    existing folder is a folder, and a file can be made there (tried: a read-only mount or a full
+    quota says no whoever asks, root included). Checked when the options are read, before any
+    data, so a run does not read a dataset only to fail at its first write."""
+    from utils.options import OptionError
+
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OptionError(f"{key}: {existing} is a file, not a folder, so {path} cannot be made")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".write-check-", dir=existing)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise OptionError(f"{key}: cannot write in {existing} ({reason}), so {path} cannot be made") from None
+
+
 def plan_run_dir(opts: Options) -> Path:
     """Where this command writes. Runs are append-only: only a resume writes into an existing
     run (the checkpoint's own, when no --expID names another); every other command gets a new
@@ -131,8 +154,10 @@ def plan_run_dir(opts: Options) -> Path:
     if is_resume(opts):
         own = Path(opts.loadModel).resolve().parent
         if not opts.expID or (Path(opts.expDir) / opts.expID).resolve() == own:
+            check_writable(own, "loadModel")
             return own
     root = Path(opts.expDir).resolve()
+    check_writable(root, "expDir")
     if opts.expID:
         path = root / opts.expID
         if path.exists() and not getattr(opts, "restarts_stranded_run", False):

@@ -323,8 +323,8 @@ def predict_all(
     should_stop: Callable[[], bool] | None = None,
     all_stages: bool = False,
 ) -> dict[str, np.ndarray] | None:
-    """Run the model over ``loader`` and return, gathered over all ranks and sorted by sample
-    index: ``preds`` (N, K, 2) in original-image pixels, ``scores`` (N, K), the ground truth from
+    """Run the model over ``loader`` and return, gathered over all ranks, one entry per sample
+    index in index order: ``preds`` (N, K, 2) in original-image pixels, ``scores`` (N, K), the ground truth from
     each sample's meta, and ``loss`` (N,) per sample (its batch's mean).
 
     With ``keep``, also this rank's first ``keep`` crops as the loader gave them (``crop_images``,
@@ -396,8 +396,10 @@ def predict_all(
         return None
     local = {key: np.concatenate(value, axis=0) for key, value in parts.items()}  # {} without batches
     gathered = gather_arrays(local, context)
-    # ranks see disjoint index sets; sorting restores dataset order whatever the world size
-    order = np.argsort(gathered["index"], kind="stable")
+    # ranks see disjoint index sets; sorting restores dataset order whatever the world size. A
+    # sample whose image was bad came back as the next good one (--skipBadSamples 1): that one
+    # is scored once, and the bad one not at all (the datasets leave its ground truth out)
+    _, order = np.unique(gathered.get("index", np.zeros(0, dtype=np.int64)), return_index=True)
     results = {key: value[order] for key, value in gathered.items()}
     if keep and kept["crop_images"]:
         results.update({key: np.concatenate(value, axis=0) for key, value in kept.items()})

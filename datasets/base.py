@@ -271,6 +271,15 @@ class DecodedCache:
             pass  # a full or read-only disk costs speed, not the sample
 
 
+def allow_hint(bad: int, total: int) -> str:
+    """How to let ``bad`` of ``total`` samples be skipped: the smallest --maxBadFraction, rounded
+    up to two significant digits, that allows them."""
+    fraction = bad / total
+    digits = max(2 - 1 - math.floor(math.log10(fraction)), 0)
+    allowing = math.ceil(fraction * 10**digits) / 10**digits
+    return f"--maxBadFraction {allowing:g} allows {bad}"
+
+
 def generic_metrics(results: dict[str, np.ndarray]) -> dict[str, float]:
     """Loss and PCK@0.5 with normaliser heatmap size / 10, over all samples at once; none of these
     when no sample has a labelled joint (crops from a detector's boxes): there is nothing to
@@ -444,7 +453,8 @@ class KeypointDataset(Dataset, ABC):
         """When the file is read, every record is checked: ``bad`` is the file's count."""
         return (
             f"too many bad samples: {bad} of {total} records of {self.source} are bad ({bad / total:.1%}), "
-            f"more than --maxBadFraction {self.policy.max_fraction:g}; e.g. {example}"
+            f"more than --maxBadFraction {self.policy.max_fraction:g} allows "
+            f"({int(self.policy.max_fraction * total)} of {total}; {allow_hint(bad, total)}); e.g. {example}"
         )
 
     def _stopped_early_message(self, total: int, example: str) -> str:
@@ -456,8 +466,8 @@ class KeypointDataset(Dataset, ABC):
         return (
             f"too many bad samples: stopped early, at {bad} bad of the {total} records of {self.source} "
             f"({len(self.dropped)} dropped when the file was read, {images} with a bad image among those "
-            f"loaded so far; the rest were not checked), more than the {allowed} --maxBadFraction "
-            f"{self.policy.max_fraction:g} allows; e.g. {example}"
+            f"loaded so far; the rest were not checked), more than --maxBadFraction "
+            f"{self.policy.max_fraction:g} allows ({allowed} of {total}; {allow_hint(bad, total)}); e.g. {example}"
         )
 
     def __getitem__(self, index: int) -> dict[str, Any]:

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from datasets.base import Augmentation, DataError, DecodedImage, KeypointDataset, decode_image
+from datasets.base import Augmentation, DataError, DecodedImage, KeypointDataset, decode_image, print_note
 from datasets.codecs import Codec
 from datasets.index_cache import IndexCache
 from datasets.records import RecordTable, RecordTableBuilder
@@ -60,6 +60,7 @@ NUM_JOINTS = COCO_JOINTS.num_joints
 PERSON_CATEGORY = 1
 BOX_PADDING = 1.25  # context around the person box (Simple Baselines / HRNet)
 LAYOUT_HINT = "see docs/datasets.md, COCO"
+CUSTOM_SPEC_HINT = "see docs/datasets.md, Your own keypoints"
 
 # Half-body augmentation (HRNet): joints 0-10 are the upper body, 11-16 the lower body.
 UPPER_BODY = COCO_JOINTS.upper_body
@@ -146,30 +147,66 @@ def _where(ann: dict[str, Any], info: dict[str, Any]) -> str:
     return f"annotation {show(ann.get('id'))} (image {name if isinstance(name, str) else show(name)})"
 
 
-def keypoint_category(coco: Any, num_joints: int, source: Path | str) -> int:
-    """The id of the file's keypoint category (COCO: person, 1), checked against the joint count.
+@dataclass(frozen=True)
+class KeypointCategory:
+    """The file's keypoint category, as :func:`keypoint_category` checked it."""
+
+    id: int
+    # file_order[j]: the file's position of the joint set's joint j, where the file lists the same
+    # names in another order; None where the orders agree (or the file names no keypoints)
+    file_order: tuple[int, ...] | None = None
+    note: str = ""  # the line saying the joints are matched by name
+
+    def to_file_order(self, values: np.ndarray, axis: int = -1) -> np.ndarray:
+        """``values`` with the joint axis in the file's order (results.json, COCOeval's sigmas)."""
+        if self.file_order is None:
+            return values
+        return np.take(values, np.argsort(self.file_order), axis=axis)
+
+
+def keypoint_category(coco: Any, joint_names: Sequence[str], source: Path | str) -> KeypointCategory:
+    """The file's keypoint category (COCO: person, 1), checked against the joint set.
 
     Categories that list ``keypoints`` are keypoint categories; one is supported. A file without
-    any such list is read as category 1 (person). Raises DataError naming ``source``.
+    any such list is read as category 1 (person). Where the list holds names, they must be the
+    joint set's, position by position, or the same names in another order (then matched by name,
+    with a note); a count or a name that differs is a DataError naming ``source``, the position
+    and both names.
     """
     with_keypoints = [c for c in coco.dataset.get("categories", []) if isinstance(c.get("keypoints"), list)]
     if not with_keypoints:
-        return PERSON_CATEGORY
+        return KeypointCategory(PERSON_CATEGORY)
     if len(with_keypoints) > 1:
         ids = ", ".join(str(c.get("id")) for c in with_keypoints)
         raise DataError(f"{source}: categories {ids} all list keypoints; one keypoint category is supported")
     category = with_keypoints[0]
-    if len(category["keypoints"]) != num_joints:
-        raise DataError(
-            f"{source}: category {category.get('id')} ({category.get('name', '?')}) lists "
-            f"{len(category['keypoints'])} keypoints but the joint set has {num_joints}"
-        )
+    listed, num_joints = category["keypoints"], len(joint_names)
+    what = f"{source}: category {category.get('id')} ({category.get('name', '?')})"
+    if len(listed) != num_joints:
+        raise DataError(f"{what} lists {len(listed)} keypoints but the joint set has {num_joints}")
     category_id = category.get("id", PERSON_CATEGORY)
     if not isinstance(category_id, int) or isinstance(category_id, bool):
         raise DataError(
             f"{source}: category {show(category_id)} lists keypoints but its id is not a whole number"
         )
-    return category_id
+    names = [str(name) for name in joint_names]
+    if not all(isinstance(name, str) for name in listed) or listed == names:
+        return KeypointCategory(category_id)
+    position = next(p for p, (a, b) in enumerate(zip(listed, names, strict=True)) if a != b)
+    if sorted(listed) != sorted(names) or len(set(listed)) != len(listed):
+        raise DataError(
+            f"{what}: keypoints[{position}] is {listed[position]!r} but the joint set's joint {position} is "
+            f'{names[position]!r}: give a --jointSpec whose "joints" are the file\'s keypoint names in its '
+            f"order ({CUSTOM_SPEC_HINT})"
+        )
+    order = tuple(listed.index(name) for name in names)
+    note = (
+        f"category {category_id} lists the joint set's {num_joints} keypoints in another order (the joint "
+        f"set's joint {position} {names[position]!r} is the file's keypoint {order[position]}): they are "
+        f"matched by name; the model predicts them in the joint set's order, results.json holds them in "
+        f"the file's"
+    )
+    return KeypointCategory(category_id, order, note)
 
 
 # why a ground-truth annotation or a detection gave no record, as counted in a Tally
@@ -213,6 +250,7 @@ def load_gt_records(
     checker: RecordChecker | None = None,
     tally: Tally | None = None,
     bad_ids: list[Any] | None = None,
+    file_order: Sequence[int] | None = None,
 ) -> RecordTable:
     """One record per usable ground-truth person box, images in id order.
 
@@ -222,16 +260,30 @@ def load_gt_records(
     keypoint. Bad records (keypoints of the wrong count, NaN or inf, visibility not 0/1/2,
     labelled keypoints far outside the image, boxes with width or height <= 0, a bad image size
     or path) go to ``checker`` (default: a DataError naming the first), and their annotation ids
-    to ``bad_ids`` (so the evaluation's ground truth leaves them out too).
+    to ``bad_ids`` (so the evaluation's ground truth leaves them out too). ``file_order`` (see
+    :class:`KeypointCategory`) puts each person's joints in the joint set's order.
     """
     own = checker is None
     checker = checker or RecordChecker("annotations", BadDataPolicy())
     tally = Tally() if tally is None else tally
     records = RecordTableBuilder()  # columns, not a dict per person (datasets/records.py)
     for image_id, anns in coco.imgToAnns.items():
-        if image_id not in coco.imgs:
-            for _ in anns:
+        if image_id in coco.imgs:
+            continue
+        for ann in anns:
+            if isinstance(image_id, int) and not isinstance(image_id, bool):
                 tally.count("orphan")
+                continue
+            # a string "1" is not the image 1 (pycocotools matches ids by value and type)
+            same = (
+                " (an image has that id as a number)" if str(image_id).strip() in map(str, coco.imgs) else ""
+            )
+            checker.bad(
+                f"annotation {show(ann.get('id'))}",
+                f"image_id {show(image_id)} is a {type(image_id).__name__}, not a whole number{same}",
+            )
+            if bad_ids is not None:
+                bad_ids.append(ann.get("id"))
     for image_id in sorted(coco.imgs):
         info = coco.imgs[image_id]
         path, size, image_problem = _image_info(image_dir, info, checker.policy)
@@ -243,7 +295,9 @@ def load_gt_records(
                 tally.count("category")
                 continue
             try:
-                record = _gt_record(ann, path, size, image_problem, aspect_ratio, num_joints, skip_empty)
+                record = _gt_record(
+                    ann, path, size, image_problem, aspect_ratio, num_joints, skip_empty, file_order
+                )
             except BadRecord as problem:
                 checker.bad(_where(ann, info), str(problem))
                 if bad_ids is not None:
@@ -260,7 +314,7 @@ def load_gt_records(
 
 def _gt_record(
     ann: dict[str, Any], path: str, size: tuple[int, int] | None, image_problem: str, aspect_ratio: float,
-    num_joints: int, skip_empty: bool,
+    num_joints: int, skip_empty: bool, file_order: Sequence[int] | None = None,
 ) -> dict[str, Any] | str:  # fmt: skip
     """The record of one person annotation; the reason to skip it (HRNet's rules, ``skip_empty``;
     a key of :data:`SKIP_REASONS`); BadRecord if bad."""
@@ -268,6 +322,8 @@ def _gt_record(
         ann.get("keypoints", [0] * 3 * num_joints), 3 * num_joints, f"keypoints ({num_joints} x [x, y, v])"
     )
     keypoints = finite(flat, "keypoints").reshape(num_joints, 3)
+    if file_order is not None:
+        keypoints = keypoints[list(file_order)]
     check_visibility(keypoints[:, 2], "keypoint visibility")
     visible = keypoints[:, 2] > 0
     if skip_empty and not visible.any():
@@ -395,8 +451,8 @@ def _metrics_module_file() -> str:
     return metrics.coco.__file__
 
 
-def parse_annotations(path: Path, num_joints: int, report: Any) -> tuple[Any, int]:
-    """(the annotation file as a ``pycocotools.coco.COCO`` object, its keypoint category id),
+def parse_annotations(path: Path, joint_names: Sequence[str], report: Any) -> tuple[Any, KeypointCategory]:
+    """(the annotation file as a ``pycocotools.coco.COCO`` object, its keypoint category),
     checked by ``metrics.coco.load_gt`` (duplicate ids go to ``report``, a
     ``metrics.coco.GroundTruthReport``; ``num_keypoints`` is recounted); DataError naming the
     file for anything that is not a COCO keypoint file."""
@@ -405,7 +461,7 @@ def parse_annotations(path: Path, num_joints: int, report: Any) -> tuple[Any, in
     try:
         coco = load_gt(path, report=report)  # quiet: pycocotools' prints are swallowed
         check_structure(coco.dataset, path)
-        return coco, keypoint_category(coco, num_joints, path)
+        return coco, keypoint_category(coco, joint_names, path)
     except ValueError as exc:
         raise DataError(str(exc)) from None
     except RecursionError:
@@ -425,11 +481,15 @@ class GroundTruthReading:
     """A COCO-format annotation file read and checked (:func:`read_ground_truth_file`)."""
 
     coco: Any  # pycocotools.coco.COCO, the later of two entries with one id left out
-    category_id: int
+    category: KeypointCategory
     records: RecordTable  # the usable persons
     tally: Tally  # the annotations that gave no record, and why
     drop_ids: list[Any]  # ids of the annotations that were bad records (left out of evaluation too)
     notes: list[str]  # lines worth one note each, without the file's name
+
+    @property
+    def category_id(self) -> int:
+        return self.category.id
 
 
 def read_ground_truth_file(
@@ -437,7 +497,7 @@ def read_ground_truth_file(
     image_dir: Path,
     aspect_ratio: float,
     skip_empty: bool,
-    num_joints: int,
+    joint_names: Sequence[str],
     checker: RecordChecker,
 ) -> GroundTruthReading:
     """Parse a COCO-format annotation file and check every record; bad records and duplicate
@@ -445,7 +505,7 @@ def read_ground_truth_file(
     from metrics.coco import GroundTruthReport, show_id
 
     report = GroundTruthReport()
-    coco, category_id = parse_annotations(path, num_joints, report)
+    coco, category = parse_annotations(path, joint_names, report)
     for duplicate in report.duplicates:
         if duplicate.kind == "annotation":
             where = f"annotation {show_id(duplicate.id)} (image {duplicate.image})"
@@ -454,28 +514,44 @@ def read_ground_truth_file(
         checker.bad(where, duplicate.problem())
     tally, drop_ids = Tally(seen=len(coco.dataset["annotations"])), []
     records = load_gt_records(
-        coco, image_dir, aspect_ratio, skip_empty, num_joints, category_id, checker, tally, drop_ids
-    )
-    notes = [note] if (note := report.recount_note()) else []
-    return GroundTruthReading(coco, category_id, records, tally, drop_ids, notes)
+        coco, image_dir, aspect_ratio, skip_empty, len(joint_names), category.id, checker, tally, drop_ids,
+        category.file_order,
+    )  # fmt: skip
+    notes = report.notes() + ([category.note] if category.note else [])
+    return GroundTruthReading(coco, category, records, tally, drop_ids, notes)
+
+
+@dataclass
+class ScoredGroundTruth:
+    """What ``python -m metrics.coco`` scores against (:func:`read_ground_truth`)."""
+
+    coco: Any  # pycocotools.coco.COCO
+    notes: list[str]  # one line each, naming the file
+    dropped: list[str]  # the bad records left out (policy.skip)
+    category: KeypointCategory
 
 
 def read_ground_truth(
-    path: str | Path, policy: BadDataPolicy | None = None, num_joints: int | None = None
-) -> tuple[Any, list[str], list[str]]:
-    """(``pycocotools.coco.COCO`` object to score against, notes, dropped bad records) of a
-    COCO-format annotation file, read and checked as the readers read it, so COCOeval scores the
-    persons training and validation use: what ``python -m metrics.coco`` scores against.
+    path: str | Path,
+    policy: BadDataPolicy | None = None,
+    num_joints: int | None = None,
+    joint_names: Sequence[str] | None = None,
+) -> ScoredGroundTruth:
+    """The ground truth of a COCO-format annotation file, read and checked as the readers read
+    it, so COCOeval scores the persons training and validation use.
 
-    ``num_joints``: default the keypoint category's count (17 if no category lists keypoints).
-    Image paths are checked as the readers check them, but no image is opened. A bad record or a
-    duplicate id is a DataError naming the file and the record, unless ``policy.skip``: then it
-    is left out and listed in the dropped lines."""
+    ``joint_names`` (a joint spec's) are checked against the keypoint category's names as the
+    readers check them; without them ``num_joints`` is checked against its count (default: the
+    category's count, 17 if no category lists keypoints). Image paths are checked as the readers
+    check them, but no image is opened. A bad record or a duplicate id is a DataError naming the
+    file and the record, unless ``policy.skip``: then it is left out and listed in ``dropped``. A
+    file with no person to score (no annotations, or none of the keypoint category) is a
+    DataError saying why, as training's empty validation set is."""
     from metrics.coco import GroundTruthReport, index_ground_truth, read_gt_json
 
     path = Path(path)
     policy = policy or BadDataPolicy()
-    if num_joints is None:
+    if joint_names is None:
         try:
             categories = read_gt_json(path)["categories"]
         except (OSError, ValueError) as exc:
@@ -483,14 +559,29 @@ def read_ground_truth(
         listed = [
             c["keypoints"] for c in categories if isinstance(c, dict) and isinstance(c.get("keypoints"), list)
         ]
-        num_joints = len(listed[0]) if len(listed) == 1 else NUM_JOINTS
+        names = listed[0] if len(listed) == 1 else None
+        count = num_joints or (len(names) if names is not None else NUM_JOINTS)
+        joint_names = names if names is not None and len(names) == count else [str(i) for i in range(count)]
     checker = RecordChecker(path, policy)
-    reading = read_ground_truth_file(path, path.parent, 0.75, True, num_joints, checker)
+    reading = read_ground_truth_file(path, path.parent, 0.75, True, joint_names, checker)
     dropped = checker.finish()
+    if not len(reading.records):
+        raise DataError(f"{path}: {why_no_person(reading.tally, reading.category_id)}")
     coco = index_ground_truth(
         reading.coco.dataset, path, report=GroundTruthReport(), drop_ids=reading.drop_ids
     )
-    return coco, [f"{path}: {note}" for note in reading.notes], dropped
+    return ScoredGroundTruth(coco, [f"{path}: {note}" for note in reading.notes], dropped, reading.category)
+
+
+def why_no_person(tally: Tally, category_id: int) -> str:
+    """Why an annotation file gave no person (one phrase, to follow its name)."""
+    total = tally["seen"]
+    if not total:
+        return "holds no annotations"
+    parts = tally.parts(category=f" {category_id}")
+    if not parts:
+        return f"all {total} annotations are bad"
+    return f"no usable person among its {total} annotations: {', '.join(parts)}"
 
 
 def half_body_box(
@@ -608,6 +699,8 @@ class COCODataset(KeypointDataset):
             for key, checker in checkers.items():
                 checker.problems.extend(f"{checker.source}: {problem}" for problem in extra["problems"][key])
         self.category_id = int(extra["category_id"])
+        order = extra["file_order"]
+        self.category = KeypointCategory(self.category_id, None if order is None else tuple(order))
         # annotations left out of the evaluation's ground truth as they were of the records
         self._drop_ids = list(extra["drop_ids"])
         notes += [f"{checkers[key].source}: {text}" for key, text in extra["notes"]]
@@ -675,7 +768,7 @@ class COCODataset(KeypointDataset):
     ) -> tuple[RecordTable, dict[str, Any]]:
         """Parse and check the files: (records, what the index cache keeps besides them)."""
         reading = read_ground_truth_file(
-            self.annotation_file, self.image_dir, self.aspect_ratio, skip_empty, self.joint_spec.num_joints,
+            self.annotation_file, self.image_dir, self.aspect_ratio, skip_empty, self.joint_spec.names,
             checkers["gt"],
         )  # fmt: skip
         notes = [("gt", note) for note in reading.notes]
@@ -705,6 +798,7 @@ class COCODataset(KeypointDataset):
         # DataLoader workers fork; evaluation reloads it through the ``coco`` property.
         extra = {
             "category_id": reading.category_id,
+            "file_order": None if reading.category.file_order is None else list(reading.category.file_order),
             "drop_ids": reading.drop_ids,
             "notes": notes,
             "empty": None
@@ -728,13 +822,7 @@ class COCODataset(KeypointDataset):
             if not parts:  # every detection was a bad record
                 return f"all {tally['seen']} detections are bad"
             return f"no usable person box among its {tally['seen']} detections: {', '.join(parts)}"
-        total = tally["seen"]
-        if not total:
-            return "holds no annotations"
-        parts = tally.parts(category=f" {reading.category_id}")
-        if not parts:
-            return f"all {total} annotations are bad"
-        return f"no usable person among its {total} annotations: {', '.join(parts)}"
+        return why_no_person(tally, reading.category_id)
 
     def empty_reason(self) -> str:
         return self._empty_reason or super().empty_reason()
@@ -744,7 +832,7 @@ class COCODataset(KeypointDataset):
         or the bad-record lines (``policy.skip`` only decides what happens to them later)."""
         options: dict[str, Any] = {
             "image_dir": str(self.image_dir), "aspect_ratio": self.aspect_ratio,
-            "num_joints": self.joint_spec.num_joints, "allow_outside_paths": policy.allow_outside_paths,
+            "joints": list(self.joint_spec.names), "allow_outside_paths": policy.allow_outside_paths,
             "skip_empty": bool(skip_empty),
         }  # fmt: skip
         sources = [self.annotation_file]
@@ -777,23 +865,66 @@ class COCODataset(KeypointDataset):
         return self._coco
 
     def evaluate(self, results: dict[str, np.ndarray], output_dir: Path | None = None) -> dict[str, float]:
-        """Loss and PCK where the crops have ground truth, and COCO keypoint AP/AR: poses rescored by box score x mean confident keypoint score,
-        OKS-NMS per image, then COCOeval, both with the joint set's OKS sigmas; ``results.json``
-        is written into ``output_dir``."""
+        """Loss and PCK where the crops have ground truth, and COCO keypoint AP/AR: poses rescored
+        by box score x mean confident keypoint score, OKS-NMS per image, then COCOeval, both with
+        the joint set's OKS sigmas; ``results.json`` (joints in the file's order) is written into
+        ``output_dir``. The persons of samples skipped at load time (``--skipBadSamples 1``: no
+        prediction was made for them) are left out of the ground truth, with a note."""
         from metrics.coco import evaluate_keypoints, postprocess_results
 
-        keypoints = np.concatenate([results["preds"], results["scores"][..., None]], axis=-1)  # (N, K, 3)
+        coco, kept = self._scored_ground_truth(results)
+        scored = {key: value[kept] for key, value in results.items()} if kept is not None else results
+        keypoints = np.concatenate([scored["preds"], scored["scores"][..., None]], axis=-1)  # (N, K, 3)
+        # COCOeval and results.json take the joints in the file's order, and its sigmas with them
+        keypoints = self.category.to_file_order(keypoints, axis=1)
+        sigmas = self.category.to_file_order(np.asarray(self.joint_spec.sigmas, dtype=np.float64))
         # OKS-NMS compares poses at the scale of their crop boxes, as the reference code does
-        crop_areas = results["scale"].astype(np.float64) ** 2 * self.aspect_ratio
-        sigmas = np.asarray(self.joint_spec.sigmas, dtype=np.float64)
+        crop_areas = scored["scale"].astype(np.float64) ** 2 * self.aspect_ratio
         detections = postprocess_results(
-            results["image_id"], keypoints, results["box_score"], crop_areas,
+            scored["image_id"], keypoints, scored["box_score"], crop_areas,
             sigmas=sigmas, category_id=self.category_id,
         )  # fmt: skip
         if output_dir is not None:
             with open(Path(output_dir) / "results.json", "w", encoding="utf-8") as stream:
                 json.dump(detections, stream)
-        return super().evaluate(results) | evaluate_keypoints(self.coco, detections, sigmas=sigmas)
+        return super().evaluate(results) | evaluate_keypoints(coco, detections, sigmas=sigmas)
+
+    def _scored_ground_truth(self, results: dict[str, np.ndarray]) -> tuple[Any, np.ndarray | None]:
+        """(the ground truth to score, a mask of the results to score or None for all). A record
+        without a result was skipped at load time: a ground-truth person is left out; a detection's
+        image is left out whole (its other detections and its persons), as its image would not load."""
+        from metrics.coco import GroundTruthReport, index_ground_truth
+
+        if "index" not in results:  # not from engine.predict_all: a prediction for every record
+            return self.coco, None
+        skipped = np.setdiff1d(np.arange(len(self.records)), results["index"])
+        if not len(skipped):
+            return self.coco, None
+        dataset = self.coco.dataset
+        # the persons COCOeval scores: of the category, not crowds, with a labelled keypoint
+        scored_ids = {
+            i
+            for i in self.coco.getAnnIds(catIds=[self.category_id], iscrowd=False)
+            if self.coco.anns[i].get("num_keypoints", 0) > 0
+        }
+        if self.bbox_file is None:
+            dropped = {int(self.records[int(i)]["annotation_id"]) for i in skipped}
+            kept = np.ones(len(results["index"]), dtype=bool)
+            total = len(self.records)
+        else:
+            images = {int(self.records[int(i)]["image_id"]) for i in skipped}
+            dropped = {a["id"] for a in dataset["annotations"] if a.get("image_id") in images}
+            kept = ~np.isin(results["image_id"], list(images))
+            total = len(scored_ids)
+        left_out = len(dropped & scored_ids) if self.bbox_file is not None else len(dropped)
+        print_note(
+            f"{self.source}: AP over {total - left_out} of {total} persons: {left_out} skipped, "
+            f"see bad_samples.txt"
+        )
+        coco = index_ground_truth(
+            dict(dataset), self.annotation_file, report=GroundTruthReport(), drop_ids=sorted(dropped)
+        )
+        return coco, kept
 
     def __getstate__(self) -> dict[str, Any]:
         # DataLoader workers need only the records; the full train2017 index is large to copy.

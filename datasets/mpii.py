@@ -420,10 +420,11 @@ class MPIIDataset(KeypointDataset):
         """Loss, PCK and the official PCKh table from the records' head sizes (without head sizes
         PCK alone, as the reader's note says); ``pred.mat`` (HRNet layout, scored by
         ``python -m metrics.mpii``) into ``output_dir``. Its rows follow the annotation file, so a
-        bad record dropped from it leaves a row of zeros (scored as a miss)."""
+        bad record dropped from it, or a sample skipped at load time, leaves a row of zeros (scored
+        as a miss there; PCKh here scores the samples predicted)."""
         if output_dir is not None:
             preds = results["preds"]
-            if self.dropped:
+            if len(preds) != self.file_rows:  # records dropped as bad, or samples skipped at load time
                 preds = np.zeros((self.file_rows, *results["preds"].shape[1:]))
                 preds[results["image_id"].astype(int)] = results["preds"]
             save_pred_mat(Path(output_dir) / "pred.mat", preds)

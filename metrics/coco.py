@@ -63,6 +63,11 @@ COCO_SIGMAS.setflags(write=False)
 
 NUM_KEYPOINTS = 17
 
+# A file without ``area`` (CrowdPose as shipped) is scored with 0.53 x the box area, the rule of
+# xtcocotools (which MMPose evaluates CrowdPose with): a person fills about half of its box.
+AREA_OF_BOX = 0.53
+UTF8_BOM = "\ufeff"
+
 # Order of COCOeval.stats for iouType='keypoints'.
 STAT_NAMES: tuple[str, ...] = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 
@@ -349,14 +354,20 @@ def _quiet(verbose: bool) -> contextlib.AbstractContextManager[Any]:
     return contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
 
 
-def read_json(path: str | Path) -> Any:
-    """Parsed JSON of ``path``; FileNotFoundError or a one-line ValueError naming the file."""
+def read_json(path: str | Path, notes: list[str] | None = None) -> Any:
+    """Parsed JSON of ``path``; FileNotFoundError or a one-line ValueError naming the file. A UTF-8
+    byte-order mark (Windows tools write one) is read past, with a line in ``notes``."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"file not found: {path}")
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            text = f.read()
+        if text.startswith(UTF8_BOM):
+            text = text[1:]
+            if notes is not None:
+                notes.append(f"{path}: starts with a UTF-8 byte-order mark; read without it")
+        return json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: not valid JSON ({' '.join(str(exc).split())})") from None
 
@@ -401,6 +412,27 @@ class GroundTruthReport:
 
     duplicates: list[Duplicate] = field(default_factory=list)
     recounted: list[Any] = field(default_factory=list)
+    no_area: int = 0  # annotations given AREA_OF_BOX x their box area
+    no_iscrowd: int = 0  # annotations given iscrowd 0
+    bom: bool = False  # the file began with a UTF-8 byte-order mark
+
+    def notes(self) -> list[str]:
+        """Lines (to follow the file's name) for what was mended or defaulted."""
+        lines = ["starts with a UTF-8 byte-order mark; read without it"] if self.bom else []
+        if self.no_area:
+            lines.append(
+                f"{self.no_area} annotation{'s have' if self.no_area > 1 else ' has'} no 'area': "
+                f"{AREA_OF_BOX:g} x its box area is used (xtcocotools' rule, as MMPose scores CrowdPose), "
+                f"for the OKS scale and the area ranges of APm and APl"
+            )
+        if self.no_iscrowd:
+            lines.append(
+                f"{self.no_iscrowd} annotation{'s have' if self.no_iscrowd > 1 else ' has'} no 'iscrowd': "
+                f"0 is used (not a crowd region)"
+            )
+        if note := self.recount_note():
+            lines.append(note)
+        return lines
 
     def recount_note(self) -> str | None:
         """One line (to follow the file's name) for the annotations whose ``num_keypoints`` was
@@ -497,9 +529,36 @@ def recount_keypoints(annotations: list[Any]) -> list[Any]:
     return disagreed
 
 
-def read_gt_json(path: str | Path) -> dict[str, Any]:
+def default_area_and_crowd(annotations: list[Any]) -> tuple[int, int]:
+    """Give each annotation without ``area`` AREA_OF_BOX x its box area (where the box is four
+    finite numbers; a bad box is the readers' bad record) and each without ``iscrowd`` 0. Returns
+    how many of each were given."""
+    no_area = no_iscrowd = 0
+    for ann in annotations:
+        if not isinstance(ann, dict):
+            continue
+        if "area" not in ann:
+            box = ann.get("bbox")
+            if (
+                isinstance(box, list)
+                and len(box) == 4
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)
+                and all(math.isfinite(v) for v in box)
+            ):
+                ann["area"] = AREA_OF_BOX * max(float(box[2]), 0.0) * max(float(box[3]), 0.0)
+                no_area += 1
+        if "iscrowd" not in ann:
+            ann["iscrowd"] = 0
+            no_iscrowd += 1
+    return no_area, no_iscrowd
+
+
+def read_gt_json(path: str | Path, report: GroundTruthReport | None = None) -> dict[str, Any]:
     """The parsed ground-truth file, checked to be an object with the lists COCO needs."""
-    dataset = read_json(path)
+    notes: list[str] = []
+    dataset = read_json(path, notes)
+    if report is not None:
+        report.bom = bool(notes)
     if not isinstance(dataset, dict) or not isinstance(dataset.get("annotations"), list):
         raise ValueError(
             f"{path}: not a COCO ground-truth file (needs an object with 'images' and 'annotations')"
@@ -519,7 +578,7 @@ def load_gt(
 ) -> Any:
     """Load a COCO ground-truth JSON into a ``pycocotools.coco.COCO`` object, checked and mended the
     way the readers read it (see :func:`index_ground_truth`), with clear errors."""
-    return index_ground_truth(read_gt_json(path), path, verbose, report=report, drop_ids=drop_ids)
+    return index_ground_truth(read_gt_json(path, report), path, verbose, report=report, drop_ids=drop_ids)
 
 
 def index_ground_truth(
@@ -536,6 +595,8 @@ def index_ground_truth(
     - a duplicate annotation id, or image id with other contents, is a ValueError naming the file
       and the ids; with ``report`` the later entry is left out and listed there instead;
     - ``num_keypoints`` is recounted from the keypoints (disagreements listed in ``report``);
+    - a missing ``area`` is AREA_OF_BOX x the box area and a missing ``iscrowd`` 0, what the
+      reference tools use (counted in ``report``): pycocotools needs both;
     - the annotations whose ids are in ``drop_ids`` (records a reader dropped as bad) are left out.
     """
     from pycocotools.coco import COCO
@@ -558,8 +619,10 @@ def index_ground_truth(
             if not (isinstance(a, dict) and _hashable(a.get("id")) and a.get("id") in dropped)
         ]
     recounted = recount_keypoints(dataset["annotations"])
+    no_area, no_iscrowd = default_area_and_crowd(dataset["annotations"])
     if report is not None:
         report.duplicates, report.recounted = duplicates, recounted
+        report.no_area, report.no_iscrowd = no_area, no_iscrowd
     coco = COCO()
     coco.dataset = dataset
     with _quiet(verbose):
@@ -681,20 +744,24 @@ def format_table(stats: dict[str, float]) -> str:
     return "\n".join([header, rule, row])
 
 
-def _cli_sigmas(joint_spec: str | None, sigmas: str | None) -> np.ndarray | None:
-    """The OKS sigmas the command line gives (a spec file or a list), None for COCO's."""
+def _cli_sigmas(
+    joint_spec: str | None, sigmas: str | None
+) -> tuple[np.ndarray | None, tuple[str, ...] | None]:
+    """(the OKS sigmas the command line gives, a spec file's joint names): (None, None) for
+    COCO's; names only with --jointSpec, so the file's keypoint names are checked against them."""
     if joint_spec and sigmas:
         raise ValueError("give --jointSpec or --sigmas, not both")
     if joint_spec:
         from datasets.custom import load_joint_spec  # imported only here: it loads the datasets
 
-        return np.asarray(load_joint_spec(joint_spec).sigmas, dtype=np.float64)
+        spec = load_joint_spec(joint_spec)
+        return np.asarray(spec.sigmas, dtype=np.float64), spec.names
     if sigmas:
         try:
-            return np.array([float(v) for v in sigmas.split(",") if v.strip()], dtype=np.float64)
+            return np.array([float(v) for v in sigmas.split(",") if v.strip()], dtype=np.float64), None
         except ValueError:
             raise ValueError(f"--sigmas: {sigmas!r} is not a comma-separated list of numbers") from None
-    return None
+    return None, None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -721,7 +788,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )  # fmt: skip
     args = parser.parse_args(argv)
     try:
-        sigmas = _cli_sigmas(args.jointSpec, args.sigmas)
+        sigmas, names = _cli_sigmas(args.jointSpec, args.sigmas)
         # the ground truth the readers keep (imported here: it loads the datasets and torch)
         from datasets.base import DataError
         from datasets.coco import read_ground_truth
@@ -731,11 +798,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             skip=bool(args.skipBadSamples), allow_outside_paths=bool(args.allowOutsidePaths)
         )
         try:
-            coco_gt, notes, dropped = read_ground_truth(
-                args.gt, policy, None if sigmas is None else len(sigmas)
-            )
+            truth = read_ground_truth(args.gt, policy, None if sigmas is None else len(sigmas), names)
         except DataError as exc:
             raise ValueError(str(exc)) from None
+        coco_gt, notes, dropped = truth.coco, truth.notes, truth.dropped
+        if sigmas is not None:  # results hold the joints in the file's order, as training writes them
+            sigmas = truth.category.to_file_order(sigmas)
         for line in notes:
             print(f"note: {line}", file=sys.stderr)
         if dropped:

@@ -280,7 +280,7 @@ def test_bad_image_is_replaced_by_the_next_good_sample(coco_copy):
     one_line_error(
         lambda: strict[0], "too many bad samples: stopped early, at 3 bad of the 12 records",
         "0 dropped when the file was read, 3 with a bad image among those loaded so far; the rest were not checked",
-        "more than the 2 --maxBadFraction 0.2 allows",
+        "more than --maxBadFraction 0.2 allows (2 of 12; --maxBadFraction 0.25 allows 3)",
     )  # fmt: skip
 
 
@@ -391,7 +391,8 @@ def test_too_many_bad_images_stop_a_running_epoch_in_one_line(coco_copy, tmp_pat
     status, lines = run_cli(monkeypatch, capsys, [*args, "--nThreads", "1", "--expID", "images"])
     assert status == 2 and len(lines) == 1, lines
     assert "main.py: error: too many bad samples: stopped early, at 2 bad of the 12 records" in lines[0]
-    assert "the rest were not checked), more than the 1 --maxBadFraction 0.1 allows" in lines[0]
+    assert "the rest were not checked), more than --maxBadFraction 0.1 allows (1 of 12;" in lines[0]
+    assert "--maxBadFraction 0.17 allows 2)" in lines[0]
     assert str(coco_copy / "test_coco.json") in lines[0]
 
 
