@@ -133,3 +133,22 @@ def test_visdom_key_maps_to_tensorboard(tmp_path, capsys):
     config.write_text("visdom: 1\ntensorboard: 0\n")
     assert parse_options([*common, "-DataConfig", str(config)]).tensorboard is False
     assert "given as 0 and wins" in capsys.readouterr().err
+
+
+def test_curves_are_drawn_after_the_first_validation_then_at_most_every_30_s_and_at_the_end(
+    tmp_path, monkeypatch
+) -> None:
+    import utils.training_charts as charts_module
+
+    drawn, clock = [], [100.0]
+    monkeypatch.setattr(charts_module, "plot_curves", lambda *args: drawn.append(clock[0]))
+    monkeypatch.setattr(charts_module.time, "monotonic", lambda: clock[0])
+    charts = charts_module.TrainingCharts(
+        tmp_path, enabled=True, tensorboard=False, steps_per_epoch=1, main_metric="PCKh"
+    )
+    for _ in range(5):  # five validations 10 s apart
+        charts.write_curves()
+        clock[0] += 10.0
+    charts.close()  # the run ends: the last validations are drawn
+    charts.close()  # nothing new: not drawn again
+    assert drawn == [100.0, 130.0, 150.0]

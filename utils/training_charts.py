@@ -16,6 +16,7 @@ import json
 import math
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ import numpy as np
 from utils.drawing import skeleton_grid
 
 GRID_SAMPLES = 8
+CURVES_EVERY_S = 30.0
 
 
 class TrainingCharts:
@@ -49,6 +51,10 @@ class TrainingCharts:
         self.run_dir, self.enabled = Path(run_dir), enabled
         self.steps_per_epoch, self.main_metric = max(int(steps_per_epoch), 1), main_metric
         self.writer = None
+        # curves.png after the first validation, then at most every CURVES_EVERY_S and when the
+        # run ends or stops: drawing it costs about a second, more than a short epoch
+        self.curves_written_at: float | None = None
+        self.curves_behind = False
         if enabled and tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter  # imports tensorboard
@@ -101,10 +107,20 @@ class TrainingCharts:
         self.writer.add_image("val/skeletons", grid, self.global_step(epoch), dataformats="HWC")
         self.writer.flush()
 
-    def write_curves(self) -> Path | None:
-        """Rewrite ``curves.png`` from metrics.jsonl (rank 0)."""
+    def write_curves(self, now: bool = False) -> Path | None:
+        """Rewrite ``curves.png`` from metrics.jsonl (rank 0), unless it was written less than
+        CURVES_EVERY_S ago (``now``: whenever there is something new); :meth:`close` catches up."""
         if not self.enabled:
             return None
+        recent = (
+            self.curves_written_at is not None and time.monotonic() - self.curves_written_at < CURVES_EVERY_S
+        )
+        if recent and not now:
+            self.curves_behind = True
+            return None
+        if now and not self.curves_behind:
+            return None
+        self.curves_written_at, self.curves_behind = time.monotonic(), False
         try:
             import matplotlib  # noqa: F401
         except ImportError:
@@ -117,6 +133,7 @@ class TrainingCharts:
         return plot_curves(self.run_dir / "metrics.jsonl", self.run_dir / "curves.png", self.main_metric)
 
     def close(self) -> None:
+        self.write_curves(now=True)
         if self.writer is not None:
             self.writer.close()
             self.writer = None
