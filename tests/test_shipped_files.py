@@ -23,6 +23,7 @@ from datasets.coco import COCODataset
 from datasets.codecs import HeatmapCodec
 from datasets.custom import parse_spec
 from datasets.validation import BadDataPolicy
+from metrics.coco import COCO_SIGMAS
 
 INPUT, HEATMAP = (48, 64), (12, 16)
 CODEC = HeatmapCodec(INPUT, HEATMAP, 1.0)
@@ -32,23 +33,8 @@ ANNOTATION = "test_coco.json"
 # CrowdPose's 14 joints in its file's order, and its OKS sigmas (as MMPose scores it)
 CROWDPOSE = ["left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist",
              "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle", "head", "neck"]  # fmt: skip
-CROWDPOSE_SIGMAS = [
-    0.079,
-    0.079,
-    0.072,
-    0.072,
-    0.062,
-    0.062,
-    0.107,
-    0.107,
-    0.087,
-    0.087,
-    0.089,
-    0.089,
-    0.079,
-    0.079,
-]
-COCO_INDEX = {"head": 0}  # CrowdPose's head from COCO's nose; its neck between the shoulders
+# CrowdPose's limbs have COCO's sigmas; its head and neck 0.079
+CROWDPOSE_SIGMAS = [*(float(s) for s in COCO_SIGMAS[5:]), 0.079, 0.079]
 
 
 def crowdpose_like(source: Path) -> dict:
