@@ -105,8 +105,8 @@ def test_kill_9_at_any_moment_leaves_a_loadable_checkpoint(tmp_path: Path) -> No
     """Kills at spread-out moments (during training steps, validation and checkpoint writes);
     once a first checkpoint exists, last.pth is always there and loads, and a resume cleans up
     the temporary file of a write that was cut off."""
-    # 10 moments over the 3 epochs (about 2 s of training); each costs a process start (~8 s)
-    delays = [0.2 * k for k in range(10)]
+    # 6 moments over the 3 epochs (about 2 s of training); each costs a process start (~8 s)
+    delays = [0.3 * k for k in range(6)]
     killed_with_checkpoint = []
     for number, delay in enumerate(delays):
         name = f"k{number}"
@@ -122,7 +122,7 @@ def test_kill_9_at_any_moment_leaves_a_loadable_checkpoint(tmp_path: Path) -> No
             assert state["epoch"] >= 0
             if alive:
                 killed_with_checkpoint.append(tmp_path / name)
-    assert len(killed_with_checkpoint) >= 5  # most kills hit a live run that had saved already
+    assert len(killed_with_checkpoint) >= 3  # most kills hit a live run that had saved already
     run = killed_with_checkpoint[-1]
     (run / ".last.pth.cut0ff.tmp").write_bytes(b"half a checkpoint")
     assert entry.main(["--loadModel", str(run / "last.pth"), "--progress", "none"]) == 0
