@@ -76,7 +76,7 @@ def build_run(opts: Options, with_train: bool) -> RunParts:
 
     input_size, _ = frame_sizes(opts)  # (width, height)
     codec = build_codec(opts)
-    model, profile = build_profiled(opts, input_size)
+    model, profile = build_profiled(opts, input_size, count_flops=context.is_main)
     check_output_shape(profile.output_shapes, opts, codec)
     say(
         f"model {opts.model}: {profile.parameters / 1e6:.2f} M parameters, {profile.gflops:.2f} GFLOPs per image"
@@ -216,13 +216,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_profiled(opts: Options, input_size: tuple[int, int]) -> tuple[nn.Module, ModelProfile]:
-    """The model and its profile (one forward pass at ``input_size``, (width, height)). A builder
+def build_profiled(
+    opts: Options, input_size: tuple[int, int], count_flops: bool = True
+) -> tuple[nn.Module, ModelProfile]:
+    """The model and its profile (one forward pass at ``input_size``, (width, height); FLOPs
+    counted only with ``count_flops``, see models.complexity.profile_model). A builder
     refusing a value (a kernel size, a backbone name, an input too small for it) stops in one line
     that names the config keys."""
     try:
         model = build_model(opts.model, **vars(opts))
-        return model, profile_model(model, input_size[::-1])
+        return model, profile_model(model, input_size[::-1], count_flops)
     except (ValueError, FileNotFoundError) as error:
         # builders name their parameters (hh_kernel), the user wrote config keys (hhKernel)
         keys = {option_to_parameter(key): key for key in opts.config}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
 from dataclasses import dataclass
 
 import torch
@@ -25,10 +27,12 @@ def count_parameters(model: nn.Module) -> int:
 
 
 @torch.no_grad()
-def profile_model(model: nn.Module, input_size: tuple[int, int]) -> ModelProfile:
+def profile_model(model: nn.Module, input_size: tuple[int, int], count_flops: bool = True) -> ModelProfile:
     """Parameters, GFLOPs and stage output shapes of one forward pass on a (1, 3, height, width)
     input. A multiply-add counts as two FLOPs (torch's FlopCounterMode convention; papers quoting
-    'GFLOPs' often mean multiply-adds, i.e. half of this)."""
+    'GFLOPs' often mean multiply-adds, i.e. half of this). ``count_flops=False`` leaves ``gflops``
+    NaN: counting imports torch._dynamo, about 2 s of a process's start, which a process that does
+    not print the count (a torchrun worker other than rank 0) need not pay."""
     height, width = input_size
     was_training = model.training
     model.eval()
@@ -44,7 +48,8 @@ def profile_model(model: nn.Module, input_size: tuple[int, int]) -> ModelProfile
         if isinstance(module, nn.modules.batchnorm._BatchNorm)
     ]
     try:
-        with FlopCounterMode(display=False) as counter:
+        counter = FlopCounterMode(display=False) if count_flops else None
+        with counter if counter is not None else contextlib.nullcontext():
             outputs = model(torch.zeros(1, 3, height, width, device=parameter.device, dtype=parameter.dtype))
     finally:
         for hook in hooks:
@@ -52,7 +57,7 @@ def profile_model(model: nn.Module, input_size: tuple[int, int]) -> ModelProfile
         model.train(was_training)
     return ModelProfile(
         count_parameters(model),
-        counter.get_total_flops() / 1e9,
+        counter.get_total_flops() / 1e9 if counter is not None else math.nan,
         [tuple(o.shape) for o in outputs],
         min(norm_values) if norm_values else None,
     )
