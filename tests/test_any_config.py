@@ -307,8 +307,8 @@ def test_predictions_png_reuses_the_last_validation(tmp_path, monkeypatch, capsy
     seen: list[tuple[bool, int]] = []  # (training, images) per forward call after the profile
     real_build = build.build_profiled
 
-    def counted(opts, input_size):
-        model, profile = real_build(opts, input_size)
+    def counted(opts, input_size, count_flops=True):
+        model, profile = real_build(opts, input_size, count_flops)
         model.register_forward_hook(
             lambda module, inputs, output: seen.append((module.training, len(inputs[0])))
         )
