@@ -36,6 +36,7 @@ from recipe import ExpMomentumEMA, LayerDecayError, StepwiseLR, parameter_groups
 from utils.distributed import DistributedContext, setup_distributed
 from utils.option_checks import AUGMENTATION_KEYS
 from utils.options import fail_option
+from utils.threads import ThreadPlan, plan_threads, usable_cores
 
 if TYPE_CHECKING:
     from utils.options import Options
@@ -57,6 +58,7 @@ class RunParts:
     val_set: KeypointDataset
     train_loader: DataLoader | None
     val_loader: DataLoader
+    threads: ThreadPlan  # the CPU threads and DataLoader workers chosen (utils/threads.py)
     # the registry's declarations (models/registry.py): train with model(image, target); score
     # every stage as "<metric>_<stage_label><stage>"
     with_target: bool = False
@@ -67,6 +69,15 @@ def build_run(opts: Options, with_train: bool) -> RunParts:
     """Device, seed, network, codec, loss, datasets and loaders, in that order."""
     configure_numerics(opts.deterministic)  # before CUDA starts: cuBLAS reads its workspace setting once
     context = setup_distributed(opts.gpuid, opts.distTimeout)
+    threads = plan_threads(
+        opts.cpuThreads,
+        opts.nThreads,
+        usable_cores(),
+        max(1, context.local_world_size),
+        os.environ.get("OMP_NUM_THREADS"),
+    )
+    if torch.get_num_threads() != threads.threads:
+        torch.set_num_threads(threads.threads)
     # the same seed on every rank gives identical initial weights; augmentation and data order
     # have their own (seed, epoch, index) generators, so ranks still see different samples
     seed_everything(opts.seed)
@@ -100,10 +111,10 @@ def build_run(opts: Options, with_train: bool) -> RunParts:
         model.set_start_pose(training_start_pose(train_set, codec))
     # a training batch of one gives BatchNorm a single value per channel where a feature map is 1x1
     min_batch = 2 if profile.norm_values == 1 and not opts.browse else 1
-    train_loader, val_loader = make_loaders(train_set, val_set, opts, context, min_batch)
+    train_loader, val_loader = make_loaders(train_set, val_set, opts, context, min_batch, threads.workers)
     return RunParts(
         context, say, model, profile, precision, channels_last, codec, make_loss(codec),
-        train_set, val_set, train_loader, val_loader, entry.trains_with_target, entry.stage_metrics,
+        train_set, val_set, train_loader, val_loader, threads, entry.trains_with_target, entry.stage_metrics,
     )  # fmt: skip
 
 
@@ -255,15 +266,18 @@ def make_loaders(
     opts: Options,
     context: DistributedContext,
     min_batch: int = 1,
+    workers: int | None = None,
 ) -> tuple[DataLoader | None, DataLoader]:
-    """Validation and training loaders. A last training batch smaller than ``min_batch`` (the
-    smallest batch the model can train on) is left out of every epoch; a batch size or training
-    set that leaves no such batch at all is refused in one line."""
+    """Validation and training loaders with ``workers`` DataLoader workers (default
+    ``--nThreads``). A last training batch smaller than ``min_batch`` (the smallest batch the model
+    can train on) is left out of every epoch; a batch size or training set that leaves no such
+    batch at all is refused in one line."""
     pin = context.device.type == "cuda" and not opts.dont_pin_memory
-    common = {"batch_size": opts.data_loader_size, "num_workers": opts.nThreads, "pin_memory": pin}
+    workers = opts.nThreads if workers is None else workers
+    common = {"batch_size": opts.data_loader_size, "num_workers": workers, "pin_memory": pin}
     # bad samples go to <run>/bad_samples.txt; a dead worker's error names its sample (datasets/loading.py)
     common["report"] = BadSampleReport(opts.run_dir, [train_set, val_set], context.is_main, context.device)
-    if opts.nThreads > 0:
+    if workers > 0:
         common["worker_init_fn"] = _quiet_worker
         # workers (and their imports, open files, decoded-image maps) live for the whole run; a
         # dataset's epoch is in shared memory, so they follow set_epoch
@@ -300,13 +314,15 @@ def make_loaders(
 
 
 def data_notes(parts: RunParts, opts: Options) -> list[str]:
-    """What the sampler and the schedule do to training that a user should know, one line each:
+    """What the machine, the sampler and the schedule do to training that a user should know, one line each:
     a run shorter than its conf file's recipe (a one-epoch try of RTMPose's 420-epoch schedule)
     keeps the part it reaches."""
     loader, train_set, context = parts.train_loader, parts.train_set, parts.context
-    if loader is None:
-        return []
     notes = []
+    if context.device.type == "cpu" or parts.threads.workers_capped:
+        notes.append(parts.threads.note)
+    if loader is None:
+        return notes
     if opts.lrSchedule == "flatcosine" and opts.flatEpochs >= opts.nEpochs:
         notes.append(
             f"the run ends before flatEpochs {opts.flatEpochs} (nEpochs {opts.nEpochs}): the LR stays flat, "

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 # Keys a checkpoint's stored config does not pass on: they say what this command does with it.
 COMMAND_KEYS = (
     "expID", "loadModel", "resume", "loadOptim", "loadEpoch", "dropPreLoaded", "dropMagPreLoaded", "test", "browse",
-    "predict", "export", "onnx", "detector", "detectorWeights", "smooth", "smoothMinCutoff", "smoothBeta",
+    "predict", "export", "onnx", "detector", "detectorWeights", "drawThreshold", "smooth", "smoothMinCutoff", "smoothBeta",
     "smoothDCutoff", "trackIoU", "trackOKS", "trackMemory",
 )  # fmt: skip
 # Keys a resumed run may change: they steer training or the machine, not what is trained on.
@@ -41,7 +41,7 @@ COMMAND_KEYS = (
 STEERING_KEYS = (
     "nEpochs", "dropLR", "dropMag", "lrMilestones", "lrSchedule", "warmupSteps", "warmupStartFactor",
     "flatEpochs", "minLRFactor", "valInterval", "saveInterval",
-    "nThreads", "progress", "gpuid", "dont_pin_memory", "amp", "flipTest", "expDir", "dataDir",
+    "nThreads", "cpuThreads", "progress", "gpuid", "dont_pin_memory", "amp", "flipTest", "expDir", "dataDir",
     "imageDir", "allowConfigChange", "saveEveryMinutes", "tensorboard", "visdom",
     "skipBadSamples", "maxBadFraction", "allowOutsidePaths", "imageCache", "channelsLast", "compile",
     "postProcess", "deterministic", "syncBN", "distTimeout",
@@ -416,10 +416,17 @@ class TrainingCheckpoint:
         if opts.loadOptim and "optimizer" in state and self.optimizer is not None:
             self._restore_optimizer(state, resumed)
         if opts.dropPreLoaded and self.optimizer is not None:
+            before = self.optimizer.param_groups[0]["lr"]
             for group in self.optimizer.param_groups:
                 group["lr"] *= opts.dropMagPreLoaded
             if hasattr(self.scheduler, "scale_lr"):  # a per-step schedule sets every step's LR
                 self.scheduler.scale_lr(opts.dropMagPreLoaded)
+            drop = (
+                f"LR scaled once by --dropMagPreLoaded {opts.dropMagPreLoaded} (--dropPreLoaded 1): "
+                f"{before:g} -> {self.optimizer.param_groups[0]['lr']:g}"
+            )
+            resumed.notes.append(drop)
+            resumed.logged.append(drop)
         if not opts.loadEpoch:
             resumed.notes.append(f"loaded weights from {opts.loadModel}; counting epochs from 1")
             return resumed

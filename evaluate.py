@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from torch import nn
 
-from build import RunParts, build_run
+from build import RunParts, build_run, data_notes
 from checkpoints import TrainingCheckpoint, make_run_dir
 from engine import predict_all
 from metrics import coco, mpii
@@ -33,9 +33,12 @@ def run(opts: Options) -> int:
     for note in resumed.notes:
         parts.say(note)
     run_dir = make_run_dir(opts, parts.context.is_main)
+    recorder = RunRecorder(run_dir, enabled=parts.context.is_main)
+    for note in data_notes(parts, opts):
+        recorder.log_line(note)
+        parts.say(f"note: {note}")
     results = validate(parts, opts.flipTest, opts.progress)
     metrics = score(parts, results, run_dir if parts.context.is_main else None)
-    recorder = RunRecorder(run_dir, enabled=parts.context.is_main)
     recorder.log_metrics(resumed.start_epoch - 1, "test", metrics)
     recorder.log_line(evaluation_line(opts.loadModel, metrics, parts.val_set.main_metric))
     parts.say(format_metrics(metrics, parts.stage_label))

@@ -20,11 +20,10 @@ LOOP = """
 import sys, time, tempfile, torch
 sys.path.insert(0, {root!r})
 import main as entry
-torch.set_num_threads({threads})
 with tempfile.TemporaryDirectory() as exp:
     start = time.perf_counter()
     entry.main(['--nEpochs', '1', '--syntheticTrain', '{samples}', '--syntheticVal', '16', '--nThreads', '{workers}',
-                '--expDir', exp, '--progress', 'none'])
+                '--cpuThreads', '{threads}', '--expDir', exp, '--progress', 'none'])
     print((time.perf_counter() - start) / {samples} * 1000)
 """
 

@@ -21,7 +21,9 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 # Tiny tensors gain nothing from intra-op threads, and on a shared 2-core machine spinning
-# threads slow them down many times over.
+# threads slow them down many times over. The environment variable is what a run's own thread
+# choice honours (utils/threads.py), in this process and in its children.
+os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)
 
 # A model and dataset small enough that an epoch takes about a second on one CPU core.

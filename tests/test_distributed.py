@@ -41,7 +41,9 @@ def test_two_process_training_writes_once(tmp_path):
     assert [line for line in lines if line.startswith("epoch ")] == [
         line for line in lines if line.startswith(("epoch 1/2", "epoch 2/2"))
     ]
-    assert len(lines) == 3 and lines[0].startswith("2 processes: effective batch 16")  # each line once
+    # each line once: the threads chosen, the effective batch, the two epochs
+    assert len(lines) == 4 and lines[0] == "CPU threads: 1 (OMP_NUM_THREADS=1)"
+    assert lines[1].startswith("2 processes: effective batch 16")
 
 
 @pytest.mark.slow

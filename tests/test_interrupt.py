@@ -92,7 +92,9 @@ def test_an_interrupt_prints_the_notice_then_one_line(tmp_path: Path) -> None:
     lines = err.splitlines()
     assert notice in lines and lines[lines.index(notice) :] == [notice], err  # progress lines only before it
     printed = out.splitlines()
-    assert len(printed) == 3 and printed[1].startswith("run directory: "), out  # model, run directory
+    # the model, the threads chosen, the run directory
+    assert len(printed) == 4 and printed[1] == "note: CPU threads: 1 (OMP_NUM_THREADS=1)", out
+    assert printed[2].startswith("run directory: "), out
     assert printed[-1].startswith("interrupted at epoch 1, batch ") and "; resume with: " in printed[-1]
 
 

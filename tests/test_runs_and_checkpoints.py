@@ -70,7 +70,8 @@ def test_a_test_run_writes_its_summary_to_log_txt(trained: Path, tmp_path: Path)
     assert entry.main([*command, "--progress", "none"]) == 0
     (tested,) = read_metrics(tmp_path / "t")
     summary = f"PCKh {tested['PCKh']:.2f} | loss {tested['loss']:.6f} | PCK {tested['PCK']:.2f}"
-    assert (tmp_path / "t" / "log.txt").read_text() == f"test {checkpoint.resolve()}: {summary}\n"
+    threads = "CPU threads: 1 (OMP_NUM_THREADS=1)"
+    assert (tmp_path / "t" / "log.txt").read_text() == f"{threads}\ntest {checkpoint.resolve()}: {summary}\n"
 
 
 @pytest.mark.e2e

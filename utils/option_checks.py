@@ -160,7 +160,7 @@ POSITIVE = (
     "stepBound", "renderSigma", "emaGamma",
 )  # fmt: skip
 NON_NEGATIVE = (
-    "nThreads", "dropLR", "gpuid", "maxScale", "maxRotate", "maxTranslate", "colorJitter", "stepEpochs",
+    "nThreads", "cpuThreads", "dropLR", "gpuid", "maxScale", "maxRotate", "maxTranslate", "colorJitter", "stepEpochs",
     "warmupSteps", "flatEpochs", "stage2Epoch",
 )  # fmt: skip
 FRACTIONS = ("warmupStartFactor", "minLRFactor", "layerDecay", "trackIoU", "trackOKS")

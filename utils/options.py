@@ -99,6 +99,7 @@ class Options(argparse.Namespace):
     browse: int
     shuffle: bool
     nThreads: int
+    cpuThreads: int
     data_loader_size: int
     dont_pin_memory: bool
     skipBadSamples: bool
@@ -197,6 +198,7 @@ class Options(argparse.Namespace):
     onnx: str
     detector: str
     detectorWeights: str
+    drawThreshold: float
     smooth: str
     smoothMinCutoff: float
     smoothBeta: float
@@ -310,6 +312,17 @@ def fail(message: str) -> NoReturn:
     raise SystemExit(2)
 
 
+# -predict's torchvision detector keeps person boxes from this score when --detScoreThreshold is 0
+DEFAULT_DETECTOR_THRESHOLD = 0.5
+HELP_FOOTER = (
+    "Every --key can also be set in a config file given with -DataConfig or -ModelConfig, one "
+    "'key: value' per line (conf/datasets/ and conf/models/ hold the project's); the command line "
+    "overrides config files, and without them the demo's (synthetic.defconf, "
+    "StackedHourGlass-demo.defconf) are used. Modes: -test, -predict PATH, -export FILE.onnx, "
+    "--browse N; training otherwise. Docs: README.md and docs/running.md."
+)
+
+
 class _DefaultsOnceFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Adds "(default: X)" only where the help text does not already say what the default is."""
 
@@ -317,12 +330,18 @@ class _DefaultsOnceFormatter(argparse.ArgumentDefaultsHelpFormatter):
         text = action.help or ""
         if "default" in text.lower() or action.default in (None, argparse.SUPPRESS, ""):
             return text
+        if action.nargs == 0:  # a flag: present or not
+            return text
+        if isinstance(action.default, bool):  # a 0/1 key, typed as 0 or 1
+            return f"{text} (default: {int(action.default)})"
         return super()._get_help_string(action)
 
 
 def build_parser() -> configargparse.ArgParser:
     parser = _OneLineParser(
         description="Train and evaluate 2D human pose estimation models.",
+        epilog=HELP_FOOTER,
+        add_config_file_help=False,  # configargparse's own footer says key=value and links a dead page
         formatter_class=_DefaultsOnceFormatter,
         config_file_parser_class=configargparse.DefaultConfigFileParser,
         allow_abbrev=False,  # --nEpoch must not silently mean --nEpochs
@@ -336,10 +355,28 @@ def build_parser() -> configargparse.ArgParser:
     data.add_argument("--valAnnotation", default=None, help="validation annotation file (default: by layout)")
     data.add_argument("--imageDir", default=None, help="image folder (default: by layout)")
     data.add_argument("--headBoxesMat", default=None, help="MPII: gt_valid.mat with head boxes for PCKh")
-    data.add_argument("--bboxFile", default=None, help="COCO: person detections JSON for validation")
-    data.add_argument("--detScoreThreshold", type=float, default=0.0, help="COCO: minimum detection score")
+    data.add_argument(
+        "--bboxFile",
+        default=None,
+        help="person boxes as JSON: for COCO validation and -test, detections in COCO results form "
+        "(image_id, bbox, score); for -predict, entries with file_name (a video's own file name, with "
+        "frame) or image_id, bbox [x, y, w, h] and an optional score (docs/inference.md)",
+    )
+    data.add_argument(
+        "--detScoreThreshold",
+        type=float,
+        default=0.0,
+        help="minimum score of a --bboxFile box (default 0: all are kept) and of a -predict --detector "
+        f"box (default 0 means the detector's {DEFAULT_DETECTOR_THRESHOLD})",
+    )
     data.add_argument("--halfBodyProb", type=float, default=0.0, help="COCO: probability of a half-body crop")
-    data.add_argument("--TargetType", default=None, help="heatmap or direct; default: the model's own")
+    data.add_argument(
+        "--TargetType",
+        default=None,
+        help="the original project's key, heatmap or direct (regression); checked against the model's "
+        "own target type (heatmap, regression, simcc or compositional), which is what a model trains "
+        "with; default: the model's own",
+    )
     data.add_argument("--nJoints", type=int, default=None, help="joints per person; default: the dataset's")
     data.add_argument(
         "--jointSpec",
@@ -374,10 +411,18 @@ def build_parser() -> configargparse.ArgParser:
         "the training Gaussian, then a Taylor step on the log)",
     )
     data.add_argument(
-        "--browse", type=int, default=0, help="write N augmented training samples as PNG and exit"
+        "--browse",
+        type=int,
+        default=0,
+        help="write N augmented training samples as PNG into browse/ of a new run directory, and exit",
     )
     data.add_argument("--shuffle", type=_flag, default=True, help="shuffle training data (0/1)")
-    data.add_argument("--nThreads", type=int, default=2, help="DataLoader worker processes")
+    data.add_argument(
+        "--nThreads",
+        type=int,
+        default=2,
+        help="DataLoader worker processes (at most the cores there are; see --cpuThreads)",
+    )
     data.add_argument("--data_loader_size", type=int, default=16, help="batch size")
     # the original took a value (-dont_pin_memory 1); a bare flag works too
     data.add_argument(
@@ -576,7 +621,8 @@ def build_parser() -> configargparse.ArgParser:
         "--compile",
         type=_flag,
         default=False,
-        help="torch.compile the model for training (0/1; the first steps are slower while it compiles)",
+        help="torch.compile the model for training (0/1; the first step compiles it, minutes on a CPU, "
+        "and the run says how long it took)",
     )
 
     checkpoint = parser.add_argument_group("checkpoint")
@@ -623,6 +669,13 @@ def build_parser() -> configargparse.ArgParser:
         "--detector", default="", help="-predict: torchvision person detector, e.g. fasterrcnn_resnet50_fpn"
     )
     runtime.add_argument("--detectorWeights", default="", help="-predict: local weights file of --detector")
+    runtime.add_argument(
+        "--drawThreshold",
+        type=float,
+        default=0.3,
+        help="-predict: joints of lower confidence are not drawn (they are still in keypoints.json; "
+        "MMPose's visualiser uses 0.3)",
+    )
     # video: persons tracked across frames, keypoints smoothed per person (docs/inference.md says
     # why these defaults suit 25-30 fps video)
     runtime.add_argument(
@@ -671,6 +724,13 @@ def build_parser() -> configargparse.ArgParser:
     runtime.add_argument("--visdom", type=_flag, default=None, help=argparse.SUPPRESS)
     runtime.add_argument("-DEBUG", action="store_true", help="batch 1, no shuffle, no workers")
     runtime.add_argument("--gpuid", type=int, default=0, help="CUDA device index (ignored without CUDA)")
+    runtime.add_argument(
+        "--cpuThreads",
+        type=int,
+        default=0,
+        help="torch's CPU threads; 0: OMP_NUM_THREADS when set, else the cores left after one per "
+        "DataLoader worker (a thread per core collapses on a CPU shared with other work; docs/performance.md)",
+    )
     runtime.add_argument(
         "--distTimeout",
         type=float,
@@ -901,6 +961,19 @@ def _auto_resume(argv: list[str]) -> tuple[list[str], bool, str | None]:
     )
 
 
+def _near_config_file(path: Path) -> str:
+    """``; did you mean 'conf/models/HRNet-W32.defconf'?`` for a config file name that is a slip of
+    one in the same folder (in the project's conf folders when that folder does not exist)."""
+    conf = Path(__file__).resolve().parent.parent / "conf"
+    folders = [path.parent] if path.parent.is_dir() else [conf / "models", conf / "datasets"]
+    files = {file.stem: file for folder in folders for file in sorted(folder.glob("*.defconf"))}
+    close = close_match(path.stem, files)
+    if close is None:
+        return ""
+    shown = path.parent / files[close].name if path.parent.is_dir() else files[close]
+    return f"; did you mean {str(shown)!r}?"
+
+
 def parse_options(argv: list[str] | None = None) -> Options:
     """Parse config files and command line; print one line and exit 2 on any bad input.
 
@@ -916,7 +989,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
                 fail(f"{flag}: expects a config file path {ON_COMMAND_LINE}")
             path = Path(argv[position + 1])
             if not path.is_file():
-                fail(f"{flag}: config file not found: {path} {ON_COMMAND_LINE}")
+                fail(f"{flag}: config file not found: {path} {ON_COMMAND_LINE}{_near_config_file(path)}")
     parser = build_parser()
     asks_help = "-h" in argv or "--help" in argv
     argv, stranded, restart_note = (argv, False, None) if asks_help else _auto_resume(argv)
