@@ -175,6 +175,7 @@ def run(opts: Options) -> int:
         json.dump(describe_export(trained, opts, onnx_path), stream, indent=2)
         stream.write("\n")
     print(
-        f"exported {opts.model} to {onnx_path} (opset {OPSET}, dynamic batch); deployment notes: {json_path}"
+        f"exported {opts.model} to {onnx_path.resolve()} (opset {OPSET}, dynamic batch); deployment notes: "
+        f"{json_path.resolve()}"
     )
     return 0

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -36,9 +37,10 @@ from datasets.base import DataError, normalise, read_image
 from datasets.coco import box_to_center_scale
 from engine import Precision, average_with_mirrored
 from utils.distributed import choose_device
-from utils.drawing import draw_label, draw_pose
+from utils.drawing import draw_person
 from utils.logging import EpochProgress
-from utils.options import fail
+from utils.options import DEFAULT_DETECTOR_THRESHOLD, fail
+from utils.threads import plan_threads, usable_cores
 from utils.transforms import apply_affine, invert_affine, warp_image
 from video.smoothing import OneEuroFilter
 from video.tracking import PoseTracker, tracking_sigmas
@@ -48,7 +50,6 @@ if TYPE_CHECKING:
     from utils.options import Options
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
-DEFAULT_DETECTOR_THRESHOLD = 0.5
 PERSON_LABEL = 1  # COCO's person class in torchvision's detectors
 FALLBACK_FPS = 25.0  # a video whose container states no frame rate is taken to be PAL's
 # one colour per track id (RGB, matplotlib's tab10), so a person keeps their colour in the drawn video
@@ -138,6 +139,9 @@ class BoxSource:
         self.threshold = opts.detScoreThreshold if opts.detScoreThreshold > 0 else DEFAULT_DETECTOR_THRESHOLD
         self.file_threshold = opts.detScoreThreshold  # a box file's boxes are all kept by default
         self.device = device
+        self.box_file = opts.bboxFile
+        self.names_read: set[str] = set()  # the frames' names, for the note when no box matched
+        self.matched = 0  # frames a box file gave boxes to
         if opts.bboxFile:
             self._read_box_file(Path(opts.bboxFile))
         elif opts.detector:
@@ -171,8 +175,13 @@ class BoxSource:
                 self.by_name.setdefault(key, []).append((box, score))
             elif "image_id" in entry:
                 self.by_id.setdefault(int(entry["image_id"]), []).append((box, score))
+            elif isinstance(entry.get("frame"), int):  # a frame of the one video being predicted
+                self.by_name.setdefault((None, entry["frame"]), []).append((box, score))
             else:
-                fail(f"bboxFile: {path} entry {number} names neither file_name nor image_id")
+                fail(
+                    f"bboxFile: {path} entry {number} names neither file_name nor image_id (nor, for a "
+                    f"video, a frame number)"
+                )
         if empty:
             first = ", ".join(map(str, empty[:5])) + (", ..." if len(empty) > 5 else "")
             print(
@@ -183,16 +192,37 @@ class BoxSource:
     def __call__(self, frame: Frame) -> list[tuple[list[float], float]]:
         height, width = frame.pixels.shape[:2]
         if self.by_name is not None:
-            found = self.by_name.get((frame.name, frame.index)) or self.by_name.get(
-                (Path(frame.name).name, frame.index), []
+            self.names_read.add(frame.name)
+            found = (
+                self.by_name.get((frame.name, frame.index))
+                or self.by_name.get((Path(frame.name).name, frame.index))
+                or (self.by_name.get((None, frame.index), []) if frame.index is not None else [])
             )
             stem = Path(frame.name).stem
             if not found and stem.isdigit():  # COCO-style files are named by their image id
                 found = self.by_id.get(int(stem), [])
+            self.matched += bool(found)
             return found
         if self.detector is not None:
             return self._detect(frame.pixels)
         return [([0.0, 0.0, float(width), float(height)], 1.0)]
+
+    def unmatched_note(self) -> str | None:
+        """What to say when a box file gave no frame a box: its names are not the files read
+        (a video's boxes take the video's file name, or no name, only ``frame``)."""
+        if self.by_name is None or self.matched or not self.names_read:
+            return None
+        written = sorted({str(name) for name, _ in self.by_name if name is not None})
+        shown = ", ".join(repr(name) for name in written[:3]) + (", ..." if len(written) > 3 else "")
+        read = sorted(self.names_read)
+        case_only = next(((n, seen) for n in written for seen in read if n.lower() == seen.lower()), None)
+        hint = f" (names match exactly: {case_only[0]!r} is not {case_only[1]!r})" if case_only else ""
+        return (
+            f"bboxFile: {self.box_file}: no entry matched a frame read here, so no person was found; "
+            f"its file names: {shown or 'none'}; read: {', '.join(repr(n) for n in read[:3])}"
+            f"{', ...' if len(read) > 3 else ''}{hint}. A video's boxes take the video's file name and a "
+            f"frame, or a frame alone (docs/inference.md)"
+        )
 
     @torch.no_grad()
     def _detect(self, pixels: np.ndarray) -> list[tuple[list[float], float]]:
@@ -316,23 +346,31 @@ def drawn_name(name: str, suffix: str) -> str:
 
 
 def write_outputs(
-    frames: list[Frame], run_dir: Path, skeleton, left_joints, videos: dict, fps: float = FALLBACK_FPS
+    frames: list[Frame],
+    run_dir: Path,
+    skeleton,
+    left_joints,
+    videos: dict,
+    fps: float = FALLBACK_FPS,
+    draw_threshold: float = 0.0,
 ) -> list[dict]:
     """Draw each finished frame (PNG per image, appended to the MP4 of a video, at ``fps``) and
-    return its results entries; a tracked pose is drawn in its track's colour, with its id."""
+    return its results entries. Each person is drawn in a colour of its own (a tracked one in its
+    track's) with its box and its score (and track id); joints below ``draw_threshold`` are not
+    drawn (they are in the entries)."""
     entries = []
     for frame in frames:
         drawn = frame.pixels
         for number, ((box, box_score), pose) in enumerate(zip(frame.boxes, frame.poses, strict=True)):
             track_id = None if frame.track_ids is None else frame.track_ids[number]
-            color = (0, 255, 0) if track_id is None else TRACK_COLORS[track_id % len(TRACK_COLORS)]
-            drawn = draw_pose(drawn, pose[:, :2], np.ones(len(pose)), skeleton, color, left_joints)
-            if track_id is not None:
-                drawn = draw_label(drawn, str(track_id), (box[0], box[1]), color)
+            color = TRACK_COLORS[(number if track_id is None else track_id) % len(TRACK_COLORS)]
+            score = float(box_score * pose[:, 2].mean())
+            label = f"{score:.2f}" if track_id is None else f"#{track_id} {score:.2f}"
+            drawn = draw_person(drawn, pose, box, label, color, skeleton, left_joints, draw_threshold)
             entry = {
                 "image": frame.name,
                 "bbox": [round(v, 2) for v in box],
-                "score": round(float(box_score * pose[:, 2].mean()), 5),
+                "score": round(score, 5),
                 "keypoints": [round(float(v), 3) for v in pose.reshape(-1)],
             }
             if frame.index is not None:
@@ -366,6 +404,9 @@ def run(opts: Options) -> int:
             f"-predict: folder {root} has no images (looked below it for {', '.join(sorted(IMAGE_SUFFIXES))})"
         )
     device = choose_device(opts.gpuid)
+    threads = plan_threads(opts.cpuThreads, 0, usable_cores(), 1, os.environ.get("OMP_NUM_THREADS"))
+    if torch.get_num_threads() != threads.threads:
+        torch.set_num_threads(threads.threads)
     # onnxruntime runs the network on the CPU; the PyTorch model only lends its codec and joints
     trained = load_trained(opts, "cpu" if opts.onnx else device)
     if opts.onnx:
@@ -398,7 +439,9 @@ def run(opts: Options) -> int:
         if tracker is not None:  # in frame order: pending holds the frames since the last flush
             for frame in pending:
                 track_frame(tracker, frame, spec.num_joints)
-        entries.extend(write_outputs(pending, run_dir, spec.skeleton, spec.left_joints, videos, fps))
+        entries.extend(
+            write_outputs(pending, run_dir, spec.skeleton, spec.left_joints, videos, fps, opts.drawThreshold)
+        )
         pending.clear(), crops.clear(), inverses.clear()
 
     for frame in read_frames(root, images, skipped):
@@ -424,6 +467,16 @@ def run(opts: Options) -> int:
         json.dump(entries, stream)
     for line in skipped:
         print(f"skipped {line}")
+    joints = np.array([entry["keypoints"][2::3] for entry in entries]).reshape(-1)
+    if joints.size:
+        below = int((joints < opts.drawThreshold).sum())
+        print(
+            f"drawn: the joints of confidence {opts.drawThreshold:g} or more (--drawThreshold); "
+            f"{below} of {joints.size} below it are not drawn (they are in keypoints.json)"
+        )
+    unmatched = boxes.unmatched_note()
+    if unmatched:
+        print(f"note: {unmatched}")
     print(
         f"{len(entries)} poses in {frames_done} frames, {frames_done / max(elapsed, 1e-9):.1f} images/s "
         f"({'flip test, ' if opts.flipTest else ''}{'onnxruntime on the cpu' if opts.onnx else device.type}); "

@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -63,6 +64,13 @@ def run(opts: Options) -> int:
         parts.say(f"note: {note}")
     for note in resumed.logged:
         recorder.log_line(note)
+    if resumed.start_epoch > opts.nEpochs and resumed.pending is None and resumed.partial is None:
+        done = (
+            f"nothing to train: the run already trained its {opts.nEpochs} epochs (--nEpochs {opts.nEpochs}); "
+            f"--nEpochs {opts.nEpochs + 1} or more continues it"
+        )
+        recorder.log_line(done)
+        parts.say(f"note: {done}")
     parts.say(f"run directory: {run_dir}")
 
     loop = EpochLoop(parts, opts, optimizer, scheduler, scaler, checkpoint, run_dir, recorder, resumed, ema)
@@ -114,6 +122,7 @@ class EpochLoop:
         # compiled for training only: validation runs the eager module (eval-mode BatchNorm would
         # otherwise cost a second compilation)
         self.train_net = torch.compile(net) if opts.compile else net
+        self.compiled = False  # the first compiled step has run (and its time been said)
         self.charts = TrainingCharts(
             run_dir, enabled=context.is_main, tensorboard=opts.tensorboard,
             steps_per_epoch=len(parts.train_loader), main_metric=self.main_metric,
@@ -187,11 +196,14 @@ class EpochLoop:
         if hasattr(parts.model, "set_epoch"):  # a schedule over epochs (IEF's; models/registry.py)
             parts.model.set_epoch(epoch)
         self.stop.doing = "stopping after this training step"
+        on_step = self.charts.step_logger(epoch)
+        if opts.compile and not self.compiled:
+            on_step = self._timing_compilation(on_step)
         try:
             return train_one_epoch(
                 self.train_net, parts.loss_fn, loader, self.optimizer, parts.codec, parts.context, epoch,
                 accumulation=opts.mini_batch_count, precision=parts.precision, scaler=self.scaler,
-                progress_mode=opts.progress, on_step=self.charts.step_logger(epoch), resume_from=partial,
+                progress_mode=opts.progress, on_step=on_step, resume_from=partial,
                 requests=self.requests, channels_last=parts.channels_last, with_target=parts.with_target,
                 set_lr=self.scheduler.before_step if isinstance(self.scheduler, StepwiseLR) else None,
                 after_step=self.ema.update if self.ema is not None else None,
@@ -204,6 +216,22 @@ class EpochLoop:
                 else "no checkpoint was written"
             )
             raise NonFiniteLossError(f"{error}; {kept}") from None
+
+    def _timing_compilation(self, on_step: Callable[[int, float, float, float], None]) -> Callable[..., None]:
+        """``on_step`` that first says how long the compiling first step took: torch.compile works
+        during the first forward and backward, minutes on a CPU, with nothing else to show for it."""
+        self.parts.say(
+            "compiling the model for training (--compile 1): the first step compiles it, minutes on a CPU"
+        )
+        started = time.monotonic()
+
+        def timed(*args: float) -> None:
+            if not self.compiled:
+                self.compiled = True
+                self.parts.say(f"compiled: the first training step took {time.monotonic() - started:.1f} s")
+            on_step(*args)
+
+        return timed
 
     def save_mid_epoch(self, state: EpochState) -> None:
         self.checkpoint.save(self.last, state.epoch - 1, self.best, partial=state)
@@ -272,6 +300,12 @@ class EpochLoop:
             say(format_metrics(self.metrics, self.parts.stage_label))
         if picture is not None:
             say(f"predicted skeletons: {picture}")
+        box_file = self.parts.val_set.write_examples(run_dir / "examples")
+        if box_file is not None:
+            say(
+                f"pictures to try it on: {box_file.parent}; python main.py -predict {box_file.parent} "
+                f"--bboxFile {box_file} --loadModel {run_dir / 'best.pth'}"
+            )
 
 
 def peer_lost_message(context: DistributedContext, last: Path) -> str:

@@ -18,6 +18,15 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 PYTHON="${PYTHON:-python}"
+# without a CUDA GPU every step below would skip or fail: say so at once and stop
+if ! "$PYTHON" -c 'import torch' 2>/dev/null; then
+    echo "cuda_check.sh: error: $PYTHON cannot import torch (PYTHON=.venv/bin/python bash $0 for a venv)" >&2
+    exit 2
+fi
+if ! "$PYTHON" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
+    echo "cuda_check.sh: error: no CUDA GPU visible to torch (torch.cuda.is_available() is False); run it on a GPU machine" >&2
+    exit 2
+fi
 OUT_DIR="${OUT:-/tmp}"
 mkdir -p "$OUT_DIR"
 LOG="$OUT_DIR/cuda_check-$(date +%Y%m%d-%H%M%S).log"

@@ -27,6 +27,8 @@ from utils.transforms import apply_affine, compose_affine, invert_affine, warp_i
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+# context around a person box in a crop: the box grows by this in both sides (Simple Baselines / HRNet)
+BOX_PADDING = 1.25
 
 # Every sample's meta has exactly these keys, whatever the dataset, so batches always collate.
 META_KEYS = (
@@ -356,6 +358,12 @@ class KeypointDataset(Dataset, ABC):
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def write_examples(self, folder: Path) -> Path | None:
+        """Pictures a model trained on this dataset can be tried on with ``-predict``, written into
+        ``folder`` with their person boxes; returns the box file (``--bboxFile``), or None for a
+        dataset whose users have pictures of their own (every real one)."""
+        return None
 
     @property
     def has_head_sizes(self) -> bool:

@@ -38,7 +38,15 @@ from typing import Any
 
 import numpy as np
 
-from datasets.base import Augmentation, DataError, DecodedImage, KeypointDataset, decode_image, print_note
+from datasets.base import (
+    BOX_PADDING,
+    Augmentation,
+    DataError,
+    DecodedImage,
+    KeypointDataset,
+    decode_image,
+    print_note,
+)
 from datasets.codecs import Codec
 from datasets.index_cache import IndexCache
 from datasets.records import RecordTable, RecordTableBuilder
@@ -58,7 +66,6 @@ from datasets.validation import (
 
 NUM_JOINTS = COCO_JOINTS.num_joints
 PERSON_CATEGORY = 1
-BOX_PADDING = 1.25  # context around the person box (Simple Baselines / HRNet)
 LAYOUT_HINT = "see docs/datasets.md, COCO"
 CUSTOM_SPEC_HINT = "see docs/datasets.md, Your own keypoints"
 

@@ -14,6 +14,7 @@ images are re-rendered on demand, so nothing is written to disk and workers need
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -21,13 +22,15 @@ from typing import Any
 import cv2
 import numpy as np
 
-from datasets.base import Augmentation, KeypointDataset
+from datasets.base import BOX_PADDING, Augmentation, KeypointDataset
 from datasets.codecs import Codec
 from datasets.registry import DataRequest, register_dataset
 from datasets.skeletons import MPII_JOINTS
 from metrics.mpii import pckh_of
 
-SPLIT_IDS = {"train": 0, "val": 1}
+# "examples": the demo's pictures for -predict (write_examples), drawn from neither split
+SPLIT_IDS = {"train": 0, "val": 1, "examples": 2}
+EXAMPLES = 4
 
 # Limbs drawn as thick lines, by anatomical side (MPII indices).
 LEFT_LIMBS = ((3, 4), (4, 5), (13, 14), (14, 15))
@@ -93,7 +96,7 @@ def sample_person(rng: np.random.Generator, image_size: int) -> dict[str, Any]:
         "joints": joints.astype(np.float32),
         "visible": inside.astype(np.float32),
         "center": ((joints.min(axis=0) + joints.max(axis=0)) / 2).astype(np.float32),
-        "scale": float(1.25 * max(extent.max(), 0.5 * height)),
+        "scale": float(BOX_PADDING * max(extent.max(), 0.5 * height)),
         # MPII's PCKh normaliser: 0.6 x diagonal of the head box (here the square around the head)
         "head_size": float(0.6 * math.sqrt(2) * 2 * head_radius),
         "head_center": head_center.astype(np.float32),
@@ -203,6 +206,27 @@ class SyntheticPeople(KeypointDataset):
 
     def load_image(self, record: dict[str, Any]) -> np.ndarray:
         return render_person(record, self.image_size)
+
+    def write_examples(self, folder: Path) -> Path | None:
+        """``EXAMPLES`` new people as PNG and ``boxes.json`` (each person's box, which frames them
+        as training crops do: ``-predict`` pads a box by 1.25 as ``scale`` is padded here)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        boxes = []
+        for index in range(EXAMPLES):
+            record = sample_person(
+                np.random.default_rng([self.seed, SPLIT_IDS["examples"], index]), self.image_size
+            )
+            name = f"person_{index}.png"
+            if not cv2.imwrite(str(folder / name), cv2.cvtColor(self.load_image(record), cv2.COLOR_RGB2BGR)):
+                raise OSError(f"cannot write {folder / name}")
+            side = record["scale"] / BOX_PADDING
+            x, y = record["center"] - side / 2
+            boxes.append(
+                {"file_name": name, "bbox": [round(float(v), 2) for v in (x, y, side, side)], "score": 1.0}
+            )
+        box_file = folder / "boxes.json"
+        box_file.write_text(json.dumps(boxes, indent=1) + "\n")
+        return box_file
 
 
 @register_dataset("synthetic", joint_spec=MPII_JOINTS, needs_data_dir=False)

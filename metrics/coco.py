@@ -814,7 +814,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         stats = evaluate_keypoints(coco_gt, args.results, verbose=args.verbose, sigmas=sigmas)
     except (OSError, ValueError) as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        print(f"{parser.prog}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps({k: (v if math.isfinite(v) else None) for k, v in stats.items()}))

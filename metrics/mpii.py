@@ -452,7 +452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         table = evaluate_files(args.gt, args.pred)
     except (OSError, ValueError, KeyError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        print(f"error: {' '.join(str(msg).split())}", file=sys.stderr)
+        print(f"{parser.prog}: error: {' '.join(str(msg).split())}", file=sys.stderr)
         return 2
     if args.json:
         # NaN is not valid JSON: a column with no annotated joint is written as null.

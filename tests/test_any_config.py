@@ -321,7 +321,11 @@ def test_predictions_png_reuses_the_last_validation(tmp_path, monkeypatch, capsy
     status, out, err = cli_output(argv, monkeypatch, capsys)
     assert status == 0, err
     assert sum(images for training, images in seen if not training) == 6
-    picture = out.strip().splitlines()[-1].removeprefix("predicted skeletons: ")
+    (picture,) = [
+        line.removeprefix("predicted skeletons: ")
+        for line in out.splitlines()
+        if line.startswith("predicted")
+    ]
     import cv2
 
     grid = cv2.imread(picture)

@@ -134,7 +134,7 @@ def test_metrics_cli_refuses_duplicate_ids_or_leaves_them_out(coco_copy, capsys)
     status, out, err = cli(capsys, coco_copy / "test_coco.json", results)
     assert status == 2 and out == "" and len(err) == 1
     assert err[0].startswith(
-        f"error: {coco_copy / 'test_coco.json'}: annotation 442619 (image 000000040083.jpg)"
+        f"python -m metrics.coco: error: {coco_copy / 'test_coco.json'}: annotation 442619 (image 000000040083.jpg)"
     )
     assert "duplicate annotation id 442619" in err[0]
     # as training with --skipBadSamples 1: the later person is left out of the ground truth, so

@@ -345,7 +345,10 @@ def test_metrics_coco_refuses_ground_truth_without_a_person(coco_copy, tmp_path,
     scored = python_module("metrics.coco", str(coco_copy / ANNOTATION), str(results))
     lines = scored.stderr.strip().splitlines()
     assert scored.returncode == 2 and len(lines) == 1, scored.stderr
-    assert lines[0].startswith(f"error: {coco_copy / ANNOTATION}: ") and reason in lines[0]
+    assert (
+        lines[0].startswith(f"python -m metrics.coco: error: {coco_copy / ANNOTATION}: ")
+        and reason in lines[0]
+    )
 
 
 # --- smaller things files do ---------------------------------------------------------------------

@@ -31,11 +31,13 @@ def draw_pose(
     skeleton: tuple[tuple[int, int], ...],
     color: tuple[int, int, int],
     left_joints: tuple[int, ...] = (),
+    radius: int | None = None,
 ) -> np.ndarray:
-    """Draw limbs between visible joints of a (K, 2) pose on a copy of an RGB uint8 image.
-    Joints listed in ``left_joints`` get a white centre so the sides can be told apart."""
+    """Draw limbs between visible joints of a (K, 2) pose on a copy of an RGB uint8 image, lines
+    ``radius`` px thick (default: the image's shorter side / 80). Joints listed in
+    ``left_joints`` get a white centre so the sides can be told apart."""
     canvas = np.ascontiguousarray(image.copy())
-    radius = max(1, round(min(canvas.shape[:2]) / 80))
+    radius = max(1, round(min(canvas.shape[:2]) / 80)) if radius is None else radius
     points = [tuple(int(round(v)) for v in joint) for joint in np.nan_to_num(joints)]
     for a, b in skeleton:
         if visible[a] > 0 and visible[b] > 0:
@@ -118,6 +120,28 @@ def browse_samples(dataset, codec, count: int, directory: str | Path) -> list[Pa
         drawn = draw_pose(image, joints[0], weight[0].numpy(), spec.skeleton, (0, 255, 0), spec.left_joints)
         paths.append(save_grid([drawn], directory / f"sample_{index:04d}.png", columns=1))
     return paths
+
+
+def draw_person(
+    image: np.ndarray,
+    pose: np.ndarray,
+    box: list[float],
+    label: str,
+    color: tuple[int, int, int],
+    skeleton: tuple[tuple[int, int], ...],
+    left_joints: tuple[int, ...],
+    threshold: float,
+) -> np.ndarray:
+    """One predicted person on a copy of an RGB uint8 picture: the box, a label on it (its score,
+    a track id) and the (K, 3) pose's joints whose confidence reaches ``threshold`` with the limbs
+    between them, all in ``color``. Lines grow with the picture (2 px at 500 px, 8 at 2000) so a
+    skeleton stays readable at the size a viewer shows it."""
+    canvas = np.ascontiguousarray(image.copy())
+    line = max(2, round(max(canvas.shape[:2]) / 250))
+    x, y, width, height = (int(round(v)) for v in box)
+    cv2.rectangle(canvas, (x, y), (x + width, y + height), color, max(1, line // 2))
+    canvas = draw_pose(canvas, pose[:, :2], pose[:, 2] >= threshold, skeleton, color, left_joints, line)
+    return draw_label(canvas, label, (box[0], box[1]), color)
 
 
 def draw_label(
