@@ -118,6 +118,7 @@ def train_one_epoch(
     set_lr: Callable[[int, int, int], None] | None = None,
     after_step: Callable[[], None] | None = None,
     with_target: bool = False,
+    grad_clip: float = 0.0,
 ) -> EpochState:
     """Train one epoch; returns its state, whose ``metrics()`` are the mean loss and running PCK
     over the epoch (averaged over ranks).
@@ -130,7 +131,8 @@ def train_one_epoch(
 
     ``set_lr(epoch, index, steps_in_epoch)``, when given, sets the LR just before each optimizer
     step: its index in the epoch (0-based) of ``steps_in_epoch`` (a per-step schedule).
-    ``after_step()`` is called after each (a moving average of the weights).
+    ``after_step()`` is called after each (a moving average of the weights). ``grad_clip`` > 0
+    scales the gradients down to that 2-norm over all parameters before each step (ViTPose's 1.0).
     ``with_target``: call ``model(image, target)`` (the registry's ``trains_with_target``: a model
     that needs the ground truth inside its training forward, IEF's fixed path); under
     DistributedDataParallel the target passes through its forward as any positional argument.
@@ -175,7 +177,7 @@ def train_one_epoch(
         if stepping:
             if set_lr is not None:
                 set_lr(epoch, (step - 1) // accumulation, -(-total // accumulation))
-            _apply_step(optimizer, scaler)
+            _apply_step(optimizer, scaler, grad_clip)
             if after_step is not None:
                 after_step()
             window_finite = torch.ones((), dtype=torch.bool, device=device)
@@ -200,7 +202,14 @@ def train_one_epoch(
     return state
 
 
-def _apply_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
+def _apply_step(
+    optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, grad_clip: float = 0.0
+) -> None:
+    if grad_clip > 0:  # MMEngine's OptimWrapper(clip_grad=dict(max_norm=...)): after unscaling, the 2-norm
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        parameters = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
     if scaler is not None:
         scaler.step(optimizer)
         scaler.update()

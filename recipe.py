@@ -106,9 +106,11 @@ class StepwiseLR:
     """The LR of every optimizer step: each group's base LR (its ``initial_lr``, the configured
     LR times its layer-decay scale) times
 
-    - the linear warm-up, over the first ``warmup_steps`` optimizer steps, from
-      ``warmup_start`` to 1 (MMEngine's LinearLR by iteration; mmcv's linear warm-up): step t
-      (0-based) has ``warmup_start + (1 - warmup_start) * t / warmup_steps``;
+    - the linear warm-up of MMEngine's ``LinearLR(start_factor=warmup_start, by_epoch=False,
+      begin=0, end=warmup_steps)``, as RTMPose's and MMPose's ViTPose configs schedule it: step t
+      (0-based) has ``warmup_start + (1 - warmup_start) * t / (warmup_steps - 1)``, so the full
+      rate is reached at step ``warmup_steps - 1`` (its ``total_iters = end - begin - 1``). mmcv's
+      warm-up (the ViTPose repository's) reaches it one step later, at ``warmup_steps``;
     - the drops: ``gamma`` to the number of ``milestones`` (epochs) passed, or of whole
       ``drop_every`` epochs (step and multistep, as their epoch schedulers);
     - with ``cosine = (flat_epochs, epochs, min_factor)``: 1 for the first ``flat_epochs``
@@ -146,8 +148,11 @@ class StepwiseLR:
         """The LR multiplier of optimizer step ``index`` (0-based) of ``steps_in_epoch`` in
         ``epoch`` (1-based), after ``taken`` steps of the run."""
         value = self.scale
-        if taken < self.warmup_steps:
-            value *= self.warmup_start + (1 - self.warmup_start) * taken / self.warmup_steps
+        ramp = self.warmup_steps - 1  # steps from the first rate to the full one
+        if taken < ramp:
+            value *= self.warmup_start + (1 - self.warmup_start) * taken / ramp
+        elif ramp == 0 and taken == 0:  # a one-step warm-up: that step at the first rate
+            value *= self.warmup_start
         done = epoch - 1  # whole epochs before this step
         drops = done // self.drop_every if self.drop_every else bisect.bisect_right(self.milestones, done)
         if drops:

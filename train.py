@@ -206,7 +206,7 @@ class EpochLoop:
                 progress_mode=opts.progress, on_step=on_step, resume_from=partial,
                 requests=self.requests, channels_last=parts.channels_last, with_target=parts.with_target,
                 set_lr=self.scheduler.before_step if isinstance(self.scheduler, StepwiseLR) else None,
-                after_step=self.ema.update if self.ema is not None else None,
+                after_step=self.ema.update if self.ema is not None else None, grad_clip=opts.gradClip,
             )  # fmt: skip
         except NonFiniteLossError as error:
             self.charts.close()

@@ -91,6 +91,9 @@ CONVENTIONS_OF_TARGET = {
     # DLCM: the project's own (no published weights to import; see CompositionalCodec)
     "compositional": ("project",),
 }
+# The conventions whose heatmaps are encoded as their authors' code encodes them: rounded centre,
+# a 6 sigma + 1 window and its supervision band (HeatmapCodec._authors_window).
+AUTHORS_WINDOW = ("hrnet", "udp")
 # Target types whose last stage is a heatmap per joint, decoded by ``--postProcess``.
 HEATMAP_DECODED = ("heatmap", "compositional")
 
@@ -377,11 +380,20 @@ class HeatmapCodec(OneOutput):
     def encode(self, joints: np.ndarray, visible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """joints (K, 2) input px, visible (K,) -> heatmaps (K, H, W) float32, weight (K,) float32.
 
-        A labelled joint is supervised (weight 1) while any of its Gaussian's 3-sigma window lies
-        on the map, as in HRNet and MMPose: a joint just outside the crop still teaches the
-        network, through the visible part of its Gaussian, that the limb leaves the frame. Missing
-        joints, and joints whose whole window is off the map, get weight 0 and an all-zero heatmap.
-        """
+        A labelled joint is supervised (weight 1) while its Gaussian's 3-sigma window reaches the
+        map: a joint just outside the crop still teaches the network, through the visible part of
+        its Gaussian, that the limb leaves the frame. Missing joints, and joints whose window is
+        off the map, get weight 0 and an all-zero heatmap.
+
+        The project's convention (and princeton-vl's) draws the whole Gaussian at the exact,
+        unrounded position, and supervises while the window [c - 3 sigma, c + 3 sigma] overlaps the
+        map's extent [-0.5, size - 0.5]. ``hrnet`` and ``udp`` encode as their authors' code does
+        (``_authors_window``; ``hrnet`` with DARK decoding: ``_unbiased``, as DARK's configs encode):
+        a heatmap model trained under them sees their targets."""
+        if self.convention.name == "hrnet" and self.post_process == "dark":
+            return self._unbiased(joints, visible)
+        if self.convention.name in AUTHORS_WINDOW:
+            return self._authors_window(joints, visible)
         width, height = self.heatmap_size
         centers = self.to_heatmap_frame(joints)  # (K, 2)
         # the window [c - 3 sigma, c + 3 sigma] overlaps the map's extent [-0.5, size - 0.5]
@@ -399,6 +411,70 @@ class HeatmapCodec(OneOutput):
         gauss_x = np.exp(-((xs[None, :] - centers[:, :1]) ** 2) / (2 * self.sigma**2))  # (K, W)
         gauss_y = np.exp(-((ys[None, :] - centers[:, 1:]) ** 2) / (2 * self.sigma**2))  # (K, H)
         heatmaps = gauss_y[:, :, None] * gauss_x[:, None, :] * weight[:, None, None]  # (K, H, W)
+        return heatmaps.astype(np.float32), weight
+
+    def _authors_window(self, joints: np.ndarray, visible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """HRNet's ``generate_target`` and MMPose's ``MSRAHeatmap`` (``hrnet``), MMPose's
+        ``UDPHeatmap`` and ViTPose's UDP target (``udp``), rule for rule:
+
+        - the centre is rounded to a whole heatmap pixel with ``int(x + 0.5)``, which rounds toward
+          zero: a joint at x = -3 is placed at -2 (-2.5 truncated);
+        - the Gaussian is cut to a window of 2 radius + 1 pixels, radius = 3 sigma, whose first
+          pixel is ``int(mu - radius)``; its values are exp(-d^2 / (2 sigma^2)) at whole offsets d
+          from the window's middle (``size // 2``), under ``udp`` moved by the sub-pixel remainder
+          (x - mu), so that UDP's peak stays at the exact position;
+        - the joint is supervised unless int(mu - radius) >= size or int(mu + radius + 1) < 0 on
+          either axis, so on the left and top it reaches 2 heatmap pixels further out than the
+          project's rule (a joint down to x > -8.5 heatmap px, -34 input px at stride 4).
+        """
+        width, height = self.heatmap_size
+        # their keypoints / scale_factor, both float32 (both conventions have anchor 0): the rounding
+        # of a centre near a half pixel, and UDP's sub-pixel remainder, as theirs
+        offset = self.convention.size_offset
+        stride = ((np.array(self.input_size) - offset) / (np.array(self.heatmap_size) - offset)).astype(
+            np.float32
+        )
+        with np.errstate(invalid="ignore", over="ignore"):
+            centers = (np.asarray(joints, dtype=np.float32) / stride).astype(np.float64)  # (K, 2)
+        labelled = (np.asarray(visible) > 0) & np.isfinite(centers).all(axis=1)
+        radius = 3 * self.sigma
+        window = np.arange(0, 2 * radius + 1, 1, dtype=np.float64)  # np.arange(0, size): as their code
+        middle = (2 * radius + 1) // 2
+        heatmaps = np.zeros((len(centers), height, width), dtype=np.float32)
+        weight = np.zeros(len(centers), dtype=np.float32)
+        for k in np.flatnonzero(labelled):
+            mu = np.trunc(centers[k] + 0.5)
+            left, top = np.trunc(mu - radius)
+            right, bottom = np.trunc(mu + radius + 1)
+            if left >= width or top >= height or right < 0 or bottom < 0:
+                continue
+            weight[k] = 1.0
+            x0, y0 = (middle + centers[k] - mu) if self.convention.name == "udp" else (middle, middle)
+            gauss_x = np.exp(-((window - x0) ** 2) / (2 * self.sigma**2))
+            gauss_y = np.exp(-((window - y0) ** 2) / (2 * self.sigma**2))
+            # window pixel i lands on heatmap pixel left + i; the map keeps what lies on it
+            x1, x2 = int(max(0, left)), int(min(width, right, left + len(window)))
+            y1, y2 = int(max(0, top)), int(min(height, bottom, top + len(window)))
+            heatmaps[k, y1:y2, x1:x2] = np.outer(
+                gauss_y[y1 - int(top) : y2 - int(top)], gauss_x[x1 - int(left) : x2 - int(left)]
+            )
+        return heatmaps, weight
+
+    def _unbiased(self, joints: np.ndarray, visible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """MMPose's ``MSRAHeatmap(unbiased=True)``, DARK's encoding (Zhang et al. 2020; MMPose's
+        DARK configs for HRNet and Simple Baselines): the whole Gaussian at the exact position, a
+        joint supervised unless mu - 3 sigma >= size or mu + 3 sigma + 1 < 0 on either axis."""
+        width, height = self.heatmap_size
+        stride = (np.array(self.input_size) / np.array(self.heatmap_size)).astype(np.float32)
+        with np.errstate(invalid="ignore", over="ignore"):
+            centers = (np.asarray(joints, dtype=np.float32) / stride).astype(np.float64)  # (K, 2)
+            reach = 3 * self.sigma
+            on_map = (centers - reach < (width, height)).all(axis=1) & (centers + reach + 1 >= 0).all(axis=1)
+        weight = ((np.asarray(visible) > 0) & np.isfinite(centers).all(axis=1) & on_map).astype(np.float32)
+        centers = np.where(weight[:, None] > 0, centers, 0.0)
+        gauss_x = np.exp(-((np.arange(width)[None, :] - centers[:, :1]) ** 2) / (2 * self.sigma**2))
+        gauss_y = np.exp(-((np.arange(height)[None, :] - centers[:, 1:]) ** 2) / (2 * self.sigma**2))
+        heatmaps = gauss_y[:, :, None] * gauss_x[:, None, :] * weight[:, None, None]
         return heatmaps.astype(np.float32), weight
 
     def output_shape(self, num_joints: int) -> tuple[int, ...]:
@@ -553,10 +629,12 @@ class SimCCCodec(OneOutput):
     ``SimCCLabel`` encodes and decodes; with the project's (anchor 0.5) pixel edges scale, so
     mirroring the input mirrors the vector exactly.
 
-    Labels are MMPose's Gaussian labels with ``normalize=False`` (peak 1; RTMPose's setting), with
-    one departure: the centre is the exact bin position rather than MMPose's rounded one (at most
-    half a bin, a quarter pixel at split ratio 2): rounding throws the sub-bin position away, and
-    in the project's convention at split ratio 2 every whole-pixel joint would sit on a rounding tie.
+    Labels are MMPose's Gaussian labels with ``normalize=False`` (peak 1; RTMPose's setting). Under
+    ``mmpose`` they are ``SimCCLabel``'s exactly: the centre rounded to a whole bin (``np.around``,
+    halves to even) before the Gaussian and the supervision test. The project's convention centres
+    on the exact bin position instead (at most half a bin, a quarter pixel at split ratio 2, from
+    MMPose's): rounding throws the sub-bin position away, and at split ratio 2 in the project's
+    convention every whole-pixel joint would sit on a rounding tie.
     Decoding is MMPose's ``get_simcc_maximum``: the argmax of each vector (the first on a tie), and
     as the score the smaller of the two maxima, raw logits as the network gives them.
     """
@@ -609,8 +687,11 @@ class SimCCCodec(OneOutput):
 
         A labelled joint is supervised while its Gaussian's 3-sigma window overlaps the bins on both
         axes (MMPose's test: mu - 3 sigma < W and mu + 3 sigma + 1 >= 0); otherwise, and for a missing
-        joint, weight 0 and all-zero vectors."""
+        joint, weight 0 and all-zero vectors. The vectors are the whole Gaussian (no window), as
+        MMPose's."""
         centers = self.to_bin_frame(np.asarray(joints, dtype=np.float64))  # (K, 2)
+        if self.convention.name == "mmpose":
+            centers = np.around(centers)  # SimCCLabel._map_coordinates
         sizes, sigma = np.array(self.bins, dtype=np.float64), np.array(self.sigma)
         with np.errstate(invalid="ignore"):
             overlaps = ((centers - 3 * sigma < sizes) & (centers + 3 * sigma + 1 >= 0)).all(axis=1)

@@ -597,8 +597,8 @@ def test_udp_crop_is_get_warp_matrix(case: Case, rotation: float) -> None:
 
 
 def test_udp_targets_are_the_codecs_in_their_window() -> None:
-    """The codec's UDP target is ViTPose's Gaussian, centred at x (W - 1) / (w - 1), wherever theirs is
-    drawn (they cut it to a 6 sigma + 1 window; the codec draws the whole Gaussian)."""
+    """The codec's UDP target is ViTPose's Gaussian, centred at x (W - 1) / (w - 1), cut as theirs
+    to a 6 sigma + 1 window (tests/test_authors_targets.py checks every rule on random poses)."""
     rng = np.random.default_rng(3)
     codec = HeatmapCodec((192, 256), (48, 64), 2.0, "udp")
     for joint in rng.uniform([10, 10], [180, 245], size=(20, 2)):
@@ -607,6 +607,7 @@ def test_udp_targets_are_the_codecs_in_their_window() -> None:
         window = theirs > 0
         assert weight[0] == 1 and window.sum() >= 49
         np.testing.assert_allclose(ours[0][window], theirs[window], atol=2e-6)
+        assert not ours[0][~window].any()
 
 
 def test_udp_flip_test_is_exact_on_a_mirrored_pose() -> None:

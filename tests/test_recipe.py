@@ -40,8 +40,9 @@ def tiny_hourglass() -> nn.Module:
 
 def test_warmup_then_flat_then_cosine_per_optimizer_step_with_accumulation() -> None:
     """7 batches of 2 and 3 batches per optimizer step: steps after batches 3, 6 and 7, so 3 steps
-    per epoch, 9 in 3 epochs. Warm-up over 4 steps from 0.2; flat for epoch 1, then a cosine
-    over the 6 steps of epochs 2-3 down to 0.05 (its last step one sixth of the way short)."""
+    per epoch, 9 in 3 epochs. Warm-up over 4 steps from 0.2 (MMEngine's LinearLR: the full rate at
+    the fourth, step 3); flat for epoch 1, then a cosine over the 6 steps of epochs 2-3 down to
+    0.05 (its last step one sixth of the way short)."""
     codec = make_codec("heatmap", (32, 32), (8, 8), 1.0)
     loader = torch.utils.data.DataLoader(
         SyntheticPeople("train", 14, codec, (32, 32), image_size=48), batch_size=2
@@ -59,8 +60,8 @@ def test_warmup_then_flat_then_cosine_per_optimizer_step_with_accumulation() -> 
         schedule.step()
     root3 = math.sqrt(3) / 2  # cos(pi / 6)
     expected = [
-        0.1 * 0.2, 0.1 * 0.4, 0.1 * 0.6,  # epoch 1: warm-up, flat
-        0.1 * 0.8,  # epoch 2's first step: the last of the warm-up, the cosine's first (cos 0)
+        0.1 * 0.2, 0.1 * (0.2 + 0.8 / 3), 0.1 * (0.2 + 1.6 / 3),  # epoch 1: warm-up, flat
+        0.1 * 1.0,  # epoch 2's first step: the warm-up's end, the cosine's first (cos 0)
         0.1 * (0.05 + 0.95 * (1 + root3) / 2), 0.1 * (0.05 + 0.95 * (1 + 0.5) / 2),
         0.1 * (0.05 + 0.95 * (1 + 0) / 2), 0.1 * (0.05 + 0.95 * (1 - 0.5) / 2),
         0.1 * (0.05 + 0.95 * (1 - root3) / 2),
@@ -73,9 +74,9 @@ def test_warmup_then_flat_then_cosine_per_optimizer_step_with_accumulation() -> 
 def test_warmup_composes_with_step_and_multistep_drops() -> None:
     optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
     step = StepwiseLR(optimizer, warmup_steps=3, warmup_start=0.4, gamma=0.1, drop_every=2)
-    # (epoch, index) of 2 steps per epoch: warm-up 0.4, 0.6, 0.8, then 1; a drop every 2 epochs
+    # (epoch, index) of 2 steps per epoch: warm-up 0.4, 0.7, then 1; a drop every 2 epochs
     assert [step.factor(t, t // 2 + 1, t % 2, 2) for t in range(9)] == pytest.approx(
-        [0.4, 0.6, 0.8, 1.0, 0.1, 0.1, 0.1, 0.1, 0.01], rel=1e-12
+        [0.4, 0.7, 1.0, 1.0, 0.1, 0.1, 0.1, 0.1, 0.01], rel=1e-12
     )
     multistep = StepwiseLR(optimizer, warmup_steps=1, warmup_start=0.5, gamma=0.5, milestones=[1, 3])
     assert [multistep.factor(e, e + 1, 0, 1) for e in range(5)] == pytest.approx(

@@ -77,8 +77,9 @@ def test_labels_equal_mmposes_where_a_joint_sits_on_a_bin() -> None:
 
 def test_weight_follows_mmposes_window_rule_and_visibility() -> None:
     codec = SimCCCodec((10, 10), 1.0, (1.0, 1.0), "mmpose")
-    # mu - 3 sigma < W and mu + 3 sigma + 1 >= 0 on both axes (x 12.9 -> window from 9.9: on; 13 -> off)
-    joints = np.array([[12.9, 5.0], [13.0, 5.0], [-3.9, 5.0], [-4.1, 5.0], [5.0, 5.0], [np.nan, 1.0]])
+    # mu = round(x), then mu - 3 sigma < W and mu + 3 sigma + 1 >= 0 on both axes (x 12.4 -> mu 12,
+    # window from 9: on; 12.6 -> 13, from 10: off; -4.4 -> -4, to 0: on; -4.6 -> -5, to -1: off)
+    joints = np.array([[12.4, 5.0], [12.6, 5.0], [-4.4, 5.0], [-4.6, 5.0], [5.0, 5.0], [np.nan, 1.0]])
     target, weight = codec.encode(joints, np.array([1, 1, 1, 1, 0, 1]))
     assert weight.tolist() == [1, 0, 1, 0, 0, 0]
     assert not target[weight == 0].any() and np.isfinite(target).all()

@@ -161,7 +161,7 @@ POSITIVE = (
 )  # fmt: skip
 NON_NEGATIVE = (
     "nThreads", "cpuThreads", "dropLR", "gpuid", "maxScale", "maxRotate", "maxTranslate", "colorJitter", "stepEpochs",
-    "warmupSteps", "flatEpochs", "stage2Epoch",
+    "warmupSteps", "flatEpochs", "stage2Epoch", "gradClip",
 )  # fmt: skip
 FRACTIONS = ("warmupStartFactor", "minLRFactor", "layerDecay", "trackIoU", "trackOKS")
 PROBABILITIES = ("rotateProb", "flipProb", "halfBodyProb")

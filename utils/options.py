@@ -160,6 +160,7 @@ class Options(argparse.Namespace):
     dropMag: float
     lrMilestones: str
     warmupSteps: int
+    gradClip: float
     warmupStartFactor: float
     flatEpochs: int
     minLRFactor: float
@@ -753,6 +754,13 @@ def _add_recipe_arguments(group: argparse._ArgumentGroup) -> None:
         default=0,
         help="linear LR warm-up over the first N optimizer steps, with any lrSchedule (0: none; RTMPose "
         "1000, ViTPose 500)",
+    )
+    group.add_argument(
+        "--gradClip",
+        type=float,
+        default=0.0,
+        help="clip the gradients to this 2-norm over all parameters before each optimizer step "
+        "(0: off; ViTPose 1.0, its configs' grad_clip max_norm)",
     )
     group.add_argument(
         "--warmupStartFactor",
