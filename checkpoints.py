@@ -16,6 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from modes import TRAINING, command_keys, mode_of
+from utils.names import DATASET_JOINTS
+from utils.option_errors import ON_COMMAND_LINE, OptionError, fail
+
 if TYPE_CHECKING:
     import torch
     from torch import nn
@@ -25,12 +29,6 @@ if TYPE_CHECKING:
     from utils.distributed import DistributedContext
     from utils.options import Options
 
-# Keys a checkpoint's stored config does not pass on: they say what this command does with it.
-COMMAND_KEYS = (
-    "expID", "loadModel", "resume", "loadOptim", "loadEpoch", "dropPreLoaded", "dropMagPreLoaded", "test", "browse",
-    "predict", "export", "onnx", "detector", "detectorWeights", "drawThreshold", "smooth", "smoothMinCutoff", "smoothBeta",
-    "smoothDCutoff", "trackIoU", "trackOKS", "trackMemory",
-)  # fmt: skip
 # Keys a resumed run may change: they steer training or the machine, not what is trained on.
 # The LR schedule's keys steer (warm-up and flat-then-cosine too: their state is the steps taken,
 # and the LR of each step is a closed form of it). Not here, so a resume refuses them: the
@@ -54,14 +52,10 @@ RECORD_FILES = ("log.txt", "metrics.jsonl")
 
 
 def on_command_line() -> str:
-    from utils.options import ON_COMMAND_LINE
-
     return ON_COMMAND_LINE
 
 
 def _fail(message: str) -> NoReturn:
-    from utils.options import fail  # options imports this module
-
     fail(message)
 
 
@@ -86,9 +80,9 @@ def read_stored_config(path: str | Path) -> dict[str, Any]:
 
 
 def is_resume(opts: Options) -> bool:
-    """A true resume continues the same run: weights, optimizer and epoch all restored."""
-    evaluates = opts.test or opts.browse or opts.predict or opts.export
-    return bool(opts.loadModel) and opts.loadOptim and opts.loadEpoch and not evaluates
+    """A true resume continues the same run: a training command with weights, optimizer and epoch
+    all restored."""
+    return bool(opts.loadModel) and opts.loadOptim and opts.loadEpoch and mode_of(opts) is TRAINING
 
 
 def resume_changes(
@@ -103,7 +97,7 @@ def resume_changes(
     return {
         key: (written[key], value)
         for key, value in opts.config.items()
-        if key in written and key not in COMMAND_KEYS and value != written[key]
+        if key in written and key not in command_keys() and value != written[key]
     }
 
 
@@ -128,8 +122,6 @@ def check_writable(path: Path, key: str) -> None:
     existing folder is a folder, and a file can be made there (tried: a read-only mount or a full
     quota says no whoever asks, root included). Checked when the options are read, before any
     data, so a run does not read a dataset only to fail at its first write."""
-    from utils.options import OptionError
-
     existing = path
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
@@ -149,8 +141,6 @@ def plan_run_dir(opts: Options) -> Path:
     run (the checkpoint's own, when no --expID names another); every other command gets a new
     directory, and a new run never takes over an existing one. The path is absolute and resolved,
     as a resume's (its checkpoint's folder) is, so every command prints its run the same way."""
-    from utils.options import OptionError
-
     if is_resume(opts):
         own = Path(opts.loadModel).resolve().parent
         if not opts.expID or (Path(opts.expDir) / opts.expID).resolve() == own:
@@ -174,8 +164,8 @@ def plan_run_dir(opts: Options) -> Path:
                 f"write there ({how}); choose a new name, e.g. --expID {free}"
             )
         return path
-    kinds = (("test", "-test"), ("browse", "-browse"), ("predict", "-predict"), ("loadModel", "-finetune"))
-    kind = next((suffix for key, suffix in kinds if getattr(opts, key)), "")
+    mode = mode_of(opts)
+    kind = mode.run_dir_suffix if mode is not TRAINING else ("-finetune" if opts.loadModel else "")
     base = f"{opts.model}-{opts.dataset}{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
     return next(
         root / name
@@ -208,8 +198,6 @@ def make_run_dir(opts: Options, is_main: bool) -> Path:
     new directory whose config.defconf names the checkpoint it started from (``loadModel``)."""
     import shutil
 
-    from utils.options import config_file_keys
-
     run_dir = opts.run_dir
     restarts = getattr(opts, "restarts_stranded_run", False)
     if is_main and (is_resume(opts) or restarts) and run_dir.is_dir():
@@ -221,7 +209,7 @@ def make_run_dir(opts: Options, is_main: bool) -> Path:
             shutil.rmtree(entry) if entry.is_dir() else entry.unlink(missing_ok=True)
     if is_main and not (is_resume(opts) and run_dir.is_dir()):
         run_dir.mkdir(parents=True, exist_ok=restarts)
-        settable = config_file_keys()
+        settable = opts.config_file_keys
         with open(run_dir / "config.defconf", "w") as stream:
             for key, value in opts.config.items():
                 if value is None or key not in settable:
@@ -241,8 +229,6 @@ def make_run_dir(opts: Options, is_main: bool) -> Path:
 
 def describe(config: dict[str, Any]) -> str:
     """'PyraNet, 16 joints, 256x256' (model, joints, input height x width) from a run's options."""
-    from utils.options import DATASET_JOINTS
-
     height = config.get("inputRes")
     width = round(height * config.get("aspectRatio", 1.0)) if height else "?"
     joints = config.get("nJoints") or DATASET_JOINTS.get(config.get("dataset"), "?")
@@ -280,7 +266,7 @@ def load_weights(model: nn.Module, opts: Options, averaged: bool = True) -> dict
         differing = [
             f"{k} {stored[k]} vs {v}"
             for k, v in opts.config.items()
-            if k in stored and stored[k] != v and k not in COMMAND_KEYS + STEERING_KEYS
+            if k in stored and stored[k] != v and k not in command_keys() + STEERING_KEYS
         ]
         _fail(
             f"loadModel: the weights do not fit: checkpoint: {describe(stored)}; config: {describe(opts.config)}"

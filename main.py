@@ -14,33 +14,17 @@ errors answer before torch is imported.
 from __future__ import annotations
 
 import errno
+import importlib
 import sys
 
+from modes import mode_of
 from utils.options import parse_options
 
 
 def main(argv: list[str] | None = None) -> int:
     opts = parse_options(argv)
-    # each mode's module imports torch, the models and the datasets, once the options are known
-    if opts.export:
-        import export
-
-        return export.run(opts)
-    if opts.predict:
-        import predict
-
-        return predict.run(opts)
-    if opts.test:
-        import evaluate
-
-        return evaluate.run(opts)
-    if opts.browse:
-        import browse
-
-        return browse.run(opts)
-    import train
-
-    return train.run(opts)
+    # the mode's module imports torch, the models and the datasets, once the options are known
+    return importlib.import_module(mode_of(opts).module).run(opts)
 
 
 def one_line(error: Exception) -> str:

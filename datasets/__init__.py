@@ -67,10 +67,12 @@ def build_datasets(
     except KeyError as error:
         raise DataError(str(error)) from None
     request = DataRequest(
-        codec, tuple(input_size), augmentation, seed, data_dir, train_annotation, val_annotation,
-        image_dir, head_boxes_mat, bbox_file, det_score_threshold, half_body_prob,
-        tuple(synthetic_sizes), synthetic_image_size, joint_spec,
-        BadDataPolicy(bool(skip_bad_samples), float(max_bad_fraction), bool(allow_outside_paths)),
+        codec=codec, input_size=tuple(input_size), augmentation=augmentation, seed=seed, data_dir=data_dir,
+        train_annotation=train_annotation, val_annotation=val_annotation, image_dir=image_dir,
+        head_boxes_mat=head_boxes_mat, bbox_file=bbox_file, det_score_threshold=det_score_threshold,
+        half_body_prob=half_body_prob, synthetic_sizes=tuple(synthetic_sizes),
+        synthetic_image_size=synthetic_image_size, joint_spec=joint_spec,
+        bad_data=BadDataPolicy(bool(skip_bad_samples), float(max_bad_fraction), bool(allow_outside_paths)),
     )  # fmt: skip
     val = entry.build(request, train=False)
     # known before anything trains: an epoch whose validation has nothing to score is lost

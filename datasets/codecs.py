@@ -426,6 +426,10 @@ class HeatmapCodec(OneOutput):
         - the joint is supervised unless int(mu - radius) >= size or int(mu + radius + 1) < 0 on
           either axis, so on the left and top it reaches 2 heatmap pixels further out than the
           project's rule (a joint down to x > -8.5 heatmap px, -34 input px at stride 4).
+
+        Where 3 sigma is not whole (their sigmas, 2 and 3, make it 6 and 9), their arithmetic puts
+        the window's middle a pixel off the rounded centre when the window starts left of 0; that
+        is kept too, as the targets a model trained under their code saw.
         """
         width, height = self.heatmap_size
         # their keypoints / scale_factor, both float32 (both conventions have anchor 0): the rounding

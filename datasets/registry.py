@@ -22,9 +22,10 @@ from datasets.validation import BadDataPolicy
 from utils.registry import Registry, UnknownNameError
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DataRequest:
-    """What the options say about the data; each builder takes the fields it needs."""
+    """What the options say about the data; each builder takes the fields it needs. Fields are
+    given by name (a field added anywhere cannot shift the others)."""
 
     codec: Codec
     input_size: tuple[int, int]  # (width, height)

@@ -44,13 +44,15 @@ OTHER_PROGRAMS_OPTIONS = {
 
 def project_options() -> set[str]:
     """Every option string any of the project's programs defines (main.py, metrics, importers,
-    benchmarks), read from their add_argument calls."""
+    benchmarks), read from their add_argument calls, and the modes' flags (modes.py)."""
     found = set()
     for path in REPO_ROOT.rglob("*.py"):
         if ".venv" in path.parts or "tests" in path.parts:
             continue
         found.update(re.findall(r"add_argument\(\s*\"(-{1,2}\w+)\"", path.read_text()))
-    return found
+    from modes import MODES
+
+    return found | {mode.flag for mode in MODES.values()}
 
 
 def code_of(text: str) -> str:

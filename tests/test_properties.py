@@ -69,7 +69,10 @@ def poses_on_the_map(draw):
     convention = draw(st.sampled_from(["project", "hrnet", "udp"]))
     heatmap = (draw(st.integers(4, 48)), draw(st.integers(4, 48)))
     stride = draw(st.sampled_from([1, 2, 4]))
-    sigma = draw(st.floats(0.8, 3.0))
+    # the authors' windows (hrnet, udp: their code's) are centred on the joint only where 3 sigma is
+    # whole, as at their sigmas 2 and 3; the project's convention takes any sigma
+    whole = st.sampled_from([1.0, 4 / 3, 5 / 3, 2.0, 3.0])
+    sigma = draw(st.floats(0.8, 3.0) if convention == "project" else whole)
     joints = draw(st.integers(1, 6))
     # heatmap-frame positions off the border pixels, where the quarter-pixel step can act
     xs = draw(st.lists(st.floats(0.51, heatmap[0] - 1.51), min_size=joints, max_size=joints))
@@ -80,6 +83,8 @@ def poses_on_the_map(draw):
 @QUICK
 @given(poses_on_the_map())
 def test_heatmap_encode_then_decode_within_a_quarter_pixel(case):
+    """Within a quarter pixel where the target sits at the exact position; under hrnet, whose
+    targets are their authors' (the centre rounded to a whole pixel), within half a pixel."""
     convention, heatmap, stride, sigma, on_map = case
     codec = HeatmapCodec((heatmap[0] * stride, heatmap[1] * stride), heatmap, sigma, convention)
     joints = codec.to_input_frame(on_map)  # input-crop pixels
@@ -87,7 +92,7 @@ def test_heatmap_encode_then_decode_within_a_quarter_pixel(case):
     assert weight.all()
     decoded, scores = codec.decode(target[None])
     error = np.abs(codec.to_heatmap_frame(decoded[0]) - on_map)
-    assert error.max() <= 0.25 + 1e-6, (error.max(), on_map)
+    assert error.max() <= (0.5 if convention == "hrnet" else 0.25) + 1e-6, (error.max(), on_map)
     assert (scores > 0).all()
 
 

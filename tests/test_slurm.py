@@ -34,7 +34,19 @@ CLIENTS = ("sbatch", "sinfo", "scontrol", "scancel", "squeue", "srun")
 UP_WITHIN_S = 60  # the daemons, until sinfo shows the node idle
 JOB_WITHIN_S = 150  # each wait on a job
 # 2 epochs of 12 batches of 4 (6 a process with 2 processes), as tests/test_cluster_stops.py's
-RUN = [*TINY_RUN, "--data_loader_size", "4", "--nEpochs", "2", "--maxTranslate", "0.05"]
+# 20 steps an epoch on each of the 2 processes: enough left of epoch 2 when scancel's signal
+# arrives (through slurmctld, slurmd and the step daemon; CI once saw 5 tiny steps pass first)
+RUN = [
+    *TINY_RUN,
+    "--data_loader_size",
+    "4",
+    "--nEpochs",
+    "2",
+    "--maxTranslate",
+    "0.05",
+    "--syntheticTrain",
+    "160",
+]
 
 
 def find(name: str) -> str | None:
@@ -304,8 +316,8 @@ def test_srun_tasks_stopped_by_scancel_and_requeued_finish_as_one_uninterrupted_
     assert submitted.returncode == 0, submitted.stderr + slurm.logs()
     job_id = submitted.stdout.strip().split(";")[0]
 
-    # mid-epoch 2 (6 steps an epoch on each of the 2 processes): SIGTERM to the step's tasks
-    wait_for_line(output, r"^train 2 [12]/6\b.*$", "epoch 2's progress", slurm, job_id)
+    # mid-epoch 2 (20 steps an epoch on each of the 2 processes): SIGTERM to the step's tasks
+    wait_for_line(output, r"^train 2 [12]/20\b.*$", "epoch 2's progress", slurm, job_id)
     slurm.command("scancel", "--signal=TERM", job_id)
     first = slurm.wait_job(job_id, lambda f: f["JobState"] not in ("RUNNING", "COMPLETING"), "stopped")
     text = output.read_text()

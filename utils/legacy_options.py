@@ -15,6 +15,8 @@ import argparse
 import sys
 from typing import Any
 
+from utils.option_errors import config_file_of
+
 RETIRED_KEYS = {
     "worldCoors": "MPII head sizes now come from the annotations",
     "headSize": "MPII head sizes now come from the annotations",
@@ -50,9 +52,7 @@ def apply_visdom(parser: Any, opts: argparse.Namespace) -> None:
     if opts.visdom is None:
         return
     typed = parser._typed or []
-    from utils.options import _config_file_of  # options imports this module
-
-    explicit = _config_file_of(parser, "tensorboard", typed) is not None or any(
+    explicit = config_file_of(parser, "tensorboard", typed) is not None or any(
         item.lstrip("-").split("=", 1)[0] == "tensorboard" for item in typed if item.startswith("-")
     )
     if not opts.visdom:

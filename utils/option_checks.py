@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from utils.legacy_options import target_type_spelled
+from utils.option_errors import OptionError
 from utils.registry import did_you_mean
 
 if TYPE_CHECKING:
@@ -30,8 +31,6 @@ AUGMENTATION_KEYS = ("maxScale", "maxRotate", "rotateProb", "maxTranslate", "fli
 
 
 def _error(message: str) -> Exception:
-    from utils.options import OptionError  # options imports this module
-
     return OptionError(message)
 
 
@@ -83,8 +82,13 @@ def _check_input_norm(opts: Options, entry: Any) -> None:
 
 
 def _check_data_dir(opts: Options, dataset: Any) -> None:
-    reads_data = not (opts.predict or opts.export)
-    if reads_data and dataset.needs_data_dir and not (opts.dataDir and Path(opts.dataDir).is_dir()):
+    from modes import mode_of
+
+    if (
+        mode_of(opts).reads_data
+        and dataset.needs_data_dir
+        and not (opts.dataDir and Path(opts.dataDir).is_dir())
+    ):
         raise _error(
             f"dataDir: {opts.dataDir!r} is not a directory (expected the {opts.dataset} dataset root there; "
             f"see docs/datasets.md)"
@@ -313,19 +317,13 @@ def _derive_optimizer(opts: Options) -> None:
 
 def _check_modes(opts: Options) -> None:
     """One mode at a time, each with the files it needs."""
+    from modes import mode_problem
+
     if opts.browse < 0:
         raise _error(f"browse: must be >= 0, got {opts.browse}")
-    if opts.browse and opts.test:
-        raise _error("browse: shows augmented training samples; it cannot be combined with -test")
-    if opts.test and not opts.loadModel:
-        raise _error("-test: needs --loadModel PATH, the checkpoint to evaluate")
-    modes = [flag for flag, on in (("-test", opts.test), ("--browse", opts.browse), ("-predict", opts.predict),
-                                   ("-export", opts.export)) if on]  # fmt: skip
-    if len(modes) > 1:
-        raise _error(f"{modes[1]}: cannot be combined with {modes[0]}; run them one at a time")
-    for flag, value in (("-predict", opts.predict), ("-export", opts.export)):
-        if value and not opts.loadModel:
-            raise _error(f"{flag}: needs --loadModel PATH, the checkpoint to use")
+    problem = mode_problem(opts)
+    if problem:
+        raise _error(problem)
     if opts.predict and not Path(opts.predict).exists():
         raise _error(f"-predict: no image, folder or video at {opts.predict}")
     if opts.onnx and not Path(opts.onnx).is_file():

@@ -20,15 +20,16 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import configargparse
 
 from checkpoints import (
-    COMMAND_KEYS,
     is_resume,
     plan_run_dir,
     read_stored_config,
     refused_resume_changes,
     resume_changes,
 )
+from modes import MODES, command_keys
 from utils.legacy_options import RETIRED_KEYS
 from utils.legacy_options import translate as translate_original_keys
+from utils.names import DATASETS, MODEL_NAMES
 from utils.option_checks import (
     AMP_MODES,
     LR_SCHEDULES,
@@ -37,6 +38,7 @@ from utils.option_checks import (
     check_and_derive,
     check_model_sizes,
 )
+from utils.option_errors import ON_COMMAND_LINE, OptionError, config_file_of, fail, typed_on_command_line
 from utils.registry import close_match
 
 if TYPE_CHECKING:
@@ -47,19 +49,7 @@ DEFAULT_DATA_CONFIG = REPO_ROOT / "conf" / "datasets" / "synthetic.defconf"
 # The paper-sized hourglass takes days on a CPU; the demo uses a small one.
 DEFAULT_MODEL_CONFIG = REPO_ROOT / "conf" / "models" / "StackedHourGlass-demo.defconf"
 
-DATASET_JOINTS = {"synthetic": 16, "MPII": 16, "COCO": 17}
-# the dataset registry's names, written out for --help (a test keeps them equal); custom's joints
-# come from --jointSpec
-DATASETS = (*DATASET_JOINTS, "custom")
-# the registry's names, written out so --help needs no torch import (a test keeps them equal)
-MODEL_NAMES = (
-    "ChainedPredictions, DLCM, DeepPose, HRNet, IEF, PoseAttention, PyraNet, RTMPose, SimpleBaseline, "
-    "StackedHourGlass, ViTPose"
-)
-
-
 # what an error about a typed value ends with; one from a config file ends with "(in FILE)"
-ON_COMMAND_LINE = "(on the command line)"
 
 
 class Options(argparse.Namespace):
@@ -225,15 +215,12 @@ class Options(argparse.Namespace):
     stage2_augmentation: dict[str, float]  # stage2Augmentation's keys and values
     origins: dict[str, str]  # key -> "(on the command line)" or "(in FILE)", for error messages
     config: dict[str, Any]  # the parser's own keys: what config.defconf and a checkpoint hold
+    config_file_keys: set[str]  # the keys a config file can set (what config.defconf writes)
     stored_config: dict[str, Any] | None  # the --loadModel checkpoint's config
     restarts_stranded_run: bool  # --resume auto in a run directory stopped before its first checkpoint
     restart_note: str | None  # what --resume auto found, for the run's log
     resume_changes: dict[str, tuple[Any, Any]]  # key -> (stored, now) on a resume
     run_dir: Path  # where this command writes (checkpoints.plan_run_dir)
-
-
-class OptionError(ValueError):
-    """A configuration value that cannot be used; the message names the key and what is allowed."""
 
 
 def _flag(value: str) -> bool:
@@ -261,26 +248,12 @@ class _OneLineParser(configargparse.ArgParser):
     _typed: list[str] | None = None  # the command line being parsed, to tell it from config files
 
 
-def _config_file_of(parser: configargparse.ArgParser, key: str, typed: list[str]) -> str | None:
-    """The config file that set ``key``, unless the command line typed it itself."""
-    if _typed_on_command_line(key, typed):
-        return None
-    for source, settings in parser.get_source_to_settings_dict().items():
-        if source.startswith("config_file|") and key in settings:
-            return source.split("|", 1)[1]
-    return None
-
-
-def _typed_on_command_line(key: str, typed: list[str]) -> bool:
-    return any(item.lstrip("-").split("=", 1)[0] == key for item in typed if item.startswith("-"))
-
-
 def _origin(parser: configargparse.ArgParser, key: str, typed: list[str]) -> str | None:
     """Where ``key``'s value came from, as errors end: ``(on the command line)`` (the words of the
     unknown-key messages) or ``(in FILE)``; None for a default or a checkpoint's stored value."""
-    if _typed_on_command_line(key, typed):
+    if typed_on_command_line(key, typed):
         return ON_COMMAND_LINE
-    origin = _config_file_of(parser, key, typed)
+    origin = config_file_of(parser, key, typed)
     return f"(in {origin})" if origin else None
 
 
@@ -306,22 +279,19 @@ def fail_option(opts: argparse.Namespace, message: str, key: str | None = None) 
     fail(with_origin(opts, message, key))
 
 
-def fail(message: str) -> NoReturn:
-    # one line whatever was typed: control characters in a value (a newline, \x1e) are escaped
-    message = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
-    print(f"main.py: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
 # -predict's torchvision detector keeps person boxes from this score when --detScoreThreshold is 0
 DEFAULT_DETECTOR_THRESHOLD = 0.5
-HELP_FOOTER = (
-    "Every --key can also be set in a config file given with -DataConfig or -ModelConfig, one "
-    "'key: value' per line (conf/datasets/ and conf/models/ hold the project's); the command line "
-    "overrides config files, and without them the demo's (synthetic.defconf, "
-    "StackedHourGlass-demo.defconf) are used. Modes: -test, -predict PATH, -export FILE.onnx, "
-    "--browse N; training otherwise. Docs: README.md and docs/running.md."
-)
+
+
+def help_footer() -> str:
+    modes = ", ".join(f"{mode.flag} {mode.metavar}" if mode.metavar else mode.flag for mode in MODES.values())
+    return (
+        "Every --key can also be set in a config file given with -DataConfig or -ModelConfig, one "
+        "'key: value' per line (conf/datasets/ and conf/models/ hold the project's); the command line "
+        "overrides config files, and without them the demo's (synthetic.defconf, "
+        f"StackedHourGlass-demo.defconf) are used. Modes: {modes}; training otherwise. Docs: README.md "
+        "and docs/running.md."
+    )
 
 
 class _DefaultsOnceFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -341,7 +311,7 @@ class _DefaultsOnceFormatter(argparse.ArgumentDefaultsHelpFormatter):
 def build_parser() -> configargparse.ArgParser:
     parser = _OneLineParser(
         description="Train and evaluate 2D human pose estimation models.",
-        epilog=HELP_FOOTER,
+        epilog=help_footer(),
         add_config_file_help=False,  # configargparse's own footer says key=value and links a dead page
         formatter_class=_DefaultsOnceFormatter,
         config_file_parser_class=configargparse.DefaultConfigFileParser,
@@ -410,12 +380,6 @@ def build_parser() -> configargparse.ArgParser:
         help="heatmap decoding in validation, -test, -predict and the -export notes: quarter (argmax, "
         "then a quarter pixel towards the higher neighbour) or dark (Zhang et al. 2020: smooth with "
         "the training Gaussian, then a Taylor step on the log)",
-    )
-    data.add_argument(
-        "--browse",
-        type=int,
-        default=0,
-        help="write N augmented training samples as PNG into browse/ of a new run directory, and exit",
     )
     data.add_argument("--shuffle", type=_flag, default=True, help="shuffle training data (0/1)")
     data.add_argument(
@@ -655,16 +619,8 @@ def build_parser() -> configargparse.ArgParser:
     )
 
     runtime = parser.add_argument_group("runtime")
-    runtime.add_argument("-test", action="store_true", help="evaluate --loadModel only")
-    runtime.add_argument(
-        "-predict",
-        default="",
-        metavar="PATH",
-        help="run --loadModel on an image, a folder of images or a video",
-    )
-    runtime.add_argument(
-        "-export", default="", metavar="FILE.onnx", help="export --loadModel to ONNX and exit"
-    )
+    for mode in MODES.values():  # the modes' own options (modes.py)
+        mode.add_argument(runtime)
     runtime.add_argument("--onnx", default="", help="-predict: run this exported ONNX model (onnxruntime)")
     runtime.add_argument(
         "--detector", default="", help="-predict: torchvision person detector, e.g. fasterrcnn_resnet50_fpn"
@@ -839,7 +795,7 @@ def _unknown_key_message(parser: configargparse.ArgParser, unknown: list[str], t
         )
         origin = "on the command line" if on_command_line else None
         if origin is None:
-            origin = f"in {_config_file_of(parser, key, typed) or 'a config file'}"
+            origin = f"in {config_file_of(parser, key, typed) or 'a config file'}"
         written = item.split("=", 1)[0] if on_command_line else key
         if key in spellings:  # a known key with the wrong number of dashes
             right = spellings[key]
@@ -891,10 +847,12 @@ def config_of(parser: configargparse.ArgParser, opts: argparse.Namespace) -> dic
 def config_file_keys() -> set[str]:
     """Options a config file can set: configargparse reads only ``--`` options from files, so
     single-dash command flags (-test, -usedouble, ...) stay on the command line."""
+    return _settable(build_parser())
+
+
+def _settable(parser: configargparse.ArgParser) -> set[str]:
     return {
-        action.dest
-        for action in build_parser()._actions
-        if any(option.startswith("--") for option in action.option_strings)
+        action.dest for action in parser._actions if any(o.startswith("--") for o in action.option_strings)
     }
 
 
@@ -935,7 +893,7 @@ def _auto_resume(argv: list[str]) -> tuple[list[str], bool, str | None]:
         fail(
             f"resume: --resume auto finds the run's own checkpoint; give it or --loadModel, not both {ON_COMMAND_LINE}"
         )
-    for flag in ("-test", "-predict", "-export", "--browse"):
+    for flag in (mode.flag for mode in MODES.values()):
         if any(a == flag or a.startswith(f"{flag}=") for a in argv):
             fail(
                 f"resume: --resume auto continues a training run; it cannot be combined with {flag} {ON_COMMAND_LINE}"
@@ -1008,7 +966,8 @@ def parse_options(argv: list[str] | None = None) -> Options:
             fail(f"loadModel: no checkpoint file at {source} {ON_COMMAND_LINE}")
         stored = read_stored_config(source)
         known = {action.dest for action in parser._actions}
-        parser.set_defaults(**{k: v for k, v in stored.items() if k in known and k not in COMMAND_KEYS})
+        owned = command_keys()
+        parser.set_defaults(**{k: v for k, v in stored.items() if k in known and k not in owned})
     else:
         argv = _with_default_configs(argv)
     parser._typed = [a for a in argv if a not in ("-DataConfig", "-ModelConfig")]
@@ -1026,6 +985,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
     except OptionError as error:
         fail(with_origin(opts, str(error)))
     opts.config = config_of(parser, opts)
+    opts.config_file_keys = _settable(parser)
     opts.stored_config = stored
     opts.restarts_stranded_run, opts.restart_note = stranded, restart_note
     opts.resume_changes = {}
