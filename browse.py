@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from build import build_run
-from checkpoints import Resumed, TrainingCheckpoint, make_run_dir
+from checkpoints import make_run_dir, read_weights
 from utils.drawing import browse_samples
 
 if TYPE_CHECKING:
@@ -18,14 +18,18 @@ if TYPE_CHECKING:
 
 def run(opts: Options) -> int:
     parts = build_run(opts, with_train=True)
-    resumed = Resumed()
-    if opts.loadModel:  # the checkpoint's epoch picks the augmentation drawn
-        resumed = TrainingCheckpoint(parts.model, None, None, None, opts, parts.context).restore()
-    for note in resumed.notes:
-        parts.say(note)
+    epoch = 1
+    if opts.loadModel:  # the epoch a resume would train picks the augmentation drawn
+        read = read_weights(parts.model, opts)
+        epoch = read.next_epoch
+        for note in (
+            *read.notes,
+            f"the augmentation of epoch {epoch}, which {opts.loadModel} would train next",
+        ):
+            parts.say(note)
     run_dir = make_run_dir(opts, parts.context.is_main)
     if parts.context.is_main:
-        parts.train_set.set_epoch(resumed.start_epoch)
+        parts.train_set.set_epoch(epoch)
         paths = browse_samples(parts.train_set, parts.codec, opts.browse, run_dir / "browse")
         parts.say(f"wrote {len(paths)} augmented training samples to {run_dir / 'browse'}")
     return 0

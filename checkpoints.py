@@ -275,6 +275,29 @@ def load_weights(model: nn.Module, opts: Options, averaged: bool = True) -> dict
     return state
 
 
+@dataclass
+class ReadCheckpoint:
+    """What a command that only reads --loadModel (-test, --browse) takes from it."""
+
+    epoch: int  # the whole epochs it had trained (0 with --loadEpoch 0)
+    next_epoch: int  # the epoch a resume would train: the interrupted one of a mid-epoch checkpoint
+    notes: list[str]  # for the terminal
+
+
+def read_weights(model: nn.Module, opts: Options) -> ReadCheckpoint:
+    """Load --loadModel's weights as its validation scored them (the moving average of a --ema 1
+    run) into ``model``, for -test and --browse: no optimizer, schedule or random state."""
+    state = load_weights(model, opts, averaged=True)
+    notes = (
+        [f"using the moving average of the weights in {opts.loadModel} (--ema 1)"] if state.get("ema") else []
+    )
+    if not opts.loadEpoch:
+        return ReadCheckpoint(0, 1, [*notes, f"loaded weights from {opts.loadModel}; counting epochs from 1"])
+    epoch = int(state.get("epoch", 0))
+    middle = state.get("mid_epoch")
+    return ReadCheckpoint(epoch, int(middle["epoch"]) if middle else epoch + 1, notes)
+
+
 # --- a training run's checkpoint ---------------------------------------------------------------------
 
 
@@ -370,8 +393,6 @@ class TrainingCheckpoint:
             "epoch": epoch,
             "best": best,
             "rng": {"ranks": [entry["rng"] for entry in ranks]},  # one per rank, in rank order
-            # the data order is a function of (seed, epoch), so these two replay it exactly
-            "data_order": {"seed": self.opts.seed, "next_epoch": epoch + 1},
             "world_size": self.context.world_size,
             "launch": self.context.launch_command,
             # CPU arithmetic repeats bit for bit only with the same number of threads
@@ -390,7 +411,8 @@ class TrainingCheckpoint:
         return state
 
     def restore(self) -> Resumed:
-        """Load --loadModel; --loadOptim, --loadEpoch and --dropPreLoaded choose what is kept."""
+        """Load --loadModel into a training run (a resume or a fine-tune); --loadOptim, --loadEpoch
+        and --dropPreLoaded choose what is kept. Commands that only read weights use read_weights."""
         opts = self.opts
         # the optimizer's state belongs to the weights it trains; anything else takes the average
         continuing = bool(opts.loadOptim) and self.optimizer is not None
@@ -426,22 +448,20 @@ class TrainingCheckpoint:
                 resumed.notes.append(note)
                 resumed.logged.append(note)
         resumed.best = float(state.get("best", -math.inf))
-        if not opts.test:
-            resumed.records = state.get("records")
-            threads = thread_count_change(state, self.context)
-            if threads:
-                resumed.notes.append(threads)
-                resumed.logged.append(threads)
+        resumed.records = state.get("records")
+        threads = thread_count_change(state, self.context)
+        if threads:
+            resumed.notes.append(threads)
+            resumed.logged.append(threads)
         middle = state.get("mid_epoch")
-        if middle and not opts.test:
+        if middle:
             self._restore_mid_epoch(state, middle, resumed)
         else:
             resumed.start_epoch = int(state["epoch"]) + 1
-            if not opts.test and state.get("pending_validation"):
+            if state.get("pending_validation"):
                 resumed.pending = state["pending_validation"]
-            verb = "evaluating" if opts.test else "resumed"
-            resumed.notes.append(f"{verb} {opts.loadModel} after epoch {state['epoch']}")
-        change = None if opts.test else world_size_change(state, opts, self.context.world_size)
+            resumed.notes.append(f"resumed {opts.loadModel} after epoch {state['epoch']}")
+        change = world_size_change(state, opts, self.context.world_size)
         if change:
             resumed.notes.append(change)
             resumed.logged.append(change)
@@ -469,7 +489,7 @@ class TrainingCheckpoint:
                 self.context.is_main,
             )
         self._restore_schedule(state["scheduler"])
-        if self.scaler is None or self.opts.test:
+        if self.scaler is None:
             return
         if state.get("grad_scaler"):
             self.scaler.load_state_dict(state["grad_scaler"])

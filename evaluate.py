@@ -17,7 +17,7 @@ import numpy as np
 from torch import nn
 
 from build import RunParts, build_run, data_notes
-from checkpoints import TrainingCheckpoint, make_run_dir
+from checkpoints import make_run_dir, read_weights
 from engine import predict_all
 from metrics import coco, mpii
 from utils.distributed import broadcast_buffers
@@ -29,8 +29,8 @@ if TYPE_CHECKING:
 
 def run(opts: Options) -> int:
     parts = build_run(opts, with_train=False)
-    resumed = TrainingCheckpoint(parts.model, None, None, None, opts, parts.context).restore()
-    for note in resumed.notes:
+    read = read_weights(parts.model, opts)
+    for note in (*read.notes, f"evaluating {opts.loadModel} after epoch {read.epoch}"):
         parts.say(note)
     run_dir = make_run_dir(opts, parts.context.is_main)
     recorder = RunRecorder(run_dir, enabled=parts.context.is_main)
@@ -39,7 +39,7 @@ def run(opts: Options) -> int:
         parts.say(f"note: {note}")
     results = validate(parts, opts.flipTest, opts.progress)
     metrics = score(parts, results, run_dir if parts.context.is_main else None)
-    recorder.log_metrics(resumed.start_epoch - 1, "test", metrics)
+    recorder.log_metrics(read.epoch, "test", metrics)
     recorder.log_line(evaluation_line(opts.loadModel, metrics, parts.val_set.main_metric))
     parts.say(format_metrics(metrics, parts.stage_label))
     parts.say(f"run directory: {run_dir}")
