@@ -126,9 +126,7 @@ def train_one_epoch(
     ``on_step(step, loss, pck, lr)``, when given, is called on this rank after every optimizer
     step: the batch index in the epoch (1-based), the mean loss of the batches that step applied
     (more than one with ``accumulation``), the epoch's running PCK so far and the step's LR.
-
     ``channels_last``: feed the model channels_last inputs (give it channels_last weights too).
-
     ``set_lr(epoch, index, steps_in_epoch)``, when given, sets the LR just before each optimizer
     step: its index in the epoch (0-based) of ``steps_in_epoch`` (a per-step schedule).
     ``after_step()`` is called after each (a moving average of the weights). ``grad_clip`` > 0
@@ -140,9 +138,7 @@ def train_one_epoch(
     ``resume_from``: the state of an epoch interrupted after ``resume_from.step`` batches, whose
     loader already skips those batches. ``requests`` are asked before every optimizer step's
     collective; when any rank asks to stop, every rank stops after that same step and the state
-    returned is not ``complete``.
-
-    Cost per batch: one host synchronisation (the loss, the running PCK and the agreed flags in
+    returned is not ``complete``. Cost per batch: one host synchronisation (the loss, the running PCK and the agreed flags in
     one read); per optimizer step, one collective of three numbers, and under
     DistributedDataParallel the gradients are all-reduced only for the batch that steps
     (``no_sync`` on the others).
