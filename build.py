@@ -249,14 +249,10 @@ def check_output_shape(shapes: list[tuple[int, ...]], opts: Options, codec: Code
     """The model's last stage must match what the codec encodes, else training is meaningless."""
     expected = (1, *codec.output_shape(opts.nJoints))
     if tuple(shapes[-1]) != expected:
-        if codec.target_type == "simcc":
-            fix = "the model's SimCC bins follow inputRes, aspectRatio and simccSplitRatio"
-        else:
-            fix = "set outputRes to the model's output height"
         fail_option(
             opts,
             f"outputRes: model {opts.model} outputs {tuple(shapes[-1])[1:]} for inputRes {opts.inputRes} "
-            f"but the targets are {expected[1:]}; {fix}",
+            f"but the targets are {expected[1:]}; {codec.shape_hint}",
         )
 
 

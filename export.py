@@ -33,7 +33,7 @@ from torch import nn
 
 from build import TrainedModel, load_trained
 from datasets.base import IMAGENET_MEAN, IMAGENET_STD
-from datasets.codecs import Codec, HeatmapCodec, SimCCCodec
+from datasets.codecs import Codec
 from utils.options import fail
 
 if TYPE_CHECKING:
@@ -41,7 +41,6 @@ if TYPE_CHECKING:
 
 OPSET = 17
 INPUT_NAME = "image"
-BOX_PADDING = 1.25  # datasets.coco.BOX_PADDING, written here so the JSON does not depend on the import
 
 
 class LastStage(nn.Module):
@@ -92,28 +91,7 @@ def decoding_of(trained: TrainedModel) -> dict[str, Any]:
     """How to turn the ONNX output into joints in input-crop pixels (pixel centres at integers):
     the codec's own description of its decoding, and how a person box becomes the crop."""
     codec = trained.codec
-    width, height = trained.input_size
-    if isinstance(codec, HeatmapCodec | SimCCCodec):
-        crop_center, offset = codec.convention.crop_center, codec.convention.size_offset
-        span = "the box height maps to the input height"
-        if offset:  # UDP: the box's sides onto the first and last pixel centres
-            span = (
-                f"the box's sides map to the input's first and last pixel centres (size_offset {offset:g}: "
-                f"x zooms by (W - {offset:g}) / box width, y by (H - {offset:g}) / box height)"
-            )
-        crop = (
-            f"A person box [x, y, w, h] keeps its centre, grows in one dimension to the input aspect "
-            f"ratio (width / height = {width / height:g}), then both sides grow {BOX_PADDING}x; "
-            f"{span}. The box centre lands at ((W - 1) / 2 + "
-            f"crop_center, (H - 1) / 2 + crop_center) in the input crop (crop_center "
-            f"{crop_center}). Map joints back to the image with the inverse of that affine."
-        )
-    else:
-        crop = (
-            f"A person box [x, y, w, h] keeps its centre, grows in one dimension to the input aspect "
-            f"ratio (width / height = {width / height:g}), then both sides grow {BOX_PADDING}x; the box "
-            "height maps to the input height and its centre lands at ((W - 1) / 2, (H - 1) / 2)."
-        )
+    crop = codec.describe_crop()
     decoding = codec.describe_decoding()
     flip_test = decoding.pop("flip_test")
     return {**decoding, "crop": crop, "flip_test": flip_test}  # the notes' order: crop before flip

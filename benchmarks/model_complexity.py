@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datasets.codecs import HEATMAP_DECODED  # noqa: E402
+from datasets.codecs import decodes_heatmaps  # noqa: E402
 from models import build_model, get_entry, list_models  # noqa: E402
 from models.complexity import profile_model  # noqa: E402
 from models.registry import ModelEntry  # noqa: E402
@@ -133,7 +133,7 @@ def accepted_outputs(entry: ModelEntry) -> str:
     """The heatmap sizes a model accepts, as its registry entry states them."""
     if entry.target_type == "simcc":
         return "any divisor of inputRes (unused: it classifies x and y into SimCC bins, simccSplitRatio per pixel)"
-    if entry.target_type not in HEATMAP_DECODED:
+    if not decodes_heatmaps(entry.target_type):
         return "any divisor of inputRes (it regresses coordinates: no heatmap)"
     if entry.output_strides is None:
         return "the heatmap its network builds (checked against outputRes before training)"

@@ -27,8 +27,6 @@ from utils.transforms import apply_affine, compose_affine, invert_affine, warp_i
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
-# context around a person box in a crop: the box grows by this in both sides (Simple Baselines / HRNet)
-BOX_PADDING = 1.25
 
 # Every sample's meta has exactly these keys, whatever the dataset, so batches always collate.
 META_KEYS = (

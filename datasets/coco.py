@@ -39,7 +39,6 @@ from typing import Any
 import numpy as np
 
 from datasets.base import (
-    BOX_PADDING,
     Augmentation,
     DataError,
     DecodedImage,
@@ -47,7 +46,7 @@ from datasets.base import (
     decode_image,
     print_note,
 )
-from datasets.codecs import Codec
+from datasets.codecs import BOX_PADDING, Codec
 from datasets.index_cache import IndexCache
 from datasets.records import RecordTable, RecordTableBuilder
 from datasets.registry import DataRequest, register_dataset

@@ -9,17 +9,24 @@ through the same code.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import cv2
 import numpy as np
 import torch
 
+from utils.registry import Registry, UnknownNameError
 from utils.transforms import crop_affine
 
 if TYPE_CHECKING:
     from datasets.skeletons import PartHierarchy
+
+
+# context around a person box in a crop: the box grows by this in both sides (Simple Baselines / HRNet)
+BOX_PADDING = 1.25
 
 
 @dataclass(frozen=True)
@@ -83,26 +90,18 @@ CONVENTIONS = {
     # (their test config: shift_heatmap=False).
     "udp": CoordinateConvention("udp", crop_center=0.0, anchor=0.0, flip_shift=0, size_offset=1.0),
 }
-# The conventions each target type can decode in; a regressor's normalised coordinates have their own.
-CONVENTIONS_OF_TARGET = {
-    "heatmap": ("project", "princeton-vl", "hrnet", "udp"),
-    "regression": ("project",),
-    "simcc": ("project", "mmpose"),
-    # DLCM: the project's own (no published weights to import; see CompositionalCodec)
-    "compositional": ("project",),
-}
+
+
 # The conventions whose heatmaps are encoded as their authors' code encodes them: rounded centre,
 # a 6 sigma + 1 window and its supervision band (HeatmapCodec._authors_window).
 AUTHORS_WINDOW = ("hrnet", "udp")
-# Target types whose last stage is a heatmap per joint, decoded by ``--postProcess``.
-HEATMAP_DECODED = ("heatmap", "compositional")
 
 
 def get_convention(name: str, target_type: str | None = None) -> CoordinateConvention:
     """Convention ``name``; with ``target_type``, one that applies to that target type."""
     if name not in CONVENTIONS:
         raise ValueError(f"unknown coordinate convention {name!r}: choose one of {', '.join(CONVENTIONS)}")
-    allowed = CONVENTIONS_OF_TARGET.get(target_type, tuple(CONVENTIONS))
+    allowed = conventions_of(target_type) if target_type is not None else tuple(CONVENTIONS)
     if name not in allowed:
         raise ValueError(
             f"coordinate convention {name!r} does not apply to {target_type} models: choose one of "
@@ -122,11 +121,97 @@ def mirror_back_columns(output: torch.Tensor, flip_permutation: np.ndarray, shif
     return mirrored
 
 
-class OneOutput:
-    """What a codec whose network output is one tensor says about it (ONNX export and -predict
-    join and split a stage output through these)."""
+@dataclass(frozen=True)
+class CodecRequest:
+    """What the options say about targets; each target type's codec takes the fields it needs."""
 
+    input_size: tuple[int, int]  # (width, height)
+    heatmap_size: tuple[int, int]  # (width, height)
+    sigma: float  # heatmap Gaussian, heatmap px
+    convention: str = "project"
+    post_process: str = "quarter"
+    split_ratio: float = 2.0  # SimCC bins per input px
+    simcc_sigma: tuple[float, float] = (4.9, 5.66)  # SimCC label sigma, bins (x, y)
+    hierarchy: PartHierarchy | None = None  # the joint set's levels of parts (DLCM)
+
+
+class Codec(ABC):
+    """A target type: how joints become a model's training target, how its outputs become joints
+    again, which loss trains it, and how it reads to someone without this code (-export's notes).
+
+    A target type is one subclass registered with ``@register_target_type(name, conventions=...)``;
+    ``make_codec``, ``losses.make_loss``, the export's notes and the output-shape check ask the
+    codec, never a name. What has no safe default is abstract; a codec whose network output is one
+    tensor of the joints alone keeps the defaults of ``split_outputs``, ``join_outputs``,
+    ``joint_target`` and ``target_shape``."""
+
+    target_type: ClassVar[str]  # the name the registry gives it
+    conventions: ClassVar[
+        tuple[str, ...]
+    ]  # the coordinate conventions it decodes in; the first the project's
+    heatmap_decoded: ClassVar[bool] = False  # a heatmap per joint last: --postProcess decodes it
+    needs_hierarchy: ClassVar[bool] = False  # its targets are the joint set's levels of parts
+    # what to change when a model's last stage is not the target's shape (build.check_output_shape)
+    shape_hint: ClassVar[str] = "set outputRes to the model's output height"
     output_names: tuple[str, ...] = ("output",)
+    input_size: tuple[int, int]
+    convention: CoordinateConvention
+
+    @classmethod
+    @abstractmethod
+    def build(cls, request: CodecRequest) -> Codec:
+        """The codec at the run's sizes."""
+
+    @abstractmethod
+    def encode(self, joints: np.ndarray, visible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """joints (K, 2) input px, visible (K,) -> one sample's target, weight (K,) float32."""
+
+    @abstractmethod
+    def decode(self, outputs: Array) -> tuple[Array, Array]:
+        """A batch of last-stage outputs -> joints (N, K, 2) input px, scores (N, K)."""
+
+    @abstractmethod
+    def decode_tensor(self, outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``decode`` on the device (the running training PCK decodes outputs and targets so)."""
+
+    @abstractmethod
+    def output_shape(self, num_joints: int) -> tuple[int, ...]:
+        """A stage output's shape without the batch."""
+
+    @abstractmethod
+    def mirror_back(self, outputs: torch.Tensor, flip_permutation: np.ndarray) -> torch.Tensor:
+        """Outputs for a mirrored input -> the original's (the flip test)."""
+
+    @abstractmethod
+    def confidence(self, scores: np.ndarray) -> np.ndarray:
+        """Decoded scores as -predict writes them per joint."""
+
+    @abstractmethod
+    def describe_decoding(self) -> dict[str, Any]:
+        """The decoding in words and numbers, with a "flip_test" entry (-export's notes)."""
+
+    @abstractmethod
+    def loss(self) -> torch.nn.Module:
+        """The loss that trains a model on these targets, over every stage output."""
+
+    def describe_crop(self) -> str:
+        """How a person box becomes the input crop, in words (-export's notes), by the codec's
+        coordinate convention."""
+        width, height = self.input_size
+        crop_center, offset = self.convention.crop_center, self.convention.size_offset
+        span = "the box height maps to the input height"
+        if offset:  # UDP: the box's sides onto the first and last pixel centres
+            span = (
+                f"the box's sides map to the input's first and last pixel centres (size_offset {offset:g}: "
+                f"x zooms by (W - {offset:g}) / box width, y by (H - {offset:g}) / box height)"
+            )
+        return (
+            f"A person box [x, y, w, h] keeps its centre, grows in one dimension to the input aspect "
+            f"ratio (width / height = {width / height:g}), then both sides grow {BOX_PADDING}x; "
+            f"{span}. The box centre lands at ((W - 1) / 2 + "
+            f"crop_center, (H - 1) / 2 + crop_center) in the input crop (crop_center "
+            f"{crop_center}). Map joints back to the image with the inverse of that affine."
+        )
 
     def split_outputs(self, output: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """A stage output -> the exported graph's outputs."""
@@ -135,10 +220,6 @@ class OneOutput:
     def join_outputs(self, outputs: list[np.ndarray]) -> np.ndarray:
         """The exported graph's outputs (ONNX Runtime's list) -> one stage output."""
         return outputs[0]
-
-    def confidence(self, scores: np.ndarray) -> np.ndarray:
-        """Decoded scores as -predict writes them per joint (its own scores, for this codec)."""
-        return scores
 
     def joint_target(self, target: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A batch's target and weight cut to the joints the last stage predicts (what ``decode``
@@ -150,6 +231,52 @@ class OneOutput:
         """A sample's target shape (without the batch): the last stage's, for a codec whose target
         is the joints alone."""
         return self.output_shape(num_joints)
+
+
+class UnknownTargetTypeError(UnknownNameError, ValueError):
+    """A target type no codec is registered as."""
+
+
+TARGET_TYPES: Registry[type[Codec]] = Registry("target type", UnknownTargetTypeError, sort=False)
+
+
+def register_target_type(
+    name: str, *, conventions: tuple[str, ...], heatmap_decoded: bool = False
+) -> Callable[[type[Codec]], type[Codec]]:
+    """Class decorator registering a codec as target type ``name``, decoding in ``conventions``
+    (names of ``CONVENTIONS``; the first is the project's own)."""
+    unknown = [c for c in conventions if c not in CONVENTIONS]
+    if not conventions or unknown:
+        raise ValueError(
+            f"target type {name!r}: conventions must be some of {', '.join(CONVENTIONS)}, got {conventions}"
+        )
+
+    def register(codec: type[Codec]) -> type[Codec]:
+        codec.target_type, codec.conventions, codec.heatmap_decoded = (
+            name,
+            tuple(conventions),
+            heatmap_decoded,
+        )
+        TARGET_TYPES.add(name, codec)
+        return codec
+
+    return register
+
+
+def target_types() -> list[str]:
+    """The registered target types' names, in registration order."""
+    return TARGET_TYPES.names()
+
+
+def conventions_of(target_type: str) -> tuple[str, ...]:
+    """The coordinate conventions ``target_type`` decodes in."""
+    return TARGET_TYPES.get(target_type).conventions
+
+
+def decodes_heatmaps(target_type: str) -> bool:
+    """Whether ``target_type``'s last stage is a heatmap per joint (decoded by --postProcess,
+    sized by an output stride)."""
+    return TARGET_TYPES.get(target_type).heatmap_decoded
 
 
 # How a heatmap becomes a sub-pixel position (``--postProcess``): see quarter_peaks and dark_peaks.
@@ -334,13 +461,15 @@ def dark_peaks(heatmaps: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarr
     return joints, scores.astype(np.float64)
 
 
-class HeatmapCodec(OneOutput):
+@register_target_type(
+    "heatmap", conventions=("project", "princeton-vl", "hrnet", "udp"), heatmap_decoded=True
+)
+class HeatmapCodec(Codec):
     """One Gaussian heatmap per joint. Decoding follows ``post_process``: "quarter" (argmax plus
     a quarter-pixel step towards the higher neighbour, ``quarter_peaks``) or "dark" (Gaussian
     smoothing and a Taylor step on the log, ``dark_peaks``); both give heatmap px, which
     ``to_input_frame`` maps to the input crop by the coordinate convention."""
 
-    target_type = "heatmap"
     output_names = ("heatmaps",)
 
     def __init__(
@@ -367,6 +496,21 @@ class HeatmapCodec(OneOutput):
             (self.heatmap_size[0] - offset) / (self.input_size[0] - offset),
             (self.heatmap_size[1] - offset) / (self.input_size[1] - offset),
         )
+
+    @classmethod
+    def build(cls, request: CodecRequest) -> HeatmapCodec:
+        return cls(
+            request.input_size, request.heatmap_size, request.sigma, request.convention, request.post_process
+        )
+
+    def confidence(self, scores: np.ndarray) -> np.ndarray:
+        """The heatmap peak, as it is."""
+        return scores
+
+    def loss(self) -> torch.nn.Module:
+        from losses import HeatmapMSELoss
+
+        return HeatmapMSELoss()
 
     def to_heatmap_frame(self, joints: Array) -> Array:
         """joints (..., 2) input px -> heatmap px (float64; numpy or a tensor, as given)."""
@@ -562,17 +706,39 @@ class HeatmapCodec(OneOutput):
         )
 
 
-class RegressionCodec(OneOutput):
+@register_target_type("regression", conventions=("project",))
+class RegressionCodec(Codec):
     """Joint coordinates normalised to the crop, (x + 0.5) / width - 0.5, so the crop spans
     [-0.5, 0.5] whatever its size (DeepPose regresses these directly)."""
 
-    target_type = "regression"
     convention = CONVENTIONS["project"]
     output_names = ("coordinates",)
 
     def __init__(self, input_size: tuple[int, int]) -> None:
         self.input_size = tuple(input_size)
         self._size = (float(self.input_size[0]), float(self.input_size[1]))
+
+    @classmethod
+    def build(cls, request: CodecRequest) -> RegressionCodec:
+        get_convention(request.convention, cls.target_type)  # its one convention
+        return cls(request.input_size)
+
+    def confidence(self, scores: np.ndarray) -> np.ndarray:
+        """All ones: a regressor states no confidence."""
+        return scores
+
+    def loss(self) -> torch.nn.Module:
+        from losses import RegressionL2Loss
+
+        return RegressionL2Loss()
+
+    def describe_crop(self) -> str:
+        width, height = self.input_size
+        return (
+            f"A person box [x, y, w, h] keeps its centre, grows in one dimension to the input aspect "
+            f"ratio (width / height = {width / height:g}), then both sides grow {BOX_PADDING}x; the box "
+            "height maps to the input height and its centre lands at ((W - 1) / 2, (H - 1) / 2)."
+        )
 
     def encode(self, joints: np.ndarray, visible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """joints (K, 2) input px, visible (K,) -> target (K, 2) float32, weight (K,) float32."""
@@ -622,7 +788,8 @@ class RegressionCodec(OneOutput):
         }
 
 
-class SimCCCodec(OneOutput):
+@register_target_type("simcc", conventions=("project", "mmpose"))
+class SimCCCodec(Codec):
     """SimCC (Li et al., "SimCC: a Simple Coordinate Classification Perspective for Human Pose
     Estimation", ECCV 2022), as RTMPose uses it: each joint is two 1-D classifications, over
     Wx = round(w x split_ratio) bins for x and Wy = round(h x split_ratio) for y.
@@ -643,8 +810,8 @@ class SimCCCodec(OneOutput):
     as the score the smaller of the two maxima, raw logits as the network gives them.
     """
 
-    target_type = "simcc"
     output_names = ("simcc_x", "simcc_y")
+    shape_hint = "the model's SimCC bins follow inputRes, aspectRatio and simccSplitRatio"
 
     def __init__(
         self,
@@ -665,6 +832,15 @@ class SimCCCodec(OneOutput):
             round(self.input_size[0] * self.split_ratio),
             round(self.input_size[1] * self.split_ratio),
         )
+
+    @classmethod
+    def build(cls, request: CodecRequest) -> SimCCCodec:
+        return cls(request.input_size, request.split_ratio, request.simcc_sigma, request.convention)
+
+    def loss(self) -> torch.nn.Module:
+        from losses import SimCCKLLoss
+
+        return SimCCKLLoss(self.bins[0])
 
     def output_shape(self, num_joints: int) -> tuple[int, ...]:
         """A stage output's shape without the batch: (K, Wx + Wy)."""
@@ -795,6 +971,7 @@ def bone_maps(starts: np.ndarray, ends: np.ndarray, size: tuple[int, int], sigma
     return np.exp(-squared / (2 * sigma**2))
 
 
+@register_target_type("compositional", conventions=("project",), heatmap_decoded=True)
 class CompositionalCodec(HeatmapCodec):
     """DLCM's targets (Tang, Yu & Wu, "Deeply Learned Compositional Models for Human Pose
     Estimation", ECCV 2018): a score map per part of every level of a hierarchy
@@ -820,7 +997,7 @@ class CompositionalCodec(HeatmapCodec):
       those children's maps (the authors' rule: a leg whose ankle is unlabelled keeps its thigh).
     """
 
-    target_type = "compositional"
+    needs_hierarchy = True
 
     def __init__(
         self,
@@ -840,6 +1017,20 @@ class CompositionalCodec(HeatmapCodec):
         )
         self.stage_levels = hierarchy.stage_levels
         self._first_bones = hierarchy.bones(1)  # per level-1 part, its (joint, joint) pairs
+
+    @classmethod
+    def build(cls, request: CodecRequest) -> CompositionalCodec:
+        if request.hierarchy is None:
+            raise ValueError("a compositional codec needs the joint set's hierarchy of parts")
+        return cls(
+            request.input_size, request.heatmap_size, request.sigma, request.hierarchy, request.convention,
+            request.post_process,
+        )  # fmt: skip
+
+    def loss(self) -> torch.nn.Module:
+        from losses import CompositionalMSELoss
+
+        return CompositionalMSELoss(self.level_slices, self.stage_levels)
 
     @property
     def num_maps(self) -> int:
@@ -927,9 +1118,6 @@ class CompositionalCodec(HeatmapCodec):
         }
 
 
-Codec = HeatmapCodec | RegressionCodec | SimCCCodec | CompositionalCodec
-
-
 def make_codec(
     target_type: str,
     input_size: tuple[int, int],
@@ -950,17 +1138,12 @@ def make_codec(
     codecs take ``split_ratio`` and ``simcc_sigma`` (x, y in bins) and decode by the argmax;
     compositional codecs (DLCM) take the joint set's ``hierarchy`` of parts and decode their last
     stage as heatmaps."""
-    if target_type not in CONVENTIONS_OF_TARGET:
-        raise ValueError(f"unknown target type {target_type!r}")
-    if post_process != "quarter" and target_type not in HEATMAP_DECODED:
+    codec = TARGET_TYPES.get(target_type)  # an unknown one: one line naming the registered
+    if post_process != "quarter" and not codec.heatmap_decoded:
         raise ValueError(f"post-process {post_process!r} applies to heatmap models only")
-    if target_type == "heatmap":
-        return HeatmapCodec(input_size, heatmap_size, sigma, convention, post_process)
-    if target_type == "compositional":
-        if hierarchy is None:
-            raise ValueError("a compositional codec needs the joint set's hierarchy of parts")
-        return CompositionalCodec(input_size, heatmap_size, sigma, hierarchy, convention, post_process)
-    if target_type == "simcc":
-        return SimCCCodec(input_size, split_ratio, simcc_sigma, convention)
-    get_convention(convention, target_type)  # a regressor's one convention
-    return RegressionCodec(input_size)
+    get_convention(convention, target_type)
+    request = CodecRequest(
+        tuple(input_size), tuple(heatmap_size), sigma, convention, post_process, split_ratio,
+        tuple(simcc_sigma), hierarchy,
+    )  # fmt: skip
+    return codec.build(request)

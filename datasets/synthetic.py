@@ -22,8 +22,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from datasets.base import BOX_PADDING, Augmentation, KeypointDataset
-from datasets.codecs import Codec
+from datasets.base import Augmentation, KeypointDataset
+from datasets.codecs import BOX_PADDING, Codec
 from datasets.registry import DataRequest, register_dataset
 from datasets.skeletons import MPII_JOINTS
 from metrics.mpii import pckh_of

@@ -89,13 +89,5 @@ class CompositionalMSELoss(nn.Module):
 
 
 def make_loss(codec: Codec) -> nn.Module:
-    """The loss of ``codec``'s target type."""
-    if codec.target_type == "heatmap":
-        return HeatmapMSELoss()
-    if codec.target_type == "regression":
-        return RegressionL2Loss()
-    if codec.target_type == "simcc":
-        return SimCCKLLoss(codec.bins[0])
-    if codec.target_type == "compositional":
-        return CompositionalMSELoss(codec.level_slices, codec.stage_levels)
-    raise ValueError(f"unknown target type {codec.target_type!r}")
+    """The loss of ``codec``'s target type: the one its codec names (``Codec.loss``)."""
+    return codec.loss()

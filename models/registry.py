@@ -14,7 +14,7 @@ A "compositional" model (DLCM, Tang et al. ECCV 2018) predicts a hierarchy of pa
 level bottom-up then top-down, each stage output (N, K_l, H, W) with its level's K_l maps; the
 last stage is the joints' heatmaps (see ``datasets.codecs.CompositionalCodec``).
 
-A heatmap model (and a compositional one: ``datasets.codecs.HEATMAP_DECODED``) also states which
+A heatmap model (any whose target type decodes heatmaps: ``datasets.codecs.decodes_heatmaps``) also states which
 ``inputRes / outputRes`` strides it can produce and, when it halves its heatmap-sized features
 internally (an hourglass), the option counting the halvings, so
 ``utils.option_checks.check_model_sizes`` refuses a configuration it cannot build before anything is built.
@@ -38,10 +38,8 @@ from typing import Any
 
 from torch import nn
 
-from datasets.codecs import CONVENTIONS_OF_TARGET
+from datasets.codecs import target_types
 from utils.registry import Registry, UnknownNameError
-
-TARGET_TYPES = tuple(CONVENTIONS_OF_TARGET)  # each has a codec (datasets/codecs.py)
 
 
 @dataclass(frozen=True)
@@ -108,8 +106,8 @@ def register_model(
     produce. ``heatmap_halvings``: the config option counting how often it halves its
     heatmap-sized features (e.g. ``nReductions``). ``trains_with_target``, ``stage_metrics`` (a
     lower-case label) and ``uses_training_poses``: see the module docstring."""
-    if target not in TARGET_TYPES:
-        raise ValueError(f"target must be one of {TARGET_TYPES}, got {target!r}")
+    if target not in target_types():  # each has a codec (datasets/codecs.py's register_target_type)
+        raise ValueError(f"target must be one of {tuple(target_types())}, got {target!r}")
     if stage_metrics is not None and not re.fullmatch(r"[a-z]+", stage_metrics):
         raise ValueError(f"stage_metrics must be a lower-case word, got {stage_metrics!r}")
     if output_strides is not None and (not output_strides or min(output_strides) < 1):

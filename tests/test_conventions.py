@@ -30,7 +30,7 @@ import pytest
 import torch
 
 from datasets.coco import box_to_center_scale
-from datasets.codecs import CONVENTIONS, CONVENTIONS_OF_TARGET, HeatmapCodec, mirror_back_columns
+from datasets.codecs import CONVENTIONS, HeatmapCodec, conventions_of, mirror_back_columns
 from utils.transforms import apply_affine, crop_affine, invert_affine
 
 TOLERANCE = 0.3  # input-crop pixels
@@ -485,7 +485,7 @@ def test_own_convention_decodes_the_point(case: Case, flip: bool) -> None:
 WRONG_PAIRS = [
     (case, name)
     for case in CASES
-    for name in CONVENTIONS_OF_TARGET["heatmap"]
+    for name in conventions_of("heatmap")
     if name != case.codebase and "udp" not in (name, case.codebase)
 ]
 
@@ -516,7 +516,7 @@ def separation(case: Case, convention: str) -> float:
 UDP_WRONG_PAIRS = [
     (case, name)
     for case in CASES
-    for name in CONVENTIONS_OF_TARGET["heatmap"]
+    for name in conventions_of("heatmap")
     if name != case.codebase and "udp" in (name, case.codebase) and separation(case, name) > 2 * TOLERANCE
 ]
 
@@ -545,9 +545,7 @@ def test_udp_and_a_wrong_convention_miss_each_others_points(case: Case, conventi
 
 def test_udp_pairs_test_every_udp_case_against_every_other_convention() -> None:
     for case in (c for c in CASES if c.codebase == "udp"):
-        assert {name for c, name in UDP_WRONG_PAIRS if c is case} == set(CONVENTIONS_OF_TARGET["heatmap"]) - {
-            "udp"
-        }
+        assert {name for c, name in UDP_WRONG_PAIRS if c is case} == set(conventions_of("heatmap")) - {"udp"}
     assert {c.codebase for c, name in UDP_WRONG_PAIRS if name == "udp"} == {
         "hrnet",
         "princeton-vl",

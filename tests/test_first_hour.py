@@ -103,7 +103,7 @@ def test_a_config_file_not_found_suggests_the_one_meant(capsys) -> None:
 
 
 def test_the_help_text_has_the_projects_footer_and_says_what_each_option_does() -> None:
-    from models.registry import TARGET_TYPES
+    from datasets.codecs import target_types
     from utils.options import DEFAULT_DETECTOR_THRESHOLD, build_parser
 
     parser = build_parser()
@@ -115,7 +115,7 @@ def test_the_help_text_has_the_projects_footer_and_says_what_each_option_does() 
     ]
     assert not undocumented, f"options without help: {undocumented}"
     helps = {a.dest: " ".join((a.help or "").split()) for a in parser._actions}
-    assert all(kind in helps["TargetType"] for kind in TARGET_TYPES)
+    assert all(kind in helps["TargetType"] for kind in target_types())
     assert f"{DEFAULT_DETECTOR_THRESHOLD}" in helps["detScoreThreshold"]
     assert "-predict" in helps["bboxFile"] and "frame" in helps["bboxFile"]
 
@@ -284,8 +284,8 @@ def test_a_predicted_person_is_drawn_in_its_colour_with_its_box_and_score_and_on
 
 @pytest.mark.e2e
 def test_the_demo_leaves_pictures_its_printed_predict_command_runs_on(tmp_path: Path, capsys) -> None:
-    from datasets.base import BOX_PADDING
     from datasets.coco import box_to_center_scale
+    from datasets.codecs import BOX_PADDING
 
     run(tmp_path, "--nEpochs", "1", "--expID", "d")
     out = capsys.readouterr().out

@@ -54,10 +54,10 @@ def test_duplicate_registration_rejected():
 
 
 def test_every_registered_model_declares_a_target_type():
-    from models.registry import TARGET_TYPES
+    from datasets.codecs import target_types
 
     for name in list_models():
-        assert get_entry(name).target_type in TARGET_TYPES
+        assert get_entry(name).target_type in target_types()
     assert get_entry("DLCM").target_type == "compositional"
 
 

@@ -144,8 +144,11 @@ def _check_target_type(opts: Options, entry: Any) -> None:
 
 
 def _check_hierarchy(opts: Options, dataset: Any) -> None:
-    """A compositional model (DLCM) predicts the joint set's levels of parts: it needs some."""
-    if opts.target_type != "compositional" or opts.hierarchy is not None:
+    """A model whose targets are the joint set's levels of parts (DLCM's compositional ones) needs
+    a joint set that has some."""
+    from datasets.codecs import TARGET_TYPES
+
+    if not TARGET_TYPES.get(opts.target_type).needs_hierarchy or opts.hierarchy is not None:
         return
     if dataset.joint_spec is None:
         raise _error(
@@ -206,11 +209,11 @@ def _check_numbers(opts: Options, entry: Any) -> None:
 
 
 def _check_choices(opts: Options) -> None:
-    from datasets.codecs import CONVENTIONS, CONVENTIONS_OF_TARGET, HEATMAP_DECODED, POST_PROCESSES
+    from datasets.codecs import CONVENTIONS, POST_PROCESSES, conventions_of, decodes_heatmaps
 
     if opts.coordConvention not in CONVENTIONS:
         raise _error(f"coordConvention: {opts.coordConvention!r} is not one of {', '.join(CONVENTIONS)}")
-    allowed = CONVENTIONS_OF_TARGET[opts.target_type]
+    allowed = conventions_of(opts.target_type)
     if opts.coordConvention not in allowed:
         raise _error(
             f"coordConvention: {opts.coordConvention!r} does not apply to {opts.target_type} models "
@@ -218,7 +221,7 @@ def _check_choices(opts: Options) -> None:
         )
     if opts.postProcess not in POST_PROCESSES:
         raise _error(f"postProcess: {opts.postProcess!r} is not one of {', '.join(POST_PROCESSES)}")
-    if opts.postProcess != "quarter" and opts.target_type not in HEATMAP_DECODED:
+    if opts.postProcess != "quarter" and not decodes_heatmaps(opts.target_type):
         raise _error(f"postProcess: {opts.postProcess!r} applies to heatmap models only")
     for key, allowed in (("amp", AMP_MODES), ("lrSchedule", LR_SCHEDULES), ("progress", PROGRESS_MODES)):
         if getattr(opts, key) not in allowed:
@@ -349,21 +352,22 @@ def check_model_sizes(opts: Options) -> None:
     """Refuse sizes the model's registry entry states it cannot build: an ``outputRes / inputRes``
     ratio it does not produce, or more halvings of the heatmap grid (``heatmap_halvings``, e.g. an
     hourglass's nReductions) than the grid has pixels for."""
-    from datasets.codecs import HEATMAP_DECODED
+    from datasets.codecs import decodes_heatmaps
     from models.registry import get_entry
 
     entry = get_entry(opts.model)
     input_res, output_res, aspect_ratio = opts.inputRes, opts.outputRes, opts.aspectRatio
     strides = entry.output_strides
     reachable = not input_res % output_res and input_res // output_res in (strides or ())
-    if entry.target_type in HEATMAP_DECODED and strides is not None and not reachable:
+    heatmaps = decodes_heatmaps(entry.target_type)
+    if heatmaps and strides is not None and not reachable:
         fits = [str(input_res // s) for s in strides if input_res % s == 0]
         hint = f" (outputRes {' or '.join(fits)} for inputRes {input_res})" if fits else ""
         raise _error(
             f"outputRes: {output_res} with inputRes {input_res} is a ratio {entry.name} cannot produce; "
             f"it accepts outputRes / inputRes {entry.output_ratios()}{hint}"
         )
-    if entry.target_type not in HEATMAP_DECODED or entry.heatmap_halvings is None:
+    if not heatmaps or entry.heatmap_halvings is None:
         return
     key = entry.heatmap_halvings
     halvings = getattr(opts, key, None)
