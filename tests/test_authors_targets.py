@@ -20,6 +20,11 @@ HEATMAP = (48, 64)
 SIGMA = 2.0
 
 
+def off_the_map(left: float, top: float, right: float, bottom: float, W: int, H: int) -> bool:
+    """Their codecs' one supervision test: the window [left, right) x [top, bottom) misses the map."""
+    return left >= W or top >= H or right < 0 or bottom < 0
+
+
 def msra_heatmaps(keypoints: np.ndarray, visible: np.ndarray, udp: bool) -> tuple[np.ndarray, np.ndarray]:
     """(K, 2) input px -> (K, H, W), (K,): MSRAHeatmap (udp=False) or UDPHeatmap (udp=True)."""
     W, H = HEATMAP
@@ -40,7 +45,7 @@ def msra_heatmaps(keypoints: np.ndarray, visible: np.ndarray, udp: bool) -> tupl
         mu = (point + 0.5).astype(np.int64)
         left, top = (mu - radius).astype(np.int64)
         right, bottom = (mu + radius + 1).astype(np.int64)
-        if left >= W or top >= H or right < 0 or bottom < 0:
+        if off_the_map(left, top, right, bottom, W, H):
             weights[k] = 0
             continue
         x0 = y0 = size // 2
@@ -69,9 +74,7 @@ def unbiased_heatmaps(keypoints: np.ndarray, visible: np.ndarray) -> tuple[np.nd
     for k, mu in enumerate(points):
         if visible[k] < 0.5:
             continue
-        left, top = mu - radius
-        right, bottom = mu + radius + 1
-        if left >= W or top >= H or right < 0 or bottom < 0:
+        if off_the_map(*(mu - radius), *(mu + radius + 1), W, H):
             weights[k] = 0
             continue
         gaussian = np.exp(-((x - mu[0]) ** 2 + (y - mu[1]) ** 2) / (2 * SIGMA**2))
@@ -93,9 +96,7 @@ def simcc_labels(keypoints: np.ndarray, visible: np.ndarray, ratio: float, sigma
     for k, mu in enumerate(split):
         if visible[k] < 0.5:
             continue
-        left, top = mu - radius
-        right, bottom = mu + radius + 1
-        if left >= W or top >= H or right < 0 or bottom < 0:
+        if off_the_map(*(mu - radius), *(mu + radius + 1), W, H):
             weights[k] = 0
             continue
         target_x[k] = np.exp(-((x - mu[0]) ** 2) / (2 * sigma[0] ** 2))
