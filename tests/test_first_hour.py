@@ -317,3 +317,22 @@ def test_export_prints_absolute_paths(tmp_path: Path, checkpoint: Path, monkeypa
     assert entry.main(["-export", "pose.onnx", "--loadModel", str(checkpoint)]) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert f"to {tmp_path / 'pose.onnx'} (opset" in line and line.endswith(f"notes: {tmp_path / 'pose.json'}")
+
+
+def test_each_person_of_a_picture_is_drawn_in_a_colour_of_its_own(tmp_path: Path) -> None:
+    import cv2
+
+    import predict
+
+    frame = predict.Frame("two.png", None, np.zeros((120, 200, 3), dtype=np.uint8))
+    frame.boxes = [([10.0, 10.0, 60.0, 100.0], 1.0), ([120.0, 10.0, 60.0, 100.0], 0.5)]
+    frame.poses = [
+        np.array([[40.0, 30.0, 0.9], [40.0, 90.0, 0.9]]),
+        np.array([[150.0, 30.0, 0.9], [150.0, 90.0, 0.1]]),
+    ]
+    (first, second) = predict.write_outputs([frame], tmp_path, ((0, 1),), (), {}, draw_threshold=0.3)
+    assert first["score"] == pytest.approx(0.9) and second["score"] == pytest.approx(0.25)
+    drawn = cv2.cvtColor(cv2.imread(str(tmp_path / "two.png.png")), cv2.COLOR_BGR2RGB)
+    assert tuple(drawn[60, 40]) == predict.TRACK_COLORS[0]  # the first person's limb
+    assert tuple(drawn[60, 120]) == predict.TRACK_COLORS[1]  # the second's box edge
+    assert not drawn[60, 150].any()  # its limb to a joint of confidence 0.1 is not drawn
