@@ -36,6 +36,35 @@ TINY_RUN = [
 ]  # fmt: skip
 
 
+# Each registered model at widths small enough for a CPU test, whatever the test's input size; the
+# options that depend on the size (an hourglass's pooling steps, a trunk's input sides) are each
+# test's own. The one table of small models: tests add sizes to it, never widths.
+SMALL_WIDTHS = {
+    "StackedHourGlass": ["--nChannels", "16", "--nStack", "2"],
+    "PoseAttention": ["--nChannels", "16", "--nStack", "2", "--LRNSize", "3"],
+    "PyraNet": ["--nChannels", "16", "--nStack", "2", "--baseWidth", "4"],
+    "DeepPose": ["--baseName", "resnet18", "--nCascade", "1"],
+    "ChainedPredictions": ["--modelName", "resnet18"],
+    "SimpleBaseline": ["--baseName", "resnet18", "--deconvFilters", "16"],
+    "HRNet": ["--hrnetWidth", "4"],
+    "RTMPose": ["--rtmposeSize", "t"],
+    "ViTPose": ["--vitWidth", "32", "--vitDepth", "2", "--vitNumHeads", "4", "--deconvFilters", "16"],
+    "IEF": ["--nIterations", "2"],
+    # wider than the 16 joint maps a top-down stage sets beside its features
+    "DLCM": ["--nChannels", "24", "--nReductions", "2"],
+}  # fmt: skip
+# a paper's width or size names its conf file
+CONF_NAMES = {"HRNet": "HRNet-W32", "RTMPose": "RTMPose-t", "ViTPose": "ViTPose-S"}
+CONF_FILES = {
+    name: REPO_ROOT / "conf" / "models" / f"{CONF_NAMES.get(name, name)}.defconf" for name in SMALL_WIDTHS
+}
+
+
+def small_model(name: str, *sizes: str) -> list[str]:
+    """``name``'s small widths (``SMALL_WIDTHS``) with a test's size options."""
+    return [*SMALL_WIDTHS[name], *sizes]
+
+
 def parse_error(capsys, argv: list[str], skip_notes: bool = False) -> str:
     """parse_options(argv) must exit with status 2 and one stderr line, which is returned. With
     ``skip_notes`` the ``note:`` lines printed beside it are left out before counting."""

@@ -32,10 +32,9 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from test_models import CONF_FILES
 from test_models import SMALL as MODEL_SIZES
 
-from conftest import REPO_ROOT, SHARED_DATA, TINY_RUN
+from conftest import CONF_FILES, REPO_ROOT, SHARED_DATA, TINY_RUN
 from datasets import make_codec
 from losses import make_loss
 from models import build_model, list_models

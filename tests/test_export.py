@@ -10,34 +10,30 @@ import numpy as np
 import onnxruntime
 import pytest
 import torch
-from test_models import CONF_FILES
 
 import main as entry
 from build import load_trained
+from conftest import CONF_FILES, SMALL_WIDTHS, small_model
 from datasets.skeletons import MPII_JOINTS
 from models import build_model, list_models
 from utils.checkpoint import save_checkpoint
 from utils.options import parse_options
 
-# Each model at a size that exports in a few seconds on one core (32x32 input, 8x8 heatmaps).
-SMALL = {
-    "StackedHourGlass": ["--nChannels", "16", "--nStack", "2", "--nReductions", "2"],
-    "PoseAttention": ["--nChannels", "16", "--nStack", "2", "--nReductions", "2", "--LRNSize", "3"],
-    "PyraNet": ["--nChannels", "16", "--nStack", "2", "--nReductions", "2", "--baseWidth", "4"],
-    "DeepPose": ["--baseName", "resnet18", "--nCascade", "1", "--cropSize", "16"],
-    "ChainedPredictions": ["--modelName", "resnet18"],
-    "HRNet": ["--hrnetWidth", "4"],
-    "IEF": ["--nIterations", "2"],
-    "DLCM": ["--nChannels", "24", "--nReductions", "2"],
+# Each model at a size that exports in a few seconds on one core (32x32 input, 8x8 heatmaps;
+# conftest's widths)
+AT_32 = {
+    "StackedHourGlass": ["--nReductions", "2"],
+    "PoseAttention": ["--nReductions", "2"],
+    "PyraNet": ["--nReductions", "2"],
+    "DeepPose": ["--cropSize", "16"],
     # a ResNet trunk needs sides that are multiples of 32: a 32x64 (w x h) crop, 8x16 heatmaps
-    "SimpleBaseline": ["--baseName", "resnet18", "--deconvFilters", "16", "--inputRes", "64", "--outputRes", "16",
-                       "--aspectRatio", "0.5"],
+    "SimpleBaseline": ["--inputRes", "64", "--outputRes", "16", "--aspectRatio", "0.5"],
     # as SimpleBaseline: both sides multiples of 32
-    "RTMPose": ["--rtmposeSize", "t", "--inputRes", "64", "--outputRes", "16", "--aspectRatio", "0.5"],
+    "RTMPose": ["--inputRes", "64", "--outputRes", "16", "--aspectRatio", "0.5"],
     # 16x16 patches: a 48x64 (w x h) crop, 12x16 heatmaps
-    "ViTPose": ["--vitWidth", "32", "--vitDepth", "2", "--vitNumHeads", "4", "--deconvFilters", "16",
-                "--inputRes", "64", "--outputRes", "16"],
+    "ViTPose": ["--inputRes", "64", "--outputRes", "16"],
 }  # fmt: skip
+SMALL = {name: small_model(name, *AT_32.get(name, [])) for name in SMALL_WIDTHS}
 CASES = [(name, "project") for name in sorted(SMALL)] + [
     ("StackedHourGlass", "hrnet"), ("RTMPose", "mmpose"), ("ViTPose", "udp"),
 ]  # fmt: skip

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_models import CONF_FILES, SMALL
+from test_models import SMALL
 
+from conftest import CONF_FILES
 from models import build_model, list_models
 from models.layers import ConvTranspose2d
 from models.registry import get_entry

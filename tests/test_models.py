@@ -4,7 +4,7 @@ codec and loss chosen from its declared target type."""
 import pytest
 import torch
 
-from conftest import REPO_ROOT
+from conftest import CONF_FILES, SMALL_WIDTHS, small_model
 from datasets import SyntheticPeople, make_codec
 from engine import prepare_images
 from losses import make_loss
@@ -12,24 +12,14 @@ from models import build_model, list_models
 from models.registry import get_entry
 from utils.options import parse_options
 
-# Overrides that make each paper configuration small enough for a CPU test.
-SMALL = {
-    "StackedHourGlass": ["--nChannels", "16", "--nStack", "2", "--nReductions", "2"],
-    "PoseAttention": ["--nChannels", "16", "--nStack", "2", "--nReductions", "3", "--LRNSize", "3"],
-    "PyraNet": ["--nChannels", "16", "--nStack", "2", "--nReductions", "3", "--baseWidth", "4"],
-    "DeepPose": ["--baseName", "resnet18", "--nCascade", "1"],
-    "ChainedPredictions": ["--modelName", "resnet18"],
-    "SimpleBaseline": ["--baseName", "resnet18", "--deconvFilters", "32"],
-    "HRNet": ["--hrnetWidth", "8"],
-    "RTMPose": ["--rtmposeSize", "t"],  # at the tests' 64x64 input: a 2x2 map for the head
-    "ViTPose": ["--vitWidth", "32", "--vitDepth", "2", "--vitNumHeads", "4", "--deconvFilters", "16"],
-    "IEF": ["--nIterations", "2", "--pathSteps", "2"],
-    # wider than the 16 joint maps a top-down stage sets beside its features
-    "DLCM": ["--nChannels", "24", "--nReductions", "2"],
-}
-# a paper's width or size names the file
-CONF_NAMES = {"HRNet": "HRNet-W32", "RTMPose": "RTMPose-t", "ViTPose": "ViTPose-S"}
-CONF_FILES = {name: REPO_ROOT / "conf" / "models" / f"{CONF_NAMES.get(name, name)}.defconf" for name in SMALL}
+# Each model small enough for a CPU test at the tests' 64x64 input (conftest's widths)
+AT_64 = {
+    "StackedHourGlass": ["--nReductions", "2"],
+    "PoseAttention": ["--nReductions", "3"],
+    "PyraNet": ["--nReductions", "3"],
+    "IEF": ["--pathSteps", "2"],
+}  # fmt: skip
+SMALL = {name: small_model(name, *AT_64.get(name, [])) for name in SMALL_WIDTHS}
 
 
 def test_every_registered_model_has_a_conf_file_and_a_small_size():
