@@ -36,7 +36,7 @@ from recipe import ExpMomentumEMA, LayerDecayError, StepwiseLR, parameter_groups
 from utils.distributed import DistributedContext, setup_distributed
 from utils.option_checks import AUGMENTATION_KEYS
 from utils.options import fail_option
-from utils.threads import ThreadPlan, plan_threads, usable_cores
+from utils.threads import ThreadPlan, apply_thread_plan
 
 if TYPE_CHECKING:
     from utils.options import Options
@@ -69,15 +69,7 @@ def build_run(opts: Options, with_train: bool) -> RunParts:
     """Device, seed, network, codec, loss, datasets and loaders, in that order."""
     configure_numerics(opts.deterministic)  # before CUDA starts: cuBLAS reads its workspace setting once
     context = setup_distributed(opts.gpuid, opts.distTimeout)
-    threads = plan_threads(
-        opts.cpuThreads,
-        opts.nThreads,
-        usable_cores(),
-        max(1, context.local_world_size),
-        os.environ.get("OMP_NUM_THREADS"),
-    )
-    if torch.get_num_threads() != threads.threads:
-        torch.set_num_threads(threads.threads)
+    threads = apply_thread_plan(opts.cpuThreads, opts.nThreads, max(1, context.local_world_size))
     # the same seed on every rank gives identical initial weights; augmentation and data order
     # have their own (seed, epoch, index) generators, so ranks still see different samples
     seed_everything(opts.seed)
@@ -261,15 +253,14 @@ def make_loaders(
     val_set: KeypointDataset,
     opts: Options,
     context: DistributedContext,
-    min_batch: int = 1,
-    workers: int | None = None,
+    min_batch: int,
+    workers: int,
 ) -> tuple[DataLoader | None, DataLoader]:
-    """Validation and training loaders with ``workers`` DataLoader workers (default
-    ``--nThreads``). A last training batch smaller than ``min_batch`` (the smallest batch the model
-    can train on) is left out of every epoch; a batch size or training set that leaves no such
-    batch at all is refused in one line."""
+    """Validation and training loaders with ``workers`` DataLoader workers (``--nThreads`` capped
+    at the cores: utils/threads.py). A last training batch smaller than ``min_batch`` (the smallest
+    batch the model can train on) is left out of every epoch; a batch size or training set that
+    leaves no such batch at all is refused in one line."""
     pin = context.device.type == "cuda" and not opts.dont_pin_memory
-    workers = opts.nThreads if workers is None else workers
     common = {"batch_size": opts.data_loader_size, "num_workers": workers, "pin_memory": pin}
     # bad samples go to <run>/bad_samples.txt; a dead worker's error names its sample (datasets/loading.py)
     common["report"] = BadSampleReport(opts.run_dir, [train_set, val_set], context.is_main, context.device)

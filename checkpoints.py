@@ -51,14 +51,6 @@ RUN_START_FILES = ("config.defconf", "tb", "log.txt", "metrics.jsonl", "bad_samp
 RECORD_FILES = ("log.txt", "metrics.jsonl")
 
 
-def on_command_line() -> str:
-    return ON_COMMAND_LINE
-
-
-def _fail(message: str) -> NoReturn:
-    fail(message)
-
-
 # --- which run, which keys -------------------------------------------------------------------------
 
 
@@ -69,12 +61,12 @@ def read_stored_config(path: str | Path) -> dict[str, Any]:
     try:
         state = load_checkpoint(path, mmap=True)  # the weights are read once, when they are loaded
     except CheckpointError as error:
-        _fail(f"loadModel: {error} {on_command_line()}")
+        fail(f"loadModel: {error} {ON_COMMAND_LINE}")
     config = state.get("config")
     if not isinstance(config, dict):
-        _fail(
+        fail(
             f"loadModel: {path} stores no config; give the model's options (-ModelConfig) to use it "
-            f"{on_command_line()}"
+            f"{ON_COMMAND_LINE}"
         )
     return config
 
@@ -94,10 +86,11 @@ def resume_changes(
     unnoticed."""
     defaults = defaults or {}
     written = {key: stored[key] if key in stored else defaults[key] for key in {*stored, *defaults}}
+    owned = command_keys()
     return {
         key: (written[key], value)
         for key, value in opts.config.items()
-        if key in written and key not in command_keys() and value != written[key]
+        if key in written and key not in owned and value != written[key]
     }
 
 
@@ -257,22 +250,31 @@ def load_weights(model: nn.Module, opts: Options, averaged: bool = True) -> dict
     try:
         state = load_checkpoint(opts.loadModel)
     except CheckpointError as error:
-        _fail(f"loadModel: {error}")
+        fail(f"loadModel: {error}")
     weights = state["ema"]["model"] if averaged and state.get("ema") else state["model"]
     try:
         model.load_state_dict(weights)
     except RuntimeError as error:
         stored = state.get("config") or {}
+        free = (*command_keys(), *STEERING_KEYS)  # keys that say nothing of the network
         differing = [
             f"{k} {stored[k]} vs {v}"
             for k, v in opts.config.items()
-            if k in stored and stored[k] != v and k not in command_keys() + STEERING_KEYS
+            if k in stored and stored[k] != v and k not in free
         ]
-        _fail(
+        fail(
             f"loadModel: the weights do not fit: checkpoint: {describe(stored)}; config: {describe(opts.config)}"
             f"{'; options: ' + ', '.join(differing) if differing else ''}; first difference: {first_mismatch(error)}"
         )
     return state
+
+
+def averaged_note(path: str) -> str:
+    return f"using the moving average of the weights in {path} (--ema 1)"
+
+
+def from_epoch_one_note(path: str) -> str:
+    return f"loaded weights from {path}; counting epochs from 1"
 
 
 @dataclass
@@ -288,11 +290,9 @@ def read_weights(model: nn.Module, opts: Options) -> ReadCheckpoint:
     """Load --loadModel's weights as its validation scored them (the moving average of a --ema 1
     run) into ``model``, for -test and --browse: no optimizer, schedule or random state."""
     state = load_weights(model, opts, averaged=True)
-    notes = (
-        [f"using the moving average of the weights in {opts.loadModel} (--ema 1)"] if state.get("ema") else []
-    )
+    notes = [averaged_note(opts.loadModel)] if state.get("ema") else []
     if not opts.loadEpoch:
-        return ReadCheckpoint(0, 1, [*notes, f"loaded weights from {opts.loadModel}; counting epochs from 1"])
+        return ReadCheckpoint(0, 1, [*notes, from_epoch_one_note(opts.loadModel)])
     epoch = int(state.get("epoch", 0))
     middle = state.get("mid_epoch")
     return ReadCheckpoint(epoch, int(middle["epoch"]) if middle else epoch + 1, notes)
@@ -419,7 +419,7 @@ class TrainingCheckpoint:
         state = load_weights(self.model, opts, averaged=not continuing)
         resumed = Resumed()
         if state.get("ema") and not continuing:
-            resumed.notes.append(f"using the moving average of the weights in {opts.loadModel} (--ema 1)")
+            resumed.notes.append(averaged_note(opts.loadModel))
         self._restore_ema(state if continuing else {})
         if opts.loadOptim and "optimizer" in state and self.optimizer is not None:
             self._restore_optimizer(state, resumed)
@@ -436,7 +436,7 @@ class TrainingCheckpoint:
             resumed.notes.append(drop)
             resumed.logged.append(drop)
         if not opts.loadEpoch:
-            resumed.notes.append(f"loaded weights from {opts.loadModel}; counting epochs from 1")
+            resumed.notes.append(from_epoch_one_note(opts.loadModel))
             return resumed
         if "rng" in state:
             from utils.checkpoint import restore_rng_state
@@ -590,5 +590,5 @@ def world_size_change(state: dict[str, Any], opts: Options, world_size: int) -> 
 def stop_run(message: str, is_main: bool) -> NoReturn:
     """Stop every rank with status 2; rank 0 prints the one line."""
     if is_main:
-        _fail(message)
+        fail(message)
     raise SystemExit(2)

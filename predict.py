@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -40,7 +39,7 @@ from utils.distributed import choose_device
 from utils.drawing import draw_person
 from utils.logging import EpochProgress
 from utils.options import DEFAULT_DETECTOR_THRESHOLD, fail
-from utils.threads import plan_threads, usable_cores
+from utils.threads import apply_thread_plan
 from utils.transforms import apply_affine, invert_affine, warp_image
 from video.smoothing import OneEuroFilter
 from video.tracking import PoseTracker, tracking_sigmas
@@ -404,9 +403,7 @@ def run(opts: Options) -> int:
             f"-predict: folder {root} has no images (looked below it for {', '.join(sorted(IMAGE_SUFFIXES))})"
         )
     device = choose_device(opts.gpuid)
-    threads = plan_threads(opts.cpuThreads, 0, usable_cores(), 1, os.environ.get("OMP_NUM_THREADS"))
-    if torch.get_num_threads() != threads.threads:
-        torch.set_num_threads(threads.threads)
+    apply_thread_plan(opts.cpuThreads, 0)
     # onnxruntime runs the network on the CPU; the PyTorch model only lends its codec and joints
     trained = load_trained(opts, "cpu" if opts.onnx else device)
     if opts.onnx:

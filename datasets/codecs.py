@@ -146,9 +146,8 @@ class Codec(ABC):
     ``joint_target`` and ``target_shape``."""
 
     target_type: ClassVar[str]  # the name the registry gives it
-    conventions: ClassVar[
-        tuple[str, ...]
-    ]  # the coordinate conventions it decodes in; the first the project's
+    # the coordinate conventions it decodes in; the first the project's
+    conventions: ClassVar[tuple[str, ...]]
     heatmap_decoded: ClassVar[bool] = False  # a heatmap per joint last: --postProcess decodes it
     needs_hierarchy: ClassVar[bool] = False  # its targets are the joint set's levels of parts
     # what to change when a model's last stage is not the target's shape (build.check_output_shape)
@@ -197,7 +196,6 @@ class Codec(ABC):
     def describe_crop(self) -> str:
         """How a person box becomes the input crop, in words (-export's notes), by the codec's
         coordinate convention."""
-        width, height = self.input_size
         crop_center, offset = self.convention.crop_center, self.convention.size_offset
         span = "the box height maps to the input height"
         if offset:  # UDP: the box's sides onto the first and last pixel centres
@@ -206,11 +204,17 @@ class Codec(ABC):
                 f"x zooms by (W - {offset:g}) / box width, y by (H - {offset:g}) / box height)"
             )
         return (
-            f"A person box [x, y, w, h] keeps its centre, grows in one dimension to the input aspect "
-            f"ratio (width / height = {width / height:g}), then both sides grow {BOX_PADDING}x; "
-            f"{span}. The box centre lands at ((W - 1) / 2 + "
+            f"{self._box_growth()}; {span}. The box centre lands at ((W - 1) / 2 + "
             f"crop_center, (H - 1) / 2 + crop_center) in the input crop (crop_center "
             f"{crop_center}). Map joints back to the image with the inverse of that affine."
+        )
+
+    def _box_growth(self) -> str:
+        """The first words of ``describe_crop``: the box's growth to the input's aspect ratio."""
+        width, height = self.input_size
+        return (
+            f"A person box [x, y, w, h] keeps its centre, grows in one dimension to the input aspect "
+            f"ratio (width / height = {width / height:g}), then both sides grow {BOX_PADDING}x"
         )
 
     def split_outputs(self, output: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -252,11 +256,9 @@ def register_target_type(
         )
 
     def register(codec: type[Codec]) -> type[Codec]:
-        codec.target_type, codec.conventions, codec.heatmap_decoded = (
-            name,
-            tuple(conventions),
-            heatmap_decoded,
-        )
+        codec.target_type = name
+        codec.conventions = tuple(conventions)
+        codec.heatmap_decoded = heatmap_decoded
         TARGET_TYPES.add(name, codec)
         return codec
 
@@ -576,14 +578,7 @@ class HeatmapCodec(Codec):
         is kept too, as the targets a model trained under their code saw.
         """
         width, height = self.heatmap_size
-        # their keypoints / scale_factor, both float32 (both conventions have anchor 0): the rounding
-        # of a centre near a half pixel, and UDP's sub-pixel remainder, as theirs
-        offset = self.convention.size_offset
-        stride = ((np.array(self.input_size) - offset) / (np.array(self.heatmap_size) - offset)).astype(
-            np.float32
-        )
-        with np.errstate(invalid="ignore", over="ignore"):
-            centers = (np.asarray(joints, dtype=np.float32) / stride).astype(np.float64)  # (K, 2)
+        centers = self._authors_centers(joints)
         labelled = (np.asarray(visible) > 0) & np.isfinite(centers).all(axis=1)
         radius = 3 * self.sigma
         window = np.arange(0, 2 * radius + 1, 1, dtype=np.float64)  # np.arange(0, size): as their code
@@ -608,15 +603,23 @@ class HeatmapCodec(Codec):
             )
         return heatmaps, weight
 
+    def _authors_centers(self, joints: np.ndarray) -> np.ndarray:
+        """joints (K, 2) input px -> heatmap px (K, 2) as the authors' codecs compute them:
+        keypoints / scale_factor, both float32 (the authors' conventions have anchor 0), so that a
+        centre near a half pixel rounds, and UDP's sub-pixel remainder comes out, as theirs."""
+        offset = self.convention.size_offset
+        scale = (np.array(self.input_size) - offset) / (np.array(self.heatmap_size) - offset)
+        with np.errstate(invalid="ignore", over="ignore"):
+            return (np.asarray(joints, dtype=np.float32) / scale.astype(np.float32)).astype(np.float64)
+
     def _unbiased(self, joints: np.ndarray, visible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """MMPose's ``MSRAHeatmap(unbiased=True)``, DARK's encoding (Zhang et al. 2020; MMPose's
         DARK configs for HRNet and Simple Baselines): the whole Gaussian at the exact position, a
         joint supervised unless mu - 3 sigma >= size or mu + 3 sigma + 1 < 0 on either axis."""
         width, height = self.heatmap_size
-        stride = (np.array(self.input_size) / np.array(self.heatmap_size)).astype(np.float32)
-        with np.errstate(invalid="ignore", over="ignore"):
-            centers = (np.asarray(joints, dtype=np.float32) / stride).astype(np.float64)  # (K, 2)
-            reach = 3 * self.sigma
+        centers = self._authors_centers(joints)
+        reach = 3 * self.sigma
+        with np.errstate(invalid="ignore"):
             on_map = (centers - reach < (width, height)).all(axis=1) & (centers + reach + 1 >= 0).all(axis=1)
         weight = ((np.asarray(visible) > 0) & np.isfinite(centers).all(axis=1) & on_map).astype(np.float32)
         centers = np.where(weight[:, None] > 0, centers, 0.0)
@@ -720,8 +723,7 @@ class RegressionCodec(Codec):
 
     @classmethod
     def build(cls, request: CodecRequest) -> RegressionCodec:
-        get_convention(request.convention, cls.target_type)  # its one convention
-        return cls(request.input_size)
+        return cls(request.input_size)  # its one convention: make_codec checked it
 
     def confidence(self, scores: np.ndarray) -> np.ndarray:
         """All ones: a regressor states no confidence."""
@@ -733,11 +735,9 @@ class RegressionCodec(Codec):
         return RegressionL2Loss()
 
     def describe_crop(self) -> str:
-        width, height = self.input_size
         return (
-            f"A person box [x, y, w, h] keeps its centre, grows in one dimension to the input aspect "
-            f"ratio (width / height = {width / height:g}), then both sides grow {BOX_PADDING}x; the box "
-            "height maps to the input height and its centre lands at ((W - 1) / 2, (H - 1) / 2)."
+            f"{self._box_growth()}; the box height maps to the input height and its centre lands at "
+            "((W - 1) / 2, (H - 1) / 2)."
         )
 
     def encode(self, joints: np.ndarray, visible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -178,15 +178,15 @@ def chosen_threads(monkeypatch):
 def test_a_run_says_and_logs_the_threads_it_chose(
     tmp_path: Path, chosen_threads, monkeypatch, capsys
 ) -> None:
-    import build
+    from utils import threads
 
-    monkeypatch.setattr(build, "usable_cores", lambda: 2)
+    monkeypatch.setattr(threads, "usable_cores", lambda: 2)
     run(tmp_path, "--nEpochs", "1", "--expID", "t", "--nThreads", "0")
     assert torch.get_num_threads() == 2
     note = "CPU threads: 2 (chosen: 2 cores, 0 kept for DataLoader workers; --cpuThreads N sets it)"
     assert f"note: {note}" in capsys.readouterr().out
     assert note in (tmp_path / "t" / "log.txt").read_text()
-    monkeypatch.setattr(build, "usable_cores", lambda: 1)
+    monkeypatch.setattr(threads, "usable_cores", lambda: 1)
     run(tmp_path, "--nEpochs", "1", "--expID", "w", "--nThreads", "3")
     log = (tmp_path / "w" / "log.txt").read_text()
     assert "CPU threads: 1 (chosen: 1 cores, 1 kept for DataLoader workers" in log

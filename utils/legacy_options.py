@@ -15,7 +15,7 @@ import argparse
 import sys
 from typing import Any
 
-from utils.option_errors import config_file_of
+from utils.option_errors import config_file_of, typed_on_command_line
 
 RETIRED_KEYS = {
     "worldCoors": "MPII head sizes now come from the annotations",
@@ -52,8 +52,8 @@ def apply_visdom(parser: Any, opts: argparse.Namespace) -> None:
     if opts.visdom is None:
         return
     typed = parser._typed or []
-    explicit = config_file_of(parser, "tensorboard", typed) is not None or any(
-        item.lstrip("-").split("=", 1)[0] == "tensorboard" for item in typed if item.startswith("-")
+    explicit = config_file_of(parser, "tensorboard", typed) is not None or typed_on_command_line(
+        "tensorboard", typed
     )
     if not opts.visdom:
         note = "visdom: 0 leaves TensorBoard as --tensorboard sets it: " + (

@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from modes import mode_of, mode_problem
 from utils.legacy_options import target_type_spelled
 from utils.option_errors import OptionError
 from utils.registry import did_you_mean
@@ -82,8 +83,6 @@ def _check_input_norm(opts: Options, entry: Any) -> None:
 
 
 def _check_data_dir(opts: Options, dataset: Any) -> None:
-    from modes import mode_of
-
     if (
         mode_of(opts).reads_data
         and dataset.needs_data_dir
@@ -320,8 +319,6 @@ def _derive_optimizer(opts: Options) -> None:
 
 def _check_modes(opts: Options) -> None:
     """One mode at a time, each with the files it needs."""
-    from modes import mode_problem
-
     if opts.browse < 0:
         raise _error(f"browse: must be >= 0, got {opts.browse}")
     problem = mode_problem(opts)

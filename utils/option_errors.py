@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 from typing import Any, NoReturn
 
+# what an error about a typed value ends with; one from a config file ends with "(in FILE)"
 ON_COMMAND_LINE = "(on the command line)"
 
 

@@ -49,8 +49,6 @@ DEFAULT_DATA_CONFIG = REPO_ROOT / "conf" / "datasets" / "synthetic.defconf"
 # The paper-sized hourglass takes days on a CPU; the demo uses a small one.
 DEFAULT_MODEL_CONFIG = REPO_ROOT / "conf" / "models" / "StackedHourGlass-demo.defconf"
 
-# what an error about a typed value ends with; one from a config file ends with "(in FILE)"
-
 
 class Options(argparse.Namespace):
     """The options of one command, checked once by :func:`parse_options`: every key the parser

@@ -29,8 +29,13 @@ class ThreadPlan:
 
     threads: int
     workers: int
+    requested_workers: int  # --nThreads
     note: str  # one line for the terminal and log.txt
-    workers_capped: bool = False  # fewer workers than --nThreads asked for
+
+    @property
+    def workers_capped(self) -> bool:
+        """Fewer workers than --nThreads asked for."""
+        return self.workers < self.requested_workers
 
 
 def plan_threads(
@@ -62,6 +67,20 @@ def plan_threads(
         threads = max(1, share - workers)
         per = f"{share} of {cores} cores" if processes_here > 1 else f"{cores} cores"
         why = f"chosen: {per}, {workers} kept for DataLoader workers; --cpuThreads N sets it"
-    return ThreadPlan(
-        threads, workers, f"CPU threads: {threads} ({why}){capped}", workers < requested_workers
+    return ThreadPlan(threads, workers, requested_workers, f"CPU threads: {threads} ({why}){capped}")
+
+
+def apply_thread_plan(requested_threads: int, requested_workers: int, processes_here: int = 1) -> ThreadPlan:
+    """``plan_threads`` for this process (its cores, its ``OMP_NUM_THREADS``), set in torch."""
+    import torch
+
+    plan = plan_threads(
+        requested_threads,
+        requested_workers,
+        usable_cores(),
+        processes_here,
+        os.environ.get("OMP_NUM_THREADS"),
     )
+    if torch.get_num_threads() != plan.threads:
+        torch.set_num_threads(plan.threads)
+    return plan
